@@ -1,0 +1,3 @@
+from anomaly_repr.cli import main
+
+raise SystemExit(main())

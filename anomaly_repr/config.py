@@ -1,0 +1,99 @@
+"""One typed, frozen configuration for every entry point.
+
+The CLI options, the MLproject parameters and the logged MLflow params map one-to-one to the fields of
+`ExperimentConfig` (tests check both directions). Each field is declared with its meaning and unit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Any
+
+from anomaly_repr.errors import ConfigError
+
+SCHEDULES = ("onecycle", "cosine")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    # --- data ---
+    dataset: str = "digits"  # source name: digits | cifar10 | cifar100 | imagefolder
+    data_root: str = ""  # folder of the source ('' = data/<dataset> for CIFAR; required for imagefolder)
+    download: bool = True  # CIFAR only: download into data_root when its files are missing
+    split: int = 0  # standard split index (CIFAR-10: Vaze et al. 2022 splits 0-4), else seed of the class draw
+    known_classes: str = ""  # comma-separated class names or indices; '' = chosen by `split`
+    unknown_classes: str = ""  # comma-separated; '' = every class that is not known
+    num_known: int = 0  # known classes in a random draw; 0 = dataset default (60 % of classes, 80 for CIFAR-100)
+    image_size: int = 32  # imagefolder only: images are resized to image_size x image_size pixels
+    seed: int = 0  # seeds the 60/20/20 partition, initialisation and augmentation
+    # --- model ---
+    arch: str = "resnet8"  # registered architecture (see `anomaly-repr archs`)
+    # --- optimisation ---
+    epochs: int = 30  # maximum training epochs
+    batch_size: int = 128  # images per SGD step
+    lr: float = 0.1  # peak learning rate of the schedule
+    momentum: float = 0.9  # SGD (Nesterov) momentum
+    weight_decay: float = 5e-4  # L2 penalty on conv/linear weights (not on norms and biases)
+    schedule: str = "onecycle"  # learning-rate schedule: onecycle (linear warm-up 20 %, then linear decay) | cosine
+    patience: int = 10  # stop after this many epochs without a better validation accuracy; 0 = never stop early
+    label_smoothing: float = 0.0  # cross-entropy label smoothing in [0, 1)
+    device: str = "auto"  # auto picks cuda, then mps, then cpu
+    amp: bool = True  # bfloat16/float16 autocast; used on CUDA only
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise ConfigError("momentum and weight_decay must not be negative")
+        if self.patience < 0 or self.num_known < 0 or self.split < 0:
+            raise ConfigError("patience, num_known and split must not be negative")
+        if self.image_size < 8:
+            raise ConfigError(f"image_size must be at least 8 pixels, got {self.image_size}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.schedule not in SCHEDULES:
+            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.device not in DEVICES:
+            raise ConfigError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
+        # Late imports: the registries import torch, which the config itself does not need.
+        from anomaly_repr.models import MODELS
+        from anomaly_repr.sources import SOURCES
+
+        if self.dataset not in SOURCES:
+            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(sorted(SOURCES))}")
+        if self.arch not in MODELS:
+            raise ConfigError(f"unknown arch {self.arch!r}; choose one of {', '.join(sorted(MODELS))}")
+
+    def to_params(self) -> dict[str, str]:
+        """The config as MLflow params: one param per field, as strings."""
+        return {f.name: _format(getattr(self, f.name)) for f in fields(self)}
+
+    def replace(self, **changes: Any) -> ExperimentConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def _format(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def parse_value(field: dataclasses.Field, text: str) -> Any:
+    """Parse a CLI/MLproject string into the field's type, with a one-line error on failure."""
+    kind = field.type if isinstance(field.type, str) else field.type.__name__
+    try:
+        if kind == "bool":
+            lowered = text.strip().lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(text)
+            return lowered in ("true", "1", "yes")
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        raise ConfigError(f"{field.name} must be {kind}, got {text!r}") from None
+    return text

@@ -1,0 +1,13 @@
+"""Errors that reach the user as one line and a non-zero exit (see `cli.main`)."""
+
+
+class AnomalyReprError(Exception):
+    """Base of every error caused by the user's input; the CLI prints its message alone."""
+
+
+class ConfigError(AnomalyReprError):
+    """A configuration value is out of range or names nothing known."""
+
+
+class DataError(AnomalyReprError):
+    """A data source is missing, empty or holds unreadable files."""

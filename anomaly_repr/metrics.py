@@ -1,0 +1,30 @@
+"""Detection metrics with anomalies as the positive class (scores: higher = more anomalous)."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+
+def fpr_at_tpr(scores: np.ndarray, is_anomaly: np.ndarray, tpr: float = 0.95) -> float:
+    """Fraction of nominal images flagged at the lowest threshold that flags `tpr` of the anomalies."""
+    fpr, tprs, _ = roc_curve(is_anomaly, scores)
+    return float(fpr[np.searchsorted(tprs, tpr, side="left")])
+
+
+def anomaly_metrics(scores: np.ndarray, is_anomaly: np.ndarray) -> dict[str, float]:
+    """auroc; aupr_out (anomalies positive); aupr_in (nominals positive, scores negated); fpr95."""
+    if is_anomaly.all() or not is_anomaly.any():
+        raise ValueError("detection metrics need both nominal and anomaly images")
+    return {
+        "auroc": float(roc_auc_score(is_anomaly, scores)),
+        "aupr_in": float(average_precision_score(~is_anomaly, -scores)),
+        "aupr_out": float(average_precision_score(is_anomaly, scores)),
+        "fpr95": fpr_at_tpr(scores, is_anomaly),
+    }
+
+
+def closed_set_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Accuracy over the known-class images (labels >= 0) only."""
+    known = labels >= 0
+    return float((logits[known].argmax(axis=1) == labels[known]).mean())

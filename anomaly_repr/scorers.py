@@ -1,0 +1,68 @@
+"""Anomaly scorers. One sign everywhere: a higher score means more anomalous.
+
+Simple scores are plain functions of the logits. The registry holds estimators (scikit-learn style:
+the constructor stores parameters, `fit` returns self, learned state ends in `_`), so that scorers
+that learn from training or validation outputs sit beside the plain ones; `FunctionScorer` adapts a
+plain function. Every scorer reads cached `Outputs`: eight scorers cost one forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from scipy.special import logsumexp, softmax
+
+from anomaly_repr.extract import Outputs
+
+
+def msp(logits: np.ndarray) -> np.ndarray:
+    """1 - maximum softmax probability (Hendrycks & Gimpel 2017)."""
+    return 1.0 - softmax(logits, axis=1).max(axis=1)
+
+
+def entropy(logits: np.ndarray) -> np.ndarray:
+    """Shannon entropy of the softmax distribution, in nats."""
+    logp = logits - logsumexp(logits, axis=1, keepdims=True)
+    return -(np.exp(logp) * logp).sum(axis=1)
+
+
+def max_logit(logits: np.ndarray) -> np.ndarray:
+    """Negative maximum logit (Vaze et al. 2022, "MLS")."""
+    return -logits.max(axis=1)
+
+
+def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Negative free energy -T log sum exp(logits / T) (Liu et al. 2020)."""
+    return -temperature * logsumexp(logits / temperature, axis=1)
+
+
+class FunctionScorer:
+    """A plain logit score as an estimator: nothing to learn."""
+
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray]):
+        self.fn = fn
+
+    def fit(self, reference: Outputs) -> FunctionScorer:
+        """Scorers learn from reference outputs (the validation split); a plain score learns nothing."""
+        return self
+
+    def score(self, outputs: Outputs) -> np.ndarray:
+        return self.fn(outputs.logits)
+
+
+SCORERS: dict[str, Callable[[], FunctionScorer]] = {}
+
+
+def register_scorer(name: str, factory: Callable[[], FunctionScorer]) -> None:
+    SCORERS[name] = factory
+
+
+for _fn in (msp, entropy, max_logit, energy):
+    register_scorer(_fn.__name__, lambda fn=_fn: FunctionScorer(fn))
+
+CLASSIC_SCORERS = ("msp", "entropy", "max_logit", "energy")
+
+
+def make_scorer(name: str) -> FunctionScorer:
+    return SCORERS[name]()

@@ -1,0 +1,146 @@
+"""Data sources: every labelled image of a dataset, pooled, as one uint8 tensor in memory.
+
+The open-set protocol pools the dataset's own train and test parts and re-splits them
+(see `split.py`), so a source returns everything it has. CIFAR-size data fits in memory, so no source
+decodes images inside the training loop.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from anomaly_repr.errors import DataError
+
+if TYPE_CHECKING:
+    from anomaly_repr.config import ExperimentConfig
+
+
+@dataclass(frozen=True)
+class ImageData:
+    images: torch.Tensor  # uint8, (N, C, H, W)
+    labels: np.ndarray  # int64 class index into `classes`, (N,)
+    classes: list[str]
+    hflip: bool  # whether horizontal flips keep an image in its class (not so for digits)
+
+
+SOURCES: dict[str, Callable[[ExperimentConfig], ImageData]] = {}
+
+
+def register_source(name: str) -> Callable:
+    def add(fn: Callable[[ExperimentConfig], ImageData]) -> Callable[[ExperimentConfig], ImageData]:
+        SOURCES[name] = fn
+        return fn
+
+    return add
+
+
+def load_source(cfg: ExperimentConfig) -> ImageData:
+    return SOURCES[cfg.dataset](cfg)
+
+
+@register_source("digits")
+def load_digits(cfg: ExperimentConfig) -> ImageData:
+    """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes): offline demos and tests."""
+    from sklearn.datasets import load_digits as sk_digits
+
+    bunch = sk_digits()
+    # Pixel values are 0..16; scale to the 0..255 range every other source uses.
+    pixels = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    return ImageData(
+        images=torch.from_numpy(pixels[:, None, :, :]),
+        labels=bunch.target.astype(np.int64),
+        classes=[str(d) for d in bunch.target_names],
+        hflip=False,
+    )
+
+
+def _cifar(cfg: ExperimentConfig, cls: type, title: str) -> ImageData:
+    root = Path(cfg.data_root or os.path.join("data", cfg.dataset))
+    parts = []
+    for train in (True, False):
+        try:
+            parts.append(cls(root=str(root), train=train, download=cfg.download))
+        except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+            hint = "" if cfg.download else " (download=false)"
+            raise DataError(f"{title} not found under {root}{hint}: {exc}") from None
+        except OSError as exc:  # the download itself failed: offline, DNS, proxy
+            raise DataError(f"{title} not found under {root} and the download failed (offline?): {exc}") from None
+    images = np.concatenate([p.data for p in parts]).transpose(0, 3, 1, 2)
+    labels = np.concatenate([np.asarray(p.targets, dtype=np.int64) for p in parts])
+    return ImageData(torch.from_numpy(np.ascontiguousarray(images)), labels, list(parts[0].classes), hflip=True)
+
+
+@register_source("cifar10")
+def load_cifar10(cfg: ExperimentConfig) -> ImageData:
+    """CIFAR-10 via torchvision (60,000 32x32 colour images, 10 classes)."""
+    from torchvision.datasets import CIFAR10
+
+    return _cifar(cfg, CIFAR10, "CIFAR-10")
+
+
+@register_source("cifar100")
+def load_cifar100(cfg: ExperimentConfig) -> ImageData:
+    """CIFAR-100 via torchvision (60,000 32x32 colour images, 100 fine classes)."""
+    from torchvision.datasets import CIFAR100
+
+    return _cifar(cfg, CIFAR100, "CIFAR-100")
+
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+
+
+@register_source("imagefolder")
+def load_imagefolder(cfg: ExperimentConfig) -> ImageData:
+    """A class-folder tree: root/<class>/*.jpg, or root/{train,test}/<class>/*.jpg (both parts pooled).
+
+    Every file in a class folder must be a readable image (hidden files are skipped); images are
+    converted to RGB and resized to image_size x image_size.
+    """
+    if not cfg.data_root:
+        raise DataError("dataset imagefolder needs data_root, the folder that holds one sub-folder per class")
+    root = Path(cfg.data_root)
+    if not root.is_dir():
+        raise DataError(f"data_root {root} is not a folder")
+    parts = [root / p for p in ("train", "test") if (root / p).is_dir()] or [root]
+    files: dict[str, list[Path]] = {}
+    for part in parts:
+        for class_dir in sorted(d for d in part.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            found = sorted(f for f in class_dir.rglob("*") if f.is_file() and not f.name.startswith("."))
+            files.setdefault(class_dir.name, []).extend(found)
+    if not files:
+        raise DataError(f"data_root {root} has no class folders")
+    for name, found in files.items():
+        if not found:
+            raise DataError(f"class folder {name!r} under {root} is empty")
+    classes = sorted(files)
+    paths = [p for c in classes for p in files[c]]
+    labels = np.array([i for i, c in enumerate(classes) for _ in files[c]], dtype=np.int64)
+    size = cfg.image_size
+    # Decoding is I/O and C code that releases the GIL; threads keep all cores busy.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        arrays = list(pool.map(lambda p: _read_image(p, size), paths, chunksize=256))
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return ImageData(images, labels, classes, hflip=True)
+
+
+def _read_image(path: Path, size: int) -> np.ndarray:
+    from PIL import Image, UnidentifiedImageError
+
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        raise DataError(f"not an image file: {path}")
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB")
+            if img.size != (size, size):
+                img = img.resize((size, size), Image.BILINEAR)
+            return np.asarray(img, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DataError(f"cannot read image {path}: {exc}") from None

@@ -1,0 +1,154 @@
+"""MLflow plumbing: where runs go, what every run records about its origin, and model logging."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch
+from mlflow.models import infer_signature
+
+from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.errors import AnomalyReprError
+from anomaly_repr.models import OpenSetNet
+from anomaly_repr.pipeline import Normalizer
+from anomaly_repr.split import OpenSetSplit
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # a local SQLite store in the working directory
+DEFAULT_EXPERIMENT = "anomaly-repr"
+SERVER_WAIT_SECONDS = 20  # how long to wait for an HTTP tracking server before giving up
+
+
+class TrackingError(AnomalyReprError):
+    """The tracking server cannot be reached or refuses the request."""
+
+
+def setup_tracking() -> str:
+    """Use MLFLOW_TRACKING_URI when set, else a local SQLite store; fail fast on a dead server."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    mlflow.set_tracking_uri(uri)
+    if uri.startswith(("http://", "https://")):
+        _wait_for_server(uri)
+    if "MLFLOW_EXPERIMENT_ID" not in os.environ:  # `mlflow run` picks the experiment itself
+        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+    return uri
+
+
+def _wait_for_server(uri: str) -> None:
+    import requests
+
+    deadline = time.monotonic() + SERVER_WAIT_SECONDS
+    while True:
+        try:
+            if requests.get(uri.rstrip("/") + "/health", timeout=5).ok:
+                return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise TrackingError(f"cannot reach the MLflow tracking server at {uri} "
+                                f"(no answer within {SERVER_WAIT_SECONDS} s)")
+        time.sleep(1)
+
+
+def git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def package_versions() -> dict[str, str]:
+    names = ["anomaly-repr", "torch", "torchvision", "mlflow", "optuna", "scikit-learn", "numpy"]
+    versions = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def log_json(obj: Any, artifact_file: str) -> None:
+    mlflow.log_text(json.dumps(obj, indent=1), artifact_file)
+
+
+def log_provenance(cfg: ExperimentConfig, split: OpenSetSplit, stage: str) -> None:
+    """Config as params and as `config.json`, split manifest and versions as artifacts, compare-view tags.
+
+    `mlflow run` logs the entry point's parameters itself, shell-quoted (an empty string becomes "''"),
+    so params it already logged are left as they are; `config.json` is the exact config.
+    """
+    existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({k: v for k, v in cfg.to_params().items() if k not in existing})
+    log_json(dataclasses.asdict(cfg), "config.json")
+    mlflow.set_tags({
+        "stage": stage, "dataset": cfg.dataset, "split": str(cfg.split), "arch": cfg.arch, "seed": str(cfg.seed),
+        "git_commit": git_commit(), "split_hash": split.hash, "known_classes": ",".join(split.known),
+        "unknown_classes": ",".join(split.unknown),
+    })
+    log_json(split.to_dict(), "split/manifest.json")
+    log_json(package_versions(), "environment/versions.json")
+
+
+class _PixelsToLogits(torch.nn.Module):
+    """Served form of a model: uint8-range pixels (N, C, H, W) in, logits out (one tensor, as pyfunc wants)."""
+
+    def __init__(self, model: OpenSetNet, normalizer: Normalizer):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", normalizer.mean.view(1, -1, 1, 1) * 255.0)
+        self.register_buffer("std", normalizer.std.view(1, -1, 1, 1) * 255.0)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model((pixels - self.mean) / self.std).logits
+
+
+def log_model(model: OpenSetNet, normalizer: Normalizer, example: torch.Tensor) -> str:
+    """Log the model twice over: weights for our own reloads, and an MLflow LoggedModel for serving.
+
+    The weights file (`model/weights.pt`, a plain state dict) is what `evaluate` loads with
+    `weights_only=True`. The LoggedModel is saved in MLflow's pt2 format (torch.export, no pickle)
+    with a signature built from numpy arrays. Returns the LoggedModel's id.
+    """
+    cpu_model = model.to("cpu").eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(cpu_model.state_dict(), Path(tmp) / "weights.pt")
+        mlflow.log_artifact(str(Path(tmp) / "weights.pt"), "model")
+    log_json(normalizer.to_dict(), "model/normalizer.json")
+    served = _PixelsToLogits(cpu_model, normalizer).eval()
+    pixels = example[:4].float().numpy()
+    with torch.no_grad():
+        logits = served(torch.from_numpy(pixels)).numpy()
+    info = mlflow.pytorch.log_model(served, name="model", signature=infer_signature(pixels, logits),
+                                    input_example=pixels, serialization_format="pt2")
+    return info.model_id
+
+
+def load_config(run_id: str) -> ExperimentConfig:
+    """The exact config of a run, from its `config.json` artifact."""
+    try:
+        return ExperimentConfig(**mlflow.artifacts.load_dict(f"runs:/{run_id}/config.json"))
+    except mlflow.exceptions.MlflowException as exc:
+        raise TrackingError(f"cannot read the config of run {run_id!r}: {exc.message}") from None
+
+
+def load_weights(run_id: str, model: OpenSetNet) -> tuple[OpenSetNet, Normalizer, OpenSetSplit]:
+    """Weights, normaliser and split manifest of a train run, loaded without unpickling anything."""
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model/weights.pt", dst_path=tmp)
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        norm = mlflow.artifacts.load_dict(f"runs:/{run_id}/model/normalizer.json")
+    manifest = mlflow.artifacts.load_dict(f"runs:/{run_id}/split/manifest.json")
+    normalizer = Normalizer(torch.tensor(norm["mean"]), torch.tensor(norm["std"]))
+    return model, normalizer, OpenSetSplit.from_dict(manifest)

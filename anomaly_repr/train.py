@@ -1,0 +1,163 @@
+"""Training: SGD on the known classes, model selection by validation accuracy, per-epoch checkpoints.
+
+Anomaly classes never reach this module: the caller passes the known-class training and validation
+images only. The model kept is the one with the best validation accuracy; training stops after
+`patience` epochs without improvement. After every epoch a checkpoint is written atomically, so
+`resume=True` continues an interrupted run from its last finished epoch with the same random state.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.models import OpenSetNet
+from anomaly_repr.pipeline import DeviceBatches, Normalizer, eval_batches
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str) -> torch.device:
+    if name != "auto":
+        return torch.device(name)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """Multiplier of the peak learning rate at optimiser step `step` of `total`."""
+    progress = step / max(1, total)
+    if schedule == "onecycle":  # linear warm-up over the first 20 %, then linear decay to zero
+        return progress / 0.2 if progress < 0.2 else max(0.0, (1 - progress) / 0.8)
+    return 0.5 * (1 + math.cos(math.pi * progress))  # cosine
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on conv and linear weights only; norms and biases are left undecayed."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    rest = [p for p in model.parameters() if p.ndim <= 1]
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+@torch.no_grad()
+def accuracy(model: OpenSetNet, images: torch.Tensor, labels: torch.Tensor, normalizer: Normalizer,
+             device: torch.device, batch_size: int = 1024) -> float:
+    model.eval()
+    preds = [model(x.contiguous(memory_format=torch.channels_last)).logits.argmax(1).cpu()
+             for x in eval_batches(images, normalizer, batch_size, device)]
+    return (torch.cat(preds) == labels.cpu()).float().mean().item()
+
+
+@dataclass
+class TrainResult:
+    model: OpenSetNet  # with the weights of the best validation epoch
+    best_val_acc: float
+    best_epoch: int
+    history: list[dict[str, float]] = field(default_factory=list)  # one row per finished epoch
+    train_seconds: float = 0.0  # time in optimiser steps, validation excluded
+    train_images: int = 0  # images seen in those steps
+
+    @property
+    def images_per_second(self) -> float:
+        return self.train_images / self.train_seconds if self.train_seconds else 0.0
+
+
+def _save_atomically(state: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)  # readers see the old checkpoint or the new one, never half of one
+
+
+def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, train_labels: torch.Tensor,
+          val_images: torch.Tensor, val_labels: torch.Tensor, normalizer: Normalizer, hflip: bool,
+          device: torch.device, checkpoint: Path, resume: bool = False,
+          on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
+    """Train `model` on uint8 images (labels 0..K-1); `on_epoch` receives each epoch's metrics row."""
+    torch.manual_seed(cfg.seed)
+    model.to(device=device, memory_format=torch.channels_last)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    batches = DeviceBatches(train_images.to(device), train_labels.to(device), normalizer, cfg.batch_size,
+                            hflip, generator)
+    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
+                                nesterov=cfg.momentum > 0)
+    total_steps = cfg.epochs * len(batches)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg.schedule, s, total_steps))
+    use_amp = cfg.amp and device.type == "cuda"
+    result = TrainResult(model, best_val_acc=-1.0, best_epoch=-1)
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    start_epoch, stale = 1, 0
+
+    if resume and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["generator"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        best_state = state["best_model"]
+        result.best_val_acc, result.best_epoch = state["best_val_acc"], state["best_epoch"]
+        result.history, stale = state["history"], state["stale"]
+        result.train_seconds, result.train_images = state["train_seconds"], state["train_images"]
+        start_epoch = state["epoch"] + 1
+        log.info("resumed from %s after epoch %d", checkpoint, state["epoch"])
+
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        if cfg.patience and stale >= cfg.patience:
+            break
+        model.train()
+        loss_sum, seen, began = 0.0, 0, time.perf_counter()
+        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None, unit="batch")
+        for x, y in bar:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                logits = model(x.contiguous(memory_format=torch.channels_last)).logits
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.item() * len(y)
+            seen += len(y)
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen / (time.perf_counter() - began):.0f}")
+        seconds = time.perf_counter() - began
+        result.train_seconds += seconds
+        result.train_images += seen
+        val_acc = accuracy(model, val_images, val_labels, normalizer, device)
+        if not math.isfinite(loss_sum):
+            raise FloatingPointError(f"training diverged at epoch {epoch} (loss is {loss_sum}); lower lr")
+        if val_acc > result.best_val_acc:
+            result.best_val_acc, result.best_epoch, stale = val_acc, epoch, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+        row = {"epoch": epoch, "train/loss": loss_sum / seen, "val/acc": val_acc,
+               "train/lr": optimizer.param_groups[0]["lr"], "train/images_per_second": seen / seconds}
+        result.history.append(row)
+        log.info("epoch %d/%d  loss %.4f  val/acc %.4f  %.0f img/s", epoch, cfg.epochs, row["train/loss"],
+                 val_acc, row["train/images_per_second"])
+        if on_epoch:  # before the checkpoint: a crash in between repeats the epoch, never loses its row
+            on_epoch(row)
+        _save_atomically({
+            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+            "torch_rng": torch.get_rng_state(), "best_model": best_state,
+            "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch, "history": result.history,
+            "stale": stale, "train_seconds": result.train_seconds, "train_images": result.train_images,
+        }, checkpoint)
+
+    model.load_state_dict(best_state)
+    model.eval()
+    return result
