@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from anomaly_repr.errors import ConfigError
+from anomaly_repr.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
     from anomaly_repr.config import ExperimentConfig
@@ -100,7 +100,11 @@ class OpenSetSplit:
             members = rng.permutation(np.flatnonzero(labels == classes.index(name)))
             cut1 = round(FRACTIONS[0] * len(members))
             cut2 = round((FRACTIONS[0] + FRACTIONS[1]) * len(members))
-            for part, chunk in zip(parts, (members[:cut1], members[cut1:cut2], members[cut2:]), strict=True):
+            chunks = (members[:cut1], members[cut1:cut2], members[cut2:])
+            if not all(len(c) for c in chunks):
+                raise DataError(f"class {name!r} has {len(members)} images; the 60/20/20 split needs at least "
+                                "one in each of train, validation and test (4 or more)")
+            for part, chunk in zip(parts, chunks, strict=True):
                 part.append(chunk)
         train, val, test = (np.sort(np.concatenate(p)).astype(np.int64) for p in parts)
         return cls(cfg.dataset, list(classes), known, unknown, cfg.seed, train, val, test)

@@ -131,7 +131,9 @@ def log_model(model: OpenSetNet, normalizer: Normalizer, example: torch.Tensor) 
     with torch.no_grad():
         logits = served(torch.from_numpy(pixels)).numpy()
     info = mlflow.pytorch.log_model(served, name="model", signature=infer_signature(pixels, logits),
-                                    input_example=pixels, serialization_format="pt2")
+                                    input_example=pixels, serialization_format="pt2",
+                                    # pt2 needs torch alone; naming it skips MLflow's slow inference step
+                                    pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     return info.model_id
 
 

@@ -1,0 +1,82 @@
+"""Shared fixtures: a private MLflow store per test, a real `mlflow server` on loopback, image folders."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tracking(tmp_path, monkeypatch) -> str:
+    """A private SQLite tracking store; the working directory is the test's own folder."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("ANOMALY_REPR_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return uri
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> str:
+    """A real `mlflow server` on 127.0.0.1 (free port, SQLite backend, temporary artifact root)."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{root}/backend.db", "--artifacts-destination", str(root / "artifacts"),
+         "--workers", "1"],
+        stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if requests.get(url + "/health", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("mlflow server did not start:\n" + (root / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+
+
+def write_image(path: Path, size: tuple[int, int], value: int, fmt: str | None = None) -> None:
+    rng = np.random.default_rng(value)
+    pixels = np.clip(rng.normal(value, 20, (size[1], size[0], 3)), 0, 255).astype(np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels).save(path, format=fmt)
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """Four classes of five images each, mixed formats and sizes, in train/ and test/ parts."""
+    root = tmp_path / "photos"
+    for c, name in enumerate(["beetle", "leaf", "moth", "rock"]):
+        for i in range(5):
+            part = "train" if i < 3 else "test"
+            suffix = [".png", ".jpg", ".bmp"][i % 3]
+            write_image(root / part / name / f"{i}{suffix}", (20 + 7 * i, 30), value=40 + 50 * c)
+    return root

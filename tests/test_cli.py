@@ -1,0 +1,84 @@
+"""Bad input: one clear line naming the problem, a non-zero exit, and no run marked FINISHED."""
+
+import subprocess
+import sys
+
+import mlflow
+import pytest
+
+from anomaly_repr import cli as cli_module
+from conftest import write_image
+
+
+def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "anomaly_repr", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def cli_in_process(capsys, *args: str) -> subprocess.CompletedProcess:
+    """The same `main` as the console script, without paying a new interpreter per case."""
+    code = cli_module.main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
+def assert_clean_failure(proc: subprocess.CompletedProcess, needle: str, tracking: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("anomaly-repr: error:")]
+    assert len(errors) == 1 and needle in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    mlflow.set_tracking_uri(tracking)
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert not [r for r in runs if r.info.status == "FINISHED"]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--dataset", "mnist"], "unknown dataset 'mnist'"),
+    (["--arch", "vgg11"], "unknown arch 'vgg11'"),
+    (["--known_classes", "1,2,eleven"], "unknown known class 'eleven'"),
+    (["--known_classes", "1,2", "--unknown_classes", "2,3"], "class '2' is both known and unknown"),
+    (["--known_classes", "4"], "at least two known classes"),
+    (["--epochs", "0"], "epochs must be a positive integer"),
+    (["--batch_size", "-8"], "batch_size must be a positive integer"),
+    (["--lr", "0"], "lr must be positive"),
+    (["--epochs", "two"], "epochs must be int"),
+    (["--dataset", "cifar10", "--data_root", "no/such/root", "--download", "false"], "CIFAR-10 not found"),
+])
+def test_bad_input(tracking, capsys, args, needle):
+    assert_clean_failure(cli_in_process(capsys, "main", *args), needle, tracking)
+
+
+def test_bad_input_exits_non_zero_from_the_console_script(tracking):
+    assert_clean_failure(cli("main", "--epochs", "-1"), "epochs must be a positive integer", tracking)
+
+
+def test_bad_image_folders(tracking, capsys, image_folder):
+    (image_folder / "train" / "empty").mkdir()
+    base = ["main", "--dataset", "imagefolder", "--data_root", str(image_folder)]
+    assert_clean_failure(cli_in_process(capsys, *base), "class folder 'empty'", tracking)
+    (image_folder / "train" / "empty").rmdir()
+    (image_folder / "test" / "leaf" / "scan.png").write_bytes(b"\x89PNG truncated")
+    assert_clean_failure(cli_in_process(capsys, *base), "scan.png", tracking)
+
+
+def test_evaluate_of_an_unknown_run(tracking, capsys):
+    assert_clean_failure(cli_in_process(capsys, "evaluate", "--train_run_id", "0123456789abcdef"),
+                         "cannot read the config", tracking)
+
+
+def test_train_evaluate_and_resume_from_the_cli(tracking, tmp_path):
+    for i in range(5):
+        for c in ("ant", "bee", "wasp"):
+            write_image(tmp_path / "bugs" / c / f"{i}{c}.png", (12, 12), 30 * len(c) + i)
+    train = cli("train", "--dataset", "imagefolder", "--data_root", str(tmp_path / "bugs"), "--image_size", "8",
+                "--known_classes", "ant,bee", "--epochs", "2", "--batch_size", "2")
+    assert train.returncode == 0, train.stderr
+    run_id = train.stdout.strip().splitlines()[-1]
+    evaluate = cli("evaluate", "--train_run_id", run_id)
+    assert evaluate.returncode == 0, evaluate.stderr
+    mlflow.set_tracking_uri(tracking)
+    run = mlflow.get_run(evaluate.stdout.strip().splitlines()[-1])
+    assert run.info.status == "FINISHED" and run.data.tags["train_run_id"] == run_id
+    assert 0 <= run.data.metrics["test/max_logit/auroc"] <= 1
+    resume = cli("train", "--resume", run_id)  # finished runs leave no checkpoint behind
+    assert resume.returncode == 2 and "no checkpoint for run" in resume.stderr

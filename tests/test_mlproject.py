@@ -1,0 +1,37 @@
+"""MLproject and CLI stay one-to-one with the config: MLflow silently drops parameters a command omits."""
+
+import re
+from dataclasses import fields
+
+import yaml
+
+from anomaly_repr.cli import build_parser
+from anomaly_repr.config import ExperimentConfig
+from conftest import REPO
+
+SPEC = yaml.safe_load((REPO / "MLproject").read_text())
+CONFIG_FIELDS = {f.name for f in fields(ExperimentConfig)}
+
+
+def test_every_parameter_appears_in_its_command():
+    for name, entry in SPEC["entry_points"].items():
+        placeholders = set(re.findall(r"\{(\w+)\}", entry["command"]))
+        assert placeholders == set(entry.get("parameters", {})), name
+
+
+def test_train_and_main_take_exactly_the_config_fields_with_its_defaults():
+    for name in ("train", "main"):
+        params = SPEC["entry_points"][name]["parameters"]
+        assert set(params) == CONFIG_FIELDS
+        for f in fields(ExperimentConfig):
+            default = str(f.default).lower() if isinstance(f.default, bool) else f.default
+            assert params[f.name]["default"] == default, f.name
+        assert f"python -m anomaly_repr {name} " in SPEC["entry_points"][name]["command"]
+
+
+def test_commands_parse_with_the_cli():
+    for name, entry in SPEC["entry_points"].items():
+        values = {k: str(v.get("default", "x")) or "''" for k, v in entry.get("parameters", {}).items()}
+        argv = entry["command"].format(**values).split()[3:]
+        args = build_parser().parse_args([a.strip("'") for a in argv])
+        assert args.command == name

@@ -1,0 +1,66 @@
+import numpy as np
+import pytest
+
+from anomaly_repr.extract import Outputs
+from anomaly_repr.metrics import anomaly_metrics, closed_set_accuracy, fpr_at_tpr
+from anomaly_repr.scorers import CLASSIC_SCORERS, SCORERS, energy, entropy, make_scorer, max_logit, msp
+
+
+def test_perfectly_separated_scores_give_auroc_one_and_reversed_zero():
+    is_anomaly = np.array([False] * 50 + [True] * 50)
+    scores = np.linspace(0, 1, 100)
+    m = anomaly_metrics(scores, is_anomaly)
+    assert m["auroc"] == 1.0 and m["aupr_in"] == 1.0 and m["aupr_out"] == 1.0 and m["fpr95"] == 0.0
+    r = anomaly_metrics(-scores, is_anomaly)
+    assert r["auroc"] == 0.0 and r["fpr95"] == 1.0
+
+
+def test_fpr95_known_answer():
+    # 20 anomalies at scores 1..20; nominals at 0.5 (below all) and 10.5 (flagged once 10 anomalies are).
+    anomalies, nominals = np.arange(1, 21, dtype=float), np.array([0.5] * 8 + [10.5] * 2)
+    scores = np.concatenate([nominals, anomalies])
+    is_anomaly = np.array([False] * 10 + [True] * 20)
+    assert fpr_at_tpr(scores, is_anomaly) == pytest.approx(0.2)  # 95 % of anomalies needs threshold <= 2
+
+
+def test_metrics_need_both_classes():
+    with pytest.raises(ValueError, match="both"):
+        anomaly_metrics(np.ones(4), np.zeros(4, dtype=bool))
+
+
+def test_one_sign_flat_logits_score_higher_than_confident_ones():
+    confident = np.array([[10.0, 0.0, 0.0]])
+    flat = np.array([[1.0, 1.0, 1.0]])
+    for fn in (msp, entropy, max_logit, energy):
+        assert fn(flat)[0] > fn(confident)[0], fn.__name__
+
+
+def test_score_values():
+    logits = np.log(np.array([[0.5, 0.25, 0.25]]))
+    assert msp(logits)[0] == pytest.approx(0.5)
+    assert entropy(logits)[0] == pytest.approx(-(0.5 * np.log(0.5) + 0.5 * np.log(0.25)))
+    assert max_logit(logits)[0] == pytest.approx(-np.log(0.5))
+    assert energy(logits)[0] == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(SCORERS))
+def test_every_registered_scorer_is_an_estimator(name):
+    rng = np.random.default_rng(0)
+    out = Outputs(z=rng.normal(size=(8, 4)).astype(np.float32), logits=rng.normal(size=(8, 3)).astype(np.float32),
+                  labels=np.array([0, 1, 2, 0, -1, -1, 1, 2]))
+    scorer = make_scorer(name)
+    assert scorer.fit(out) is scorer
+    assert scorer.score(out).shape == (8,)
+    assert set(CLASSIC_SCORERS) <= set(SCORERS)
+
+
+def test_closed_set_accuracy_ignores_anomalies():
+    logits = np.array([[2.0, 0.0], [0.0, 2.0], [2.0, 0.0], [0.0, 1.0]])
+    assert closed_set_accuracy(logits, np.array([0, 0, -1, 1])) == pytest.approx(2 / 3)
+
+
+def test_outputs_round_trip(tmp_path):
+    out = Outputs(z=np.ones((3, 2), np.float32), logits=np.zeros((3, 4), np.float32), labels=np.array([0, -1, 1]))
+    out.save(tmp_path / "o.npz")
+    back = Outputs.load(tmp_path / "o.npz")
+    assert np.array_equal(back.labels, out.labels) and back.is_anomaly.tolist() == [False, True, False]

@@ -1,0 +1,110 @@
+"""Sources on small files in their real formats: torchvision's CIFAR pickles, class-folder image trees."""
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torchvision.datasets.cifar as tv_cifar
+
+from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.errors import DataError
+from anomaly_repr.sources import load_source
+from conftest import write_image
+
+
+def _dump(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        pickle.dump(obj, f)
+
+
+def write_cifar(root: Path, hundred: bool, per_file: int = 6) -> np.ndarray:
+    """Tiny CIFAR files in torchvision's layout; returns the labels in load order (train files, then test)."""
+    n_classes, key = (100, "fine_labels") if hundred else (10, "labels")
+    folder = root / ("cifar-100-python" if hundred else "cifar-10-batches-py")
+    names = ["train", "test"] if hundred else [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+    rng = np.random.default_rng(0)
+    all_labels = []
+    for name in names:
+        labels = rng.integers(0, n_classes, per_file).tolist()
+        data = (np.array(labels, dtype=np.uint8)[:, None] * np.ones((1, 3072), dtype=np.uint8))
+        _dump(folder / name, {"data": data, key: labels})
+        all_labels += labels
+    meta_name, meta_key = ("meta", "fine_label_names") if hundred else ("batches.meta", "label_names")
+    _dump(folder / meta_name, {meta_key: [f"class{i}" for i in range(n_classes)]})
+    return np.array(all_labels)
+
+
+@pytest.fixture
+def skip_md5(monkeypatch):
+    # The generated files cannot carry the real archives' checksums; everything else is torchvision's code.
+    monkeypatch.setattr(tv_cifar, "check_integrity", lambda *a, **k: True)
+
+
+@pytest.mark.parametrize("dataset, hundred", [("cifar10", False), ("cifar100", True)])
+def test_cifar_loaders_read_torchvision_files(tmp_path, skip_md5, dataset, hundred):
+    labels = write_cifar(tmp_path, hundred)
+    data = load_source(ExperimentConfig(dataset=dataset, data_root=str(tmp_path), download=False))
+    assert data.images.shape == (len(labels), 3, 32, 32) and data.images.dtype.is_floating_point is False
+    np.testing.assert_array_equal(data.labels, labels)
+    # Each image was filled with its label value: pixels and labels must stay paired through the transpose.
+    assert (data.images[:, :, 5, 7].numpy() == labels[:, None]).all()
+    assert len(data.classes) == (100 if hundred else 10) and data.classes[3] == "class3"
+
+
+def test_missing_cifar_root_offline_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match=r"CIFAR-10 not found under .*nowhere \(download=false\)"):
+        load_source(ExperimentConfig(dataset="cifar10", data_root=str(tmp_path / "nowhere"), download=False))
+
+
+def test_failed_download_is_a_clear_error(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(tv_cifar, "download_and_extract_archive", offline)
+    with pytest.raises(DataError, match="download failed"):
+        load_source(ExperimentConfig(dataset="cifar100", data_root=str(tmp_path), download=True))
+
+
+def test_digits_are_bundled():
+    data = load_source(ExperimentConfig())
+    assert data.images.shape == (1797, 1, 8, 8) and int(data.images.max()) == 255
+    assert data.classes == [str(i) for i in range(10)] and not data.hflip
+
+
+def test_imagefolder_pools_parts_and_resizes(image_folder):
+    data = load_source(ExperimentConfig(dataset="imagefolder", data_root=str(image_folder), image_size=16))
+    assert data.classes == ["beetle", "leaf", "moth", "rock"]
+    assert data.images.shape == (20, 3, 16, 16)
+    assert np.bincount(data.labels).tolist() == [5, 5, 5, 5]
+    means = [data.images[data.labels == c].float().mean().item() for c in range(4)]
+    assert means == sorted(means)  # class c was drawn around pixel value 40 + 50 c
+
+
+def test_imagefolder_without_parts(tmp_path):
+    for c in ("a", "b"):
+        for i in range(2):
+            write_image(tmp_path / c / f"{i}.png", (8, 8), 100)
+    data = load_source(ExperimentConfig(dataset="imagefolder", data_root=str(tmp_path), image_size=8))
+    assert data.classes == ["a", "b"] and len(data.labels) == 4
+
+
+def test_imagefolder_errors(tmp_path, image_folder):
+    cfg = ExperimentConfig(dataset="imagefolder", data_root=str(image_folder))
+    with pytest.raises(DataError, match="needs data_root"):
+        load_source(cfg.replace(data_root=""))
+    with pytest.raises(DataError, match="is not a folder"):
+        load_source(cfg.replace(data_root=str(tmp_path / "missing")))
+    (image_folder / "train" / "empty").mkdir()
+    with pytest.raises(DataError, match="class folder 'empty' .* is empty"):
+        load_source(cfg)
+    (image_folder / "train" / "empty").rmdir()
+    bad = image_folder / "train" / "leaf" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    with pytest.raises(DataError, match=r"cannot read image .*broken\.jpg"):
+        load_source(cfg)
+    bad.unlink()
+    (image_folder / "test" / "moth" / "notes.txt").write_text("hello")
+    with pytest.raises(DataError, match=r"not an image file: .*notes\.txt"):
+        load_source(cfg)

@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+import anomaly_repr.train as train_module
+from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.models import create_model
+from anomaly_repr.pipeline import Normalizer
+from anomaly_repr.sources import load_source
+from anomaly_repr.split import OpenSetSplit
+from anomaly_repr.train import lr_factor, train
+
+
+@pytest.fixture(scope="module")
+def digits():
+    cfg = ExperimentConfig(epochs=4, batch_size=64, device="cpu")
+    data = load_source(cfg)
+    split = OpenSetSplit.make(cfg, data.labels, data.classes)
+    labels = torch.as_tensor(split.open_labels(data.labels))
+    tr, va = split.nominal(split.train, data.labels), split.nominal(split.val, data.labels)
+    x = data.images
+    return cfg, x[tr], labels[tr], x[va], labels[va], Normalizer.fit(x[tr])
+
+
+def run(cfg, digits, checkpoint, **kw):
+    _, xt, yt, xv, yv, norm = digits
+    torch.manual_seed(123)  # same initial weights for every run
+    model = create_model(cfg.arch, 6, 1)
+    return train(cfg, model, xt, yt, xv, yv, norm, False, torch.device("cpu"), checkpoint, **kw)
+
+
+def test_learns_the_known_classes(digits, tmp_path):
+    result = run(digits[0], digits, tmp_path / "c.pt")
+    assert result.best_val_acc > 0.8  # chance is 1/6
+    assert [r["epoch"] for r in result.history] == [1, 2, 3, 4]
+    assert result.images_per_second > 0
+
+
+def test_resume_after_a_crash_matches_an_uninterrupted_run(digits, tmp_path):
+    cfg = digits[0]
+    whole = run(cfg, digits, tmp_path / "whole.pt")
+
+    def crash(row):
+        if row["epoch"] == 3:
+            raise KeyboardInterrupt  # dies during epoch 3's bookkeeping, before its checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, digits, tmp_path / "part.pt", on_epoch=crash)
+    saved = torch.load(tmp_path / "part.pt", weights_only=True)
+    assert saved["epoch"] == 2
+    resumed = run(cfg, digits, tmp_path / "part.pt", resume=True)
+    assert [r["val/acc"] for r in resumed.history] == [r["val/acc"] for r in whole.history]
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_early_stopping_keeps_the_best_epoch(digits, tmp_path, monkeypatch):
+    accs = iter([0.5, 0.4, 0.3, 0.2, 0.1])
+    monkeypatch.setattr(train_module, "accuracy", lambda *a, **k: next(accs))
+    states = {}
+
+    def remember(row):
+        states[row["epoch"]] = {k: v.clone() for k, v in model_ref[0].state_dict().items()}
+
+    model_ref = []
+    original = train_module.train
+
+    def spy(cfg, model, *a, **k):
+        model_ref.append(model)
+        return original(cfg, model, *a, **k)
+
+    cfg = digits[0].replace(epochs=10, patience=2)
+    result = spy(cfg, create_model(cfg.arch, 6, 1), *digits[1:], False, torch.device("cpu"), tmp_path / "c.pt",
+                 on_epoch=remember)
+    assert result.best_epoch == 1 and len(result.history) == 3
+    for key, value in result.model.state_dict().items():
+        assert torch.equal(value, states[1][key]), key
+
+
+def test_onecycle_and_cosine_schedules():
+    assert lr_factor("onecycle", 0, 100) == 0 and lr_factor("onecycle", 20, 100) == 1
+    assert lr_factor("onecycle", 100, 100) == 0 and lr_factor("onecycle", 60, 100) == pytest.approx(0.5)
+    assert lr_factor("cosine", 0, 100) == 1 and lr_factor("cosine", 100, 100) == pytest.approx(0)
