@@ -1,0 +1,100 @@
+"""End to end: `mlflow run . --env-manager local` against a real `mlflow server` on 127.0.0.1."""
+
+import os
+import subprocess
+import sys
+
+import mlflow
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+
+from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.sources import load_source
+from conftest import REPO
+
+
+def mlflow_run(server: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=server, ANOMALY_REPR_CHECKPOINTS=str(tmp_path / "checkpoints"),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + env["PATH"])  # MLproject runs `python`
+    return subprocess.run([sys.executable, "-m", "mlflow", "run", ".", "--env-manager", "local",
+                           "--experiment-name", "e2e", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def main_run(mlflow_server, tmp_path_factory):
+    proc = mlflow_run(mlflow_server, tmp_path_factory.mktemp("e2e"), "-P", "epochs=4")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    mlflow.set_tracking_uri(mlflow_server)  # for the `runs:/` and `models:/` URIs below
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("e2e")
+    [run] = client.search_runs([experiment.experiment_id], "params.epochs = '4'")
+    return client, run
+
+
+def test_main_logs_metrics_params_and_tags(main_run):
+    client, run = main_run
+    assert run.info.status == "FINISHED"
+    m = run.data.metrics
+    for scorer in ("msp", "entropy", "max_logit", "energy"):
+        for metric in ("auroc", "aupr_in", "aupr_out", "fpr95"):
+            assert 0.0 <= m[f"test/{scorer}/{metric}"] <= 1.0
+    assert m["test/max_logit/auroc"] > 0.6  # a trained classifier beats chance on digits
+    assert 0.5 < m["test/acc"] <= 1.0
+    history = client.get_metric_history(run.info.run_id, "val/acc")
+    assert [h.step for h in history] == [1, 2, 3, 4]
+    assert len(client.get_metric_history(run.info.run_id, "train/loss")) == 4
+    assert run.data.params["dataset"] == "digits" and run.data.params["arch"] == "resnet8"
+    tags = run.data.tags
+    assert tags["dataset"] == "digits" and tags["arch"] == "resnet8" and tags["seed"] == "0"
+    assert tags["split"] == "0" and len(tags["git_commit"]) in (40, len("unknown"))
+
+
+def test_main_logs_artifacts(main_run, tmp_path):
+    client, run = main_run
+    run_id = run.info.run_id
+    listed = {a.path for folder in ("", "model", "outputs", "figures", "split", "environment")
+              for a in client.list_artifacts(run_id, folder)}
+    assert {"config.json", "split/manifest.json", "outputs/val.npz", "outputs/test.npz", "figures/roc.png",
+            "figures/score_histograms.png", "model/weights.pt", "environment/versions.json"} <= listed
+    manifest = mlflow.artifacts.load_dict(f"runs:/{run_id}/split/manifest.json")
+    assert manifest["hash"] == run.data.tags["split_hash"]
+    local = client.download_artifacts(run_id, "outputs/test.npz", str(tmp_path))
+    with np.load(local) as test:
+        assert len(test["labels"]) == len(manifest["test"]) and test["z"].shape[0] == len(manifest["test"])
+        assert (test["labels"] == -1).any()
+
+
+def test_logged_model_serves_the_evaluated_logits(main_run, mlflow_server, tmp_path):
+    client, run = main_run
+    [model] = mlflow.search_logged_models(experiment_ids=[run.info.experiment_id], output_format="list",
+                                          filter_string=f"source_run_id = '{run.info.run_id}'")
+    signature = mlflow.models.get_model_info(model.model_uri).signature
+    assert signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 1, 8, 8)
+    manifest = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/split/manifest.json")
+    images = load_source(ExperimentConfig()).images.numpy()[manifest["test"]].astype(np.float32)
+    served = mlflow.pyfunc.load_model(model.model_uri).predict(images)
+    with np.load(client.download_artifacts(run.info.run_id, "outputs/test.npz", str(tmp_path))) as test:
+        np.testing.assert_allclose(served, test["logits"], atol=1e-3)
+
+
+def test_evaluate_entry_point_reproduces_the_metrics(main_run, mlflow_server, tmp_path):
+    client, run = main_run
+    proc = mlflow_run(mlflow_server, tmp_path, "-e", "evaluate", "-P", f"train_run_id={run.info.run_id}")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    [again] = client.search_runs([run.info.experiment_id], f"tags.train_run_id = '{run.info.run_id}'")
+    assert again.info.status == "FINISHED"
+    for key in ("test/acc", "test/max_logit/auroc", "test/energy/fpr95"):
+        assert again.data.metrics[key] == pytest.approx(run.data.metrics[key], abs=1e-6)
+
+
+def test_bad_parameter_fails_the_run(mlflow_server, tmp_path):
+    proc = mlflow_run(mlflow_server, tmp_path, "-P", "lr=-1", "-P", "epochs=1")
+    assert proc.returncode != 0
+    assert "anomaly-repr: error: lr must be positive" in proc.stderr
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("e2e")
+    [run] = client.search_runs([experiment.experiment_id], "params.lr = '-1'")
+    assert run.info.status == "FAILED"
