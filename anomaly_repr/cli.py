@@ -1,4 +1,4 @@
-"""Command line: `anomaly-repr {train,evaluate,main,archs}`; options are the config's fields one-to-one."""
+"""Command line: `anomaly-repr {train,evaluate,reproduce,main,archs}`; options are the config's fields one-to-one."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from dataclasses import MISSING, fields
 
 from anomaly_repr.config import ExperimentConfig, parse_value
-from anomaly_repr.errors import AnomalyReprError
+from anomaly_repr.errors import AnomalyReprError, ConfigError
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +24,19 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
     return ExperimentConfig(**given)
 
 
+def _study(args: argparse.Namespace) -> tuple[ExperimentConfig, list[int], list[int]]:
+    """A study's config: `seed` and `split` may be comma-separated lists (one child run per value)."""
+    lists = {}
+    for name in ("seed", "split"):
+        text = getattr(args, name) or "0"
+        try:
+            lists[name] = [int(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"{name} must be an integer or comma-separated integers, got {text!r}") from None
+        setattr(args, name, str(lists[name][0]) if lists[name] else None)
+    return _config(args), lists["seed"], lists["split"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anomaly-repr", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -33,8 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue this interrupted train run from its last checkpoint")
     evaluate = sub.add_parser("evaluate", help="extract, score and log a trained model")
     evaluate.add_argument("--train_run_id", "--train-run-id", required=True, help="run id of a train run")
-    main = sub.add_parser("main", help="train, then evaluate, in one run")
-    _add_config_options(main)
+    for name in ("reproduce", "main"):
+        study = sub.add_parser(name, help="parent run with a child per model (classifier, oracle_rep), seed and split"
+                               + ("; the default entry point" if name == "main" else ""))
+        _add_config_options(study)
+        study.add_argument("--seeds", dest="seed", help="alias of --seed: e.g. 0,1,2")
+        study.add_argument("--splits", dest="split", help="alias of --split: e.g. 0,1,2,3,4")
     sub.add_parser("archs", help="list the registered architectures")
     return parser
 
@@ -54,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "evaluate":
             print(workflow.run_evaluate(args.train_run_id))
         else:
-            print(workflow.run_main(_config(args)))
+            print(workflow.run_reproduce(*_study(args)))
     except AnomalyReprError as exc:
         print(f"anomaly-repr: error: {exc}", file=sys.stderr)
         return 2

@@ -39,11 +39,15 @@ class ExperimentConfig:
     schedule: str = "onecycle"  # learning-rate schedule: onecycle (linear warm-up 20 %, then linear decay) | cosine
     patience: int = 10  # stop after this many epochs without a better validation accuracy; 0 = never stop early
     label_smoothing: float = 0.0  # cross-entropy label smoothing in [0, 1)
+    # --- oracles (fit on validation z labelled nominal/anomaly) ---
+    oracle_trees: int = 1000  # trees in the random-forest oracle
+    oracle_neighbors: int = 10  # neighbours in the k-NN oracle
+    # --- hardware ---
     device: str = "auto"  # auto picks cuda, then mps, then cpu
     amp: bool = True  # bfloat16/float16 autocast; used on CUDA only
 
     def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "oracle_trees", "oracle_neighbors"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if not self.lr > 0:

@@ -1,19 +1,25 @@
 """Anomaly scorers. One sign everywhere: a higher score means more anomalous.
 
 Simple scores are plain functions of the logits. The registry holds estimators (scikit-learn style:
-the constructor stores parameters, `fit` returns self, learned state ends in `_`), so that scorers
-that learn from training or validation outputs sit beside the plain ones; `FunctionScorer` adapts a
-plain function. Every scorer reads cached `Outputs`: eight scorers cost one forward pass.
+the constructor stores parameters, `fit` returns self, learned state ends in `_`, scoring before
+fitting raises `NotFittedError`), so that scorers which learn from the validation outputs (the oracles
+in `oracles.py`) sit beside the plain ones; `FunctionScorer` adapts a plain function. Every scorer reads
+cached `Outputs`: eight scorers cost one forward pass.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 from scipy.special import logsumexp, softmax
+from sklearn.exceptions import NotFittedError
 
 from anomaly_repr.extract import Outputs
+
+if TYPE_CHECKING:
+    from anomaly_repr.config import ExperimentConfig
 
 
 def msp(logits: np.ndarray) -> np.ndarray:
@@ -37,6 +43,17 @@ def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return -temperature * logsumexp(logits / temperature, axis=1)
 
 
+class Scorer(Protocol):
+    def fit(self, reference: Outputs) -> Scorer: ...
+
+    def score(self, outputs: Outputs) -> np.ndarray: ...
+
+
+def check_fitted(scorer: object) -> None:
+    if not getattr(scorer, "fitted_", False):
+        raise NotFittedError(f"{type(scorer).__name__} is not fitted yet; call fit(reference_outputs) first")
+
+
 class FunctionScorer:
     """A plain logit score as an estimator: nothing to learn."""
 
@@ -45,24 +62,35 @@ class FunctionScorer:
 
     def fit(self, reference: Outputs) -> FunctionScorer:
         """Scorers learn from reference outputs (the validation split); a plain score learns nothing."""
+        self.fitted_ = True
         return self
 
     def score(self, outputs: Outputs) -> np.ndarray:
+        check_fitted(self)
         return self.fn(outputs.logits)
 
 
-SCORERS: dict[str, Callable[[], FunctionScorer]] = {}
+ScorerFactory = Callable[["ExperimentConfig"], Scorer]
+SCORERS: dict[str, ScorerFactory] = {}
 
 
-def register_scorer(name: str, factory: Callable[[], FunctionScorer]) -> None:
-    SCORERS[name] = factory
+def register_scorer(name: str) -> Callable[[ScorerFactory], ScorerFactory]:
+    def add(factory: ScorerFactory) -> ScorerFactory:
+        SCORERS[name] = factory
+        return factory
+
+    return add
 
 
 for _fn in (msp, entropy, max_logit, energy):
-    register_scorer(_fn.__name__, lambda fn=_fn: FunctionScorer(fn))
+    register_scorer(_fn.__name__)(lambda cfg, fn=_fn: FunctionScorer(fn))
 
 CLASSIC_SCORERS = ("msp", "entropy", "max_logit", "energy")
 
 
-def make_scorer(name: str) -> FunctionScorer:
-    return SCORERS[name]()
+def make_scorer(name: str, cfg: ExperimentConfig) -> Scorer:
+    return SCORERS[name](cfg)
+
+
+# The oracles register themselves on import; importing them here makes every registry user see them.
+from anomaly_repr import oracles  # noqa: E402, F401

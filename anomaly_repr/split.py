@@ -116,6 +116,13 @@ class OpenSetSplit:
             table[self.classes.index(name)] = i
         return table[labels]
 
+    def all_class_labels(self, labels: np.ndarray) -> np.ndarray:
+        """Source labels -> 0..K-1 for known classes, K..K+U-1 for unknown ones (the oracle representation)."""
+        table = np.full(len(self.classes), UNKNOWN, dtype=np.int64)
+        for i, name in enumerate(self.known + self.unknown):
+            table[self.classes.index(name)] = i
+        return table[labels]
+
     def nominal(self, part: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """The indices of `part` whose images belong to known classes (what training may see)."""
         return part[self.open_labels(labels[part]) != UNKNOWN]

@@ -7,6 +7,7 @@ import mlflow
 import pytest
 
 from anomaly_repr import cli as cli_module
+
 from conftest import write_image
 
 

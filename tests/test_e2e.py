@@ -11,6 +11,7 @@ from mlflow import MlflowClient
 
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.sources import load_source
+
 from conftest import REPO
 
 
@@ -24,14 +25,44 @@ def mlflow_run(server: str, tmp_path, *args: str) -> subprocess.CompletedProcess
 
 
 @pytest.fixture(scope="module")
-def main_run(mlflow_server, tmp_path_factory):
-    proc = mlflow_run(mlflow_server, tmp_path_factory.mktemp("e2e"), "-P", "epochs=4")
+def study(mlflow_server, tmp_path_factory):
+    """`mlflow run .` (entry point main: reproduce on digits): the parent and its children by model."""
+    proc = mlflow_run(mlflow_server, tmp_path_factory.mktemp("e2e"), "-P", "epochs=4", "-P", "oracle_trees=200")
     assert proc.returncode == 0, proc.stderr[-4000:]
     mlflow.set_tracking_uri(mlflow_server)  # for the `runs:/` and `models:/` URIs below
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("e2e")
-    [run] = client.search_runs([experiment.experiment_id], "params.epochs = '4'")
-    return client, run
+    [parent] = client.search_runs([experiment.experiment_id], "params.epochs = '4' and tags.stage = 'reproduce'")
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    return client, parent, {child.data.tags["model"]: child for child in children}
+
+
+@pytest.fixture(scope="module")
+def main_run(study):
+    client, _, children = study
+    return client, children["classifier"]
+
+
+def test_main_is_a_study_with_a_child_per_model(study):
+    client, parent, children = study
+    assert parent.info.status == "FINISHED" and sorted(children) == ["classifier", "oracle_rep"]
+    assert all(child.info.status == "FINISHED" for child in children.values())
+    m = parent.data.metrics
+    for kind, child in children.items():
+        for key, value in child.data.metrics.items():
+            if key.startswith("test/") and key.count("/") == 2:
+                assert m[f"test/{kind}/{key[5:]}"] == pytest.approx(value), key
+    assert "test/oracle_rep/max_logit/auroc" not in m  # logit scores of an all-class model are meaningless
+    assert m["test/classifier/oracle_rf/auroc"] > 0.6 and m["test/oracle_rep/oracle_rf/auroc"] > 0.6
+    best_classic = max(m[f"test/classifier/{s}/auroc"] for s in ("msp", "entropy", "max_logit", "energy"))
+    assert m["test/q1_gap"] == pytest.approx(m["test/classifier/oracle_rf/auroc"] - best_classic)
+    rf = m["test/classifier/oracle_rf/auroc"]
+    assert m["test/q2_gap"] == pytest.approx(m["test/oracle_rep/oracle_rf/auroc"] - rf)
+    run_id = parent.info.run_id
+    listed = {a.path for folder in ("", "results", "figures") for a in client.list_artifacts(run_id, folder)}
+    assert {"results/auroc_table.csv", "results/auroc_table.md", "figures/auroc_by_method.png"} <= listed
+    table = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/results/auroc_table.md")
+    assert "| classifier |" in table and "| oracle_rep |" in table and "oracle_rf" in table
 
 
 def test_main_logs_metrics_params_and_tags(main_run):
@@ -96,5 +127,5 @@ def test_bad_parameter_fails_the_run(mlflow_server, tmp_path):
     assert "anomaly-repr: error: lr must be positive" in proc.stderr
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("e2e")
-    [run] = client.search_runs([experiment.experiment_id], "params.lr = '-1'")
+    [run] = client.search_runs([experiment.experiment_id], "params.lr = '-1'")  # the parent `mlflow run` made
     assert run.info.status == "FAILED"

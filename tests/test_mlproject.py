@@ -7,6 +7,7 @@ import yaml
 
 from anomaly_repr.cli import build_parser
 from anomaly_repr.config import ExperimentConfig
+
 from conftest import REPO
 
 SPEC = yaml.safe_load((REPO / "MLproject").read_text())
@@ -19,12 +20,14 @@ def test_every_parameter_appears_in_its_command():
         assert placeholders == set(entry.get("parameters", {})), name
 
 
-def test_train_and_main_take_exactly_the_config_fields_with_its_defaults():
-    for name in ("train", "main"):
+def test_train_main_and_reproduce_take_exactly_the_config_fields_with_its_defaults():
+    for name in ("train", "main", "reproduce"):
         params = SPEC["entry_points"][name]["parameters"]
         assert set(params) == CONFIG_FIELDS
         for f in fields(ExperimentConfig):
             default = str(f.default).lower() if isinstance(f.default, bool) else f.default
+            if name != "train" and f.name in ("seed", "split"):  # studies take lists: "0,1,2"
+                default = str(default)
             assert params[f.name]["default"] == default, f.name
         assert f"python -m anomaly_repr {name} " in SPEC["entry_points"][name]["command"]
 

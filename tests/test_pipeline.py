@@ -37,6 +37,7 @@ def test_device_batches_cover_every_image_once_per_epoch():
     batches = DeviceBatches(images, labels, norm, batch_size=4, hflip=True, generator=torch.Generator())
     seen = []
     for x, y in batches:
-        assert torch.allclose(x[:, 0, 4, 4], y.float(), atol=1e-4)  # crops of a constant image keep image and label paired
+        # crops and flips of a constant image keep each image paired with its label
+        assert torch.allclose(x[:, 0, 4, 4], y.float(), atol=1e-4)
         seen += y.tolist()
     assert sorted(seen) == list(range(10)) and len(batches) == 3

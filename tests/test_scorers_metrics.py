@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
+from sklearn.exceptions import NotFittedError
 
+from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.extract import Outputs
 from anomaly_repr.metrics import anomaly_metrics, closed_set_accuracy, fpr_at_tpr
 from anomaly_repr.scorers import CLASSIC_SCORERS, SCORERS, energy, entropy, make_scorer, max_logit, msp
@@ -46,11 +48,15 @@ def test_score_values():
 @pytest.mark.parametrize("name", sorted(SCORERS))
 def test_every_registered_scorer_is_an_estimator(name):
     rng = np.random.default_rng(0)
-    out = Outputs(z=rng.normal(size=(8, 4)).astype(np.float32), logits=rng.normal(size=(8, 3)).astype(np.float32),
-                  labels=np.array([0, 1, 2, 0, -1, -1, 1, 2]))
-    scorer = make_scorer(name)
+    out = Outputs(z=rng.normal(size=(40, 4)).astype(np.float32), logits=rng.normal(size=(40, 3)).astype(np.float32),
+                  labels=np.array([0, 1, 2, -1] * 10))
+    scorer = make_scorer(name, ExperimentConfig(oracle_trees=10, oracle_neighbors=3))
+    assert not [k for k in vars(scorer) if k.endswith("_")]  # the constructor stores parameters only
+    with pytest.raises(NotFittedError, match="fit"):
+        scorer.score(out)
     assert scorer.fit(out) is scorer
-    assert scorer.score(out).shape == (8,)
+    scores = scorer.score(out)
+    assert scores.shape == (40,) and np.isfinite(scores).all()
     assert set(CLASSIC_SCORERS) <= set(SCORERS)
 
 

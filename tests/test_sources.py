@@ -10,6 +10,7 @@ import torchvision.datasets.cifar as tv_cifar
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import DataError
 from anomaly_repr.sources import load_source
+
 from conftest import write_image
 
 
