@@ -131,7 +131,8 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
             scheduler.step()
             loss_sum += loss.item() * len(y)
             seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", img_s=f"{seen / (time.perf_counter() - began):.0f}")
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", last_val_acc=f"{result.history[-1]['val/acc']:.3f}"
+                            if result.history else "-", img_s=f"{seen / (time.perf_counter() - began):.0f}")
         seconds = time.perf_counter() - began
         result.train_seconds += seconds
         result.train_images += seen

@@ -154,15 +154,16 @@ def run_evaluate(train_run_id: str) -> str:
     """`evaluate`: extract, score and log a trained model in a new run that points to its train run."""
     setup_tracking()
     cfg = load_config(train_run_id)
+    kind = mlflow.get_run(train_run_id).data.tags.get("model", "classifier")  # study children carry their kind
     prep = prepare(cfg)
-    model, normalizer, stored_split = load_weights(train_run_id, new_model(prep))
+    model, normalizer, stored_split = load_weights(train_run_id, new_model(prep, kind))
     if stored_split.hash != prep.split.hash:
         raise AnomalyReprError(f"the data no longer match train run {train_run_id}: split hash "
                                f"{prep.split.hash} != {stored_split.hash}")
     with mlflow.start_run() as run:
         log_provenance(cfg, prep.split, stage="evaluate")
-        mlflow.set_tag("train_run_id", train_run_id)
-        evaluate(prep, model, normalizer)
+        mlflow.set_tags({"train_run_id": train_run_id, "model": kind})
+        evaluate(prep, model, normalizer, kind)
         return run.info.run_id
 
 
