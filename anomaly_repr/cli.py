@@ -6,9 +6,13 @@ import argparse
 import logging
 import sys
 from dataclasses import MISSING, fields
+from typing import TYPE_CHECKING
 
-from anomaly_repr.config import ExperimentConfig, parse_value
+from anomaly_repr.config import ExperimentConfig, parse_bool, parse_value
 from anomaly_repr.errors import AnomalyReprError, ConfigError
+
+if TYPE_CHECKING:
+    from anomaly_repr.study import Study
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
@@ -24,17 +28,24 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
     return ExperimentConfig(**given)
 
 
-def _study(args: argparse.Namespace) -> tuple[ExperimentConfig, list[int], list[int]]:
-    """A study's config: `seed` and `split` may be comma-separated lists (one child run per value)."""
+def _study(args: argparse.Namespace) -> Study:
+    """A study: `seed` and `split` may be comma-separated lists (one child run per value); `recon_weight`
+    is the hybrid child's λ ('auto' = the talk's value for the dataset, 0 = no hybrid)."""
+    from anomaly_repr.study import Study
+
     lists = {}
     for name in ("seed", "split"):
         text = getattr(args, name) or "0"
         try:
-            lists[name] = [int(v) for v in text.split(",") if v.strip()]
+            lists[name] = tuple(int(v) for v in text.split(",") if v.strip())
         except ValueError:
             raise ConfigError(f"{name} must be an integer or comma-separated integers, got {text!r}") from None
         setattr(args, name, str(lists[name][0]) if lists[name] else None)
-    return _config(args), lists["seed"], lists["split"]
+    weight, args.recon_weight = args.recon_weight or "auto", None
+    base = _config(args)
+    hybrid_weight = Study.talk_weight(base.dataset) if weight == "auto" else parse_value(
+        next(f for f in fields(ExperimentConfig) if f.name == "recon_weight"), weight)
+    return Study(base, lists["seed"], lists["split"], hybrid_weight, parse_bool("godin", args.godin))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -52,6 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_config_options(study)
         study.add_argument("--seeds", dest="seed", help="alias of --seed: e.g. 0,1,2")
         study.add_argument("--splits", dest="split", help="alias of --split: e.g. 0,1,2,3,4")
+        study.add_argument("--godin", default="true", metavar="BOOL", help="train the G-ODIN child (default: true)")
     sub.add_parser("archs", help="list the registered architectures")
     return parser
 
@@ -62,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     # Imported here so that `--help` and argument errors answer without loading torch and mlflow.
     from anomaly_repr import workflow
     from anomaly_repr.models import MODELS
+    from anomaly_repr.study import run_reproduce
 
     try:
         if args.command == "archs":
@@ -71,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "evaluate":
             print(workflow.run_evaluate(args.train_run_id))
         else:
-            print(workflow.run_reproduce(*_study(args)))
+            print(run_reproduce(_study(args)))
     except AnomalyReprError as exc:
         print(f"anomaly-repr: error: {exc}", file=sys.stderr)
         return 2

@@ -14,6 +14,8 @@ from anomaly_repr.errors import ConfigError
 
 SCHEDULES = ("onecycle", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+HEADS = ("linear", "godin")
+GODIN_H = ("cosine", "inner", "euclidean")
 
 
 @dataclass(frozen=True)
@@ -30,6 +32,10 @@ class ExperimentConfig:
     seed: int = 0  # seeds the 60/20/20 partition, initialisation and augmentation
     # --- model ---
     arch: str = "resnet8"  # registered architecture (see `anomaly-repr archs`)
+    recon_weight: float = 0.0  # hybrid models: loss = CE + recon_weight * per-pixel MSE (λ); 0 = no decoder
+    head: str = "linear"  # linear | godin (Generalized ODIN: logits h(z) / g(z))
+    godin_h: str = "cosine"  # G-ODIN similarity h_i(z): cosine | inner | euclidean
+    godin_epsilons: str = "0,0.0025,0.005,0.01,0.02,0.04,0.08"  # G-ODIN input-perturbation grid, pixel units
     # --- optimisation ---
     epochs: int = 30  # maximum training epochs
     batch_size: int = 128  # images per SGD step
@@ -60,6 +66,13 @@ class ExperimentConfig:
             raise ConfigError(f"image_size must be at least 8 pixels, got {self.image_size}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.recon_weight < 0:
+            raise ConfigError(f"recon_weight must not be negative, got {self.recon_weight}")
+        if self.head not in HEADS:
+            raise ConfigError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
+        if self.godin_h not in GODIN_H:
+            raise ConfigError(f"unknown godin_h {self.godin_h!r}; choose one of {', '.join(GODIN_H)}")
+        _ = self.epsilons  # parses and checks the grid
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if self.device not in DEVICES:
@@ -72,6 +85,17 @@ class ExperimentConfig:
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(sorted(SOURCES))}")
         if self.arch not in MODELS:
             raise ConfigError(f"unknown arch {self.arch!r}; choose one of {', '.join(sorted(MODELS))}")
+
+    @property
+    def epsilons(self) -> list[float]:
+        """The G-ODIN perturbation grid as numbers (checked: non-negative, at least one)."""
+        try:
+            grid = [float(v) for v in self.godin_epsilons.split(",") if v.strip()]
+        except ValueError:
+            raise ConfigError(f"godin_epsilons must be comma-separated numbers, got {self.godin_epsilons!r}") from None
+        if not grid or min(grid) < 0:
+            raise ConfigError(f"godin_epsilons must be non-negative numbers, got {self.godin_epsilons!r}")
+        return grid
 
     def to_params(self) -> dict[str, str]:
         """The config as MLflow params: one param per field, as strings."""
@@ -88,12 +112,9 @@ def _format(value: Any) -> str:
 def parse_value(field: dataclasses.Field, text: str) -> Any:
     """Parse a CLI/MLproject string into the field's type, with a one-line error on failure."""
     kind = field.type if isinstance(field.type, str) else field.type.__name__
+    if kind == "bool":
+        return parse_bool(field.name, text)
     try:
-        if kind == "bool":
-            lowered = text.strip().lower()
-            if lowered not in ("true", "false", "1", "0", "yes", "no"):
-                raise ValueError(text)
-            return lowered in ("true", "1", "yes")
         if kind == "int":
             return int(text)
         if kind == "float":
@@ -101,3 +122,10 @@ def parse_value(field: dataclasses.Field, text: str) -> Any:
     except ValueError:
         raise ConfigError(f"{field.name} must be {kind}, got {text!r}") from None
     return text
+
+
+def parse_bool(name: str, text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError(f"{name} must be bool (true or false), got {text!r}")
+    return lowered in ("true", "1", "yes")

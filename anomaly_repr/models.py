@@ -1,8 +1,9 @@
-"""Model registry: CIFAR-stem ResNets that return named outputs.
+"""Model registry: CIFAR-stem ResNet backbones, heads, and an optional reconstruction decoder.
 
 Every model is an `OpenSetNet`: a backbone mapping images to the pooled penultimate features `z`
 (`forward_features`) and a head mapping `z` to logits (`forward_head`), the split that timm uses.
-`forward` returns a `ModelOutput` whose fields never depend on flags.
+`forward` returns a `ModelOutput`; its optional fields are filled by the model's parts (a decoder fills
+`recon`, a G-ODIN head fills `h` and `g`), never by flags of the call.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models.resnet import BasicBlock
@@ -18,17 +20,63 @@ from torchvision.models.resnet import BasicBlock
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor  # (N, K) class scores of the known classes
+    logits: torch.Tensor  # (N, K) class scores of the known classes; h / g for a G-ODIN head
     z: torch.Tensor  # (N, D) latent representation: pooled penultimate features
+    recon: torch.Tensor | None = None  # (N, C, H, W) hybrid models: reconstruction of the normalised input
+    h: torch.Tensor | None = None  # (N, K) G-ODIN: class similarities h_i(z)
+    g: torch.Tensor | None = None  # (N,) G-ODIN: g(z) in (0, 1)
+
+
+class GodinHead(nn.Module):
+    """Generalized ODIN (Hsu et al. 2020): logits h_i(z) / g(z), g(z) = sigmoid(BN(linear(z)))."""
+
+    def __init__(self, z_dim: int, num_classes: int, similarity: str):
+        super().__init__()
+        self.similarity = similarity  # cosine | inner | euclidean
+        self.h = nn.Linear(z_dim, num_classes, bias=False)  # class vectors w_i; trained without weight decay
+        self.g = nn.Sequential(nn.Linear(z_dim, 1), nn.BatchNorm1d(1), nn.Sigmoid())
+
+    def parts(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        w = self.h.weight
+        if self.similarity == "cosine":
+            h = F.normalize(z, dim=1) @ F.normalize(w, dim=1).T
+        elif self.similarity == "inner":
+            h = z @ w.T
+        else:  # negative squared euclidean distance
+            h = -torch.cdist(z, w).pow(2)
+        return h, self.g(z).squeeze(1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h, g = self.parts(z)
+        return h / g[:, None]
+
+
+class Decoder(nn.Module):
+    """Reconstructs the normalised input image from z: linear to a coarse map, two 2x up-convolutions."""
+
+    def __init__(self, z_dim: int, channels: int, size: int, width: int = 64):
+        super().__init__()
+        self.size, self.width, self.start = size, width, max(1, size // 4)
+        self.fc = nn.Linear(z_dim, width * self.start * self.start)
+        self.up = nn.Sequential(
+            nn.ReLU(inplace=True), nn.ConvTranspose2d(width, width // 2, 4, stride=2, padding=1),
+            nn.BatchNorm2d(width // 2), nn.ReLU(inplace=True),
+            nn.ConvTranspose2d(width // 2, channels, 4, stride=2, padding=1))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.up(self.fc(z).view(-1, self.width, self.start, self.start))
+        if x.shape[-1] != self.size:  # sizes that are not a multiple of 4
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return x
 
 
 class OpenSetNet(nn.Module):
-    def __init__(self, backbone: nn.Module, z_dim: int, num_classes: int):
+    def __init__(self, backbone: nn.Module, z_dim: int, head: nn.Module, decoder: Decoder | None = None):
         super().__init__()
         self.backbone = backbone
-        self.head = nn.Linear(z_dim, num_classes)
+        self.head = head
+        self.decoder = decoder
         self.z_dim = z_dim  # width of z
-        self.num_classes = num_classes
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
@@ -38,23 +86,32 @@ class OpenSetNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         z = self.forward_features(x)
-        return ModelOutput(logits=self.forward_head(z), z=z)
+        recon = self.decoder(z) if self.decoder is not None else None
+        if isinstance(self.head, GodinHead):
+            h, g = self.head.parts(z)
+            return ModelOutput(logits=h / g[:, None], z=z, recon=recon, h=h, g=g)
+        return ModelOutput(logits=self.head(z), z=z, recon=recon)
 
 
-ModelFactory = Callable[[int, int], OpenSetNet]  # (num_classes, in_channels) -> model
-MODELS: dict[str, ModelFactory] = {}
+BackboneFactory = Callable[[int], tuple[nn.Module, int]]  # in_channels -> (backbone, width of z)
+MODELS: dict[str, BackboneFactory] = {}
 
 
-def register_model(name: str) -> Callable[[ModelFactory], ModelFactory]:
-    def add(factory: ModelFactory) -> ModelFactory:
+def register_model(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
+    def add(factory: BackboneFactory) -> BackboneFactory:
         MODELS[name] = factory
         return factory
 
     return add
 
 
-def create_model(arch: str, num_classes: int, in_channels: int) -> OpenSetNet:
-    return MODELS[arch](num_classes, in_channels)
+def create_model(arch: str, num_classes: int, in_channels: int, head: str = "linear", godin_h: str = "cosine",
+                 decoder_size: int = 0) -> OpenSetNet:
+    """A registered backbone with a `head` (linear | godin); decoder_size > 0 adds the hybrid decoder."""
+    backbone, z_dim = MODELS[arch](in_channels)
+    head_module = GodinHead(z_dim, num_classes, godin_h) if head == "godin" else nn.Linear(z_dim, num_classes)
+    decoder = Decoder(z_dim, in_channels, decoder_size) if decoder_size else None
+    return OpenSetNet(backbone, z_dim, head_module, decoder)
 
 
 # --- torchvision ResNets with the CIFAR stem: 3x3 stride-1 first conv, no max-pool ---
@@ -69,10 +126,7 @@ def _torchvision_resnet(builder: Callable[..., resnet.ResNet], in_channels: int)
 
 
 def _register_torchvision(name: str, builder: Callable[..., resnet.ResNet]) -> None:
-    @register_model(name)
-    def factory(num_classes: int, in_channels: int) -> OpenSetNet:
-        backbone, z_dim = _torchvision_resnet(builder, in_channels)
-        return OpenSetNet(backbone, z_dim, num_classes)
+    register_model(name)(lambda in_channels: _torchvision_resnet(builder, in_channels))
 
 
 for _name in ("resnet18", "resnet34", "resnet50"):
@@ -110,9 +164,9 @@ class CifarResNet(nn.Module):
 
 def _register_cifar(name: str, blocks_per_stage: int, width: int) -> None:
     @register_model(name)
-    def factory(num_classes: int, in_channels: int) -> OpenSetNet:
+    def factory(in_channels: int) -> tuple[nn.Module, int]:
         backbone = CifarResNet(blocks_per_stage, width, in_channels)
-        return OpenSetNet(backbone, backbone.out_dim, num_classes)
+        return backbone, backbone.out_dim
 
 
 _register_cifar("resnet8", 1, 16)  # 0.08 M parameters: CPU demos and tests

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 class ProbeOracle:
     """Fits `estimator` on (z, is_anomaly) of the reference outputs; scores P(anomaly | z)."""
 
+    requires = ("z",)
+
     def __init__(self, estimator: BaseEstimator):
         self.estimator = estimator
 

@@ -49,7 +49,8 @@ def summarise(results: dict[str, list[dict[str, float]]]) -> dict[str, float]:
 
     q1_gap: the classifier's oracle_rf AUROC minus its best classic-score AUROC (what z holds that
     the scores miss); q2_gap: the oracle representation's oracle_rf AUROC minus the classifier's (what
-    a network of this architecture could hold).
+    a network of this architecture could hold); q3_gap, with a hybrid: its oracle_rf AUROC minus the
+    classifier's (does reconstruction put more anomaly information into z?).
     """
     summary = {}
     for kind, repeats in results.items():
@@ -59,9 +60,12 @@ def summarise(results: dict[str, list[dict[str, float]]]) -> dict[str, float]:
             summary[name] = float(values.mean())
             if len(values) > 1:
                 summary[name + "_std"] = float(values.std(ddof=1))
+    rf = summary["test/classifier/oracle_rf/auroc"]
     classic = max(summary[f"test/classifier/{s}/auroc"] for s in ("msp", "entropy", "max_logit", "energy"))
-    summary["test/q1_gap"] = summary["test/classifier/oracle_rf/auroc"] - classic
-    summary["test/q2_gap"] = summary["test/oracle_rep/oracle_rf/auroc"] - summary["test/classifier/oracle_rf/auroc"]
+    summary["test/q1_gap"] = rf - classic
+    summary["test/q2_gap"] = summary["test/oracle_rep/oracle_rf/auroc"] - rf
+    if "test/hybrid/oracle_rf/auroc" in summary:
+        summary["test/q3_gap"] = summary["test/hybrid/oracle_rf/auroc"] - rf
     return summary
 
 

@@ -44,6 +44,8 @@ def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 
 class Scorer(Protocol):
+    requires: tuple[str, ...]  # the Outputs fields it reads; a scorer applies where they are present
+
     def fit(self, reference: Outputs) -> Scorer: ...
 
     def score(self, outputs: Outputs) -> np.ndarray: ...
@@ -54,20 +56,27 @@ def check_fitted(scorer: object) -> None:
         raise NotFittedError(f"{type(scorer).__name__} is not fitted yet; call fit(reference_outputs) first")
 
 
-class FunctionScorer:
-    """A plain logit score as an estimator: nothing to learn."""
+def applies(scorer: Scorer, outputs: Outputs) -> bool:
+    return all(getattr(outputs, name) is not None for name in scorer.requires)
 
-    def __init__(self, fn: Callable[[np.ndarray], np.ndarray]):
+
+class FunctionScorer:
+    """A fixed function of the outputs as an estimator: nothing to learn."""
+
+    def __init__(self, fn: Callable[[Outputs], np.ndarray], requires: tuple[str, ...] = ("logits",)):
         self.fn = fn
+        self.requires = requires
 
     def fit(self, reference: Outputs) -> FunctionScorer:
-        """Scorers learn from reference outputs (the validation split); a plain score learns nothing."""
+        """Scorers learn from reference outputs (the validation split); a fixed function learns nothing."""
         self.fitted_ = True
         return self
 
     def score(self, outputs: Outputs) -> np.ndarray:
         check_fitted(self)
-        return self.fn(outputs.logits)
+        if not applies(self, outputs):
+            raise ValueError(f"this scorer reads {', '.join(self.requires)}, which these outputs lack")
+        return self.fn(outputs)
 
 
 ScorerFactory = Callable[["ExperimentConfig"], Scorer]
@@ -83,9 +92,17 @@ def register_scorer(name: str) -> Callable[[ScorerFactory], ScorerFactory]:
 
 
 for _fn in (msp, entropy, max_logit, energy):
-    register_scorer(_fn.__name__)(lambda cfg, fn=_fn: FunctionScorer(fn))
+    register_scorer(_fn.__name__)(lambda cfg, fn=_fn: FunctionScorer(lambda o: fn(o.logits)))
 
 CLASSIC_SCORERS = ("msp", "entropy", "max_logit", "energy")
+
+# Hybrid models: a worse reconstruction means a stranger image.
+register_scorer("recon_error")(lambda cfg: FunctionScorer(lambda o: o.recon_error, ("recon_error",)))
+# G-ODIN (Hsu et al. 2020): the perturbed max h (its paper's score), the quotient max h/g, and g alone.
+register_scorer("godin")(lambda cfg: FunctionScorer(lambda o: -o.godin_h_perturbed, ("godin_h_perturbed",)))
+register_scorer("godin_quotient")(lambda cfg: FunctionScorer(
+    lambda o: -(o.godin_h / o.godin_g[:, None]).max(axis=1), ("godin_h", "godin_g")))
+register_scorer("godin_g")(lambda cfg: FunctionScorer(lambda o: -o.godin_g, ("godin_g",)))
 
 
 def make_scorer(name: str, cfg: ExperimentConfig) -> Scorer:

@@ -46,10 +46,14 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on conv and linear weights only; norms and biases are left undecayed."""
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    rest = [p for p in model.parameters() if p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}]
+    """Weight decay on conv and linear weights only; norms, biases and G-ODIN's class vectors h are not
+    decayed (Hsu et al. 2020: decay would shrink the vectors that h compares z with)."""
+    def decayed(name: str, p: torch.nn.Parameter) -> bool:
+        return p.ndim > 1 and not name.startswith("head.h.")
+
+    named = list(model.named_parameters())
+    return [{"params": [p for n, p in named if decayed(n, p)], "weight_decay": weight_decay},
+            {"params": [p for n, p in named if not decayed(n, p)], "weight_decay": 0.0}]
 
 
 @torch.no_grad()
@@ -123,8 +127,10 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None, unit="batch")
         for x, y in bar:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                logits = model(x.contiguous(memory_format=torch.channels_last)).logits
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                out = model(x.contiguous(memory_format=torch.channels_last))
+                loss = F.cross_entropy(out.logits.float(), y, label_smoothing=cfg.label_smoothing)
+                if out.recon is not None:  # hybrid: CE + λ * per-pixel squared error of the seen input
+                    loss = loss + cfg.recon_weight * F.mse_loss(out.recon.float(), x)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -1,4 +1,4 @@
-"""The entry points as functions: `run_train`, `run_evaluate` and `run_reproduce`, in the order they run.
+"""The single-model entry points as functions, `run_train` and `run_evaluate`, and the stages they share.
 
 source -> OpenSetSplit -> train (known classes only) -> extract once per split -> scorers -> metrics,
 everything logged to the active MLflow run.
@@ -6,6 +6,7 @@ everything logged to the active MLflow run.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -18,16 +19,16 @@ import torch
 
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import AnomalyReprError
-from anomaly_repr.extract import extract
+from anomaly_repr.extract import Outputs, extract, perturbed_scores, select_epsilon
 from anomaly_repr.metrics import anomaly_metrics, closed_set_accuracy
 from anomaly_repr.models import OpenSetNet, create_model
 from anomaly_repr.oracles import ORACLES
 from anomaly_repr.pipeline import Normalizer
-from anomaly_repr.report import auroc_bar_chart, auroc_table, histogram_figure, roc_figure, summarise, to_markdown
-from anomaly_repr.scorers import CLASSIC_SCORERS, make_scorer
+from anomaly_repr.report import histogram_figure, roc_figure
+from anomaly_repr.scorers import SCORERS, applies, make_scorer
 from anomaly_repr.sources import ImageData, load_source
 from anomaly_repr.split import OpenSetSplit
-from anomaly_repr.tracking import git_commit, load_config, load_weights, log_model, log_provenance, setup_tracking
+from anomaly_repr.tracking import load_config, load_weights, log_json, log_model, log_provenance, setup_tracking
 from anomaly_repr.train import pick_device, train
 
 log = logging.getLogger(__name__)
@@ -70,16 +71,13 @@ def prepare(cfg: ExperimentConfig) -> Prepared:
     return Prepared(cfg, data, split, split.open_labels(data.labels))
 
 
-# What each model of a study is, in the order `reproduce` trains them.
-MODEL_KINDS = {
-    "classifier": "trained on the known classes: the detector under study",
-    "oracle_rep": "trained on all classes of the split: the oracle representation (Q2)",
-}
-
-
 def new_model(prep: Prepared, kind: str = "classifier") -> OpenSetNet:
+    """The model `prep.cfg` describes; `oracle_rep` models have a class for every class of the split."""
+    cfg = prep.cfg
     n_classes = len(prep.split.known) + (len(prep.split.unknown) if kind == "oracle_rep" else 0)
-    return create_model(prep.cfg.arch, n_classes, prep.data.images.shape[1])
+    decoder_size = prep.data.images.shape[-1] if cfg.recon_weight > 0 else 0
+    return create_model(cfg.arch, n_classes, prep.data.images.shape[1], head=cfg.head, godin_h=cfg.godin_h,
+                        decoder_size=decoder_size)
 
 
 def fit(prep: Prepared, run_id: str, kind: str = "classifier", resume: bool = False) -> tuple[OpenSetNet, Normalizer]:
@@ -105,23 +103,45 @@ def fit(prep: Prepared, run_id: str, kind: str = "classifier", resume: bool = Fa
     return result.model, normalizer
 
 
-def scorers_for(kind: str) -> tuple[str, ...]:
-    """Logit scores mean nothing for a model that was trained on the anomaly classes: oracles only."""
-    return ORACLES if kind == "oracle_rep" else CLASSIC_SCORERS + ORACLES
+def choose_epsilon(prep: Prepared, model: OpenSetNet, normalizer: Normalizer) -> float:
+    """G-ODIN's epsilon, searched on nominal validation images only (no anomaly, no test image); logged."""
+    nominal_val = prep.split.nominal(prep.split.val, prep.data.labels)
+    epsilon, means = select_epsilon(model, prep.images(nominal_val), normalizer, pick_device(prep.cfg.device),
+                                    prep.cfg.epsilons)
+    mlflow.log_metric("godin/epsilon", epsilon)
+    log_json({str(k): v for k, v in means.items()}, "godin/epsilon_search.json")
+    return epsilon
+
+
+def godin_perturbation(prep: Prepared, model: OpenSetNet, normalizer: Normalizer,
+                       outputs: dict[str, Outputs]) -> dict[str, Outputs]:
+    """Add G-ODIN's perturbed scores, at the epsilon chosen on nominal validation images, to `outputs`."""
+    device, epsilon = pick_device(prep.cfg.device), choose_epsilon(prep, model, normalizer)
+    parts = {"val": prep.split.val, "test": prep.split.test}
+    return {part: dataclasses.replace(out, godin_h_perturbed=perturbed_scores(
+        model, prep.images(parts[part]), normalizer, device, epsilon)) for part, out in outputs.items()}
 
 
 def evaluate(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, kind: str = "classifier") -> dict[str, float]:
-    """Extract outputs once per split, fit every scorer on validation and score the test split; log it all."""
+    """Extract outputs once per split, fit every applicable scorer on validation, score the test split.
+
+    A model trained on the anomaly classes (`oracle_rep`) gets the oracles only: its logit scores
+    mean nothing. Everything is logged to the active run; returns the metrics.
+    """
     device = pick_device(prep.cfg.device)
     model.to(device=device, memory_format=torch.channels_last)
     outputs = {part: extract(model, prep.images(index), prep.open_labels[index], normalizer, device)
                for part, index in (("val", prep.split.val), ("test", prep.split.test))}
+    if outputs["test"].godin_h is not None:
+        outputs = godin_perturbation(prep, model, normalizer, outputs)
     test = outputs["test"]
     metrics = {} if kind == "oracle_rep" else {"test/acc": closed_set_accuracy(test.logits, test.labels)}
     scores = {}
-    for name in scorers_for(kind):
-        scores[name] = make_scorer(name, prep.cfg).fit(outputs["val"]).score(test)
-        metrics.update({f"test/{name}/{k}": v for k, v in anomaly_metrics(scores[name], test.is_anomaly).items()})
+    for name in ORACLES if kind == "oracle_rep" else SCORERS:
+        scorer = make_scorer(name, prep.cfg)
+        if applies(scorer, test):
+            scores[name] = scorer.fit(outputs["val"]).score(test)
+            metrics.update({f"test/{name}/{k}": v for k, v in anomaly_metrics(scores[name], test.is_anomaly).items()})
     mlflow.log_metrics(metrics)
     with tempfile.TemporaryDirectory() as tmp:
         for part, out in outputs.items():
@@ -165,38 +185,3 @@ def run_evaluate(train_run_id: str) -> str:
         mlflow.set_tags({"train_run_id": train_run_id, "model": kind})
         evaluate(prep, model, normalizer, kind)
         return run.info.run_id
-
-
-def run_reproduce(cfg: ExperimentConfig, seeds: list[int], splits: list[int]) -> str:
-    """`reproduce` (and `main`): a parent run with a nested child run per model, seed and split.
-
-    Each child trains and evaluates one model of MODEL_KINDS; the parent gathers
-    `test/<model>/<scorer>/<metric>` (mean, and `_std` over repeats when there are several), the gaps
-    `test/q1_gap` and `test/q2_gap`, the AUROC table (CSV, Markdown) and the AUROC bar chart.
-    """
-    setup_tracking()
-    results: dict[str, list[dict[str, float]]] = {kind: [] for kind in MODEL_KINDS}
-    with mlflow.start_run(run_name="reproduce") as parent:
-        params = cfg.to_params() | {"seed": ",".join(map(str, seeds)), "split": ",".join(map(str, splits))}
-        existing = mlflow.get_run(parent.info.run_id).data.params
-        mlflow.log_params({k: v for k, v in params.items() if k not in existing})
-        mlflow.set_tags({"stage": "reproduce", "dataset": cfg.dataset, "arch": cfg.arch, "git_commit": git_commit(),
-                         "seeds": params["seed"], "splits": params["split"]})
-        for split_index in splits:
-            for seed in seeds:
-                one = cfg.replace(split=split_index, seed=seed)
-                prep = prepare(one)
-                for kind in MODEL_KINDS:
-                    with mlflow.start_run(run_name=f"{kind} split={split_index} seed={seed}", nested=True) as child:
-                        log_provenance(one, prep.split, stage=kind)
-                        mlflow.set_tag("model", kind)
-                        model, normalizer = fit(prep, child.info.run_id, kind)
-                        results[kind].append(evaluate(prep, model, normalizer, kind))
-        summary = summarise(results)
-        mlflow.log_metrics(summary)
-        table = auroc_table(results)
-        mlflow.log_text(table.to_csv(), "results/auroc_table.csv")
-        mlflow.log_text(to_markdown(table), "results/auroc_table.md")
-        mlflow.log_figure(auroc_bar_chart(results, title=f"{cfg.dataset} AUROC"), "figures/auroc_by_method.png")
-        log.info("q1_gap %.4f  q2_gap %.4f\n%s", summary["test/q1_gap"], summary["test/q2_gap"], to_markdown(table))
-        return parent.info.run_id

@@ -45,7 +45,7 @@ def main_run(study):
 
 def test_main_is_a_study_with_a_child_per_model(study):
     client, parent, children = study
-    assert parent.info.status == "FINISHED" and sorted(children) == ["classifier", "oracle_rep"]
+    assert parent.info.status == "FINISHED" and sorted(children) == ["classifier", "godin", "hybrid", "oracle_rep"]
     assert all(child.info.status == "FINISHED" for child in children.values())
     m = parent.data.metrics
     for kind, child in children.items():
@@ -53,6 +53,12 @@ def test_main_is_a_study_with_a_child_per_model(study):
             if key.startswith("test/") and key.count("/") == 2:
                 assert m[f"test/{kind}/{key[5:]}"] == pytest.approx(value), key
     assert "test/oracle_rep/max_logit/auroc" not in m  # logit scores of an all-class model are meaningless
+    assert "test/hybrid/recon_error/auroc" in m and "test/classifier/recon_error/auroc" not in m
+    for scorer in ("godin", "godin_quotient", "godin_g"):
+        assert f"test/godin/{scorer}/auroc" in m and f"test/classifier/{scorer}/auroc" not in m
+    assert children["hybrid"].data.params["recon_weight"] == "0.9"  # the talk's λ for CIFAR-10 and others
+    assert children["godin"].data.params["head"] == "godin" and "godin/epsilon" in children["godin"].data.metrics
+    assert m["test/q3_gap"] == pytest.approx(m["test/hybrid/oracle_rf/auroc"] - m["test/classifier/oracle_rf/auroc"])
     assert m["test/classifier/oracle_rf/auroc"] > 0.6 and m["test/oracle_rep/oracle_rf/auroc"] > 0.6
     best_classic = max(m[f"test/classifier/{s}/auroc"] for s in ("msp", "entropy", "max_logit", "energy"))
     assert m["test/q1_gap"] == pytest.approx(m["test/classifier/oracle_rf/auroc"] - best_classic)
@@ -62,7 +68,8 @@ def test_main_is_a_study_with_a_child_per_model(study):
     listed = {a.path for folder in ("", "results", "figures") for a in client.list_artifacts(run_id, folder)}
     assert {"results/auroc_table.csv", "results/auroc_table.md", "figures/auroc_by_method.png"} <= listed
     table = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/results/auroc_table.md")
-    assert "| classifier |" in table and "| oracle_rep |" in table and "oracle_rf" in table
+    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == [
+        "classifier", "hybrid", "godin", "oracle_rep"]
 
 
 def test_main_logs_metrics_params_and_tags(main_run):

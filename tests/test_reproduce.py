@@ -19,7 +19,7 @@ def test_several_seeds_give_mean_and_std_on_an_image_folder(tracking, tmp_path, 
             write_image(tmp_path / "photos" / name / f"{i}.png", (10, 10), 30 + 45 * c + i)
     code = main(["reproduce", "--dataset", "imagefolder", "--data_root", str(tmp_path / "photos"), "--image_size", "8",
                  "--known_classes", "beetle,moth,wasp", "--seeds", "0,1", "--epochs", "3", "--batch_size", "8",
-                 "--oracle_trees", "30"])
+                 "--oracle_trees", "30", "--recon_weight", "0", "--godin", "false"])
     assert code == 0, capsys.readouterr().err
     mlflow.set_tracking_uri(tracking)
     parent = mlflow.get_run(capsys.readouterr().out.strip().splitlines()[-1])

@@ -5,7 +5,7 @@ from sklearn.exceptions import NotFittedError
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.extract import Outputs
 from anomaly_repr.metrics import anomaly_metrics, closed_set_accuracy, fpr_at_tpr
-from anomaly_repr.scorers import CLASSIC_SCORERS, SCORERS, energy, entropy, make_scorer, max_logit, msp
+from anomaly_repr.scorers import CLASSIC_SCORERS, SCORERS, applies, energy, entropy, make_scorer, max_logit, msp
 
 
 def test_perfectly_separated_scores_give_auroc_one_and_reversed_zero():
@@ -49,7 +49,8 @@ def test_score_values():
 def test_every_registered_scorer_is_an_estimator(name):
     rng = np.random.default_rng(0)
     out = Outputs(z=rng.normal(size=(40, 4)).astype(np.float32), logits=rng.normal(size=(40, 3)).astype(np.float32),
-                  labels=np.array([0, 1, 2, -1] * 10))
+                  labels=np.array([0, 1, 2, -1] * 10), recon_error=rng.random(40), godin_h=rng.normal(size=(40, 3)),
+                  godin_g=rng.random(40) + 0.1, godin_h_perturbed=rng.normal(size=40))
     scorer = make_scorer(name, ExperimentConfig(oracle_trees=10, oracle_neighbors=3))
     assert not [k for k in vars(scorer) if k.endswith("_")]  # the constructor stores parameters only
     with pytest.raises(NotFittedError, match="fit"):
@@ -58,6 +59,28 @@ def test_every_registered_scorer_is_an_estimator(name):
     scores = scorer.score(out)
     assert scores.shape == (40,) and np.isfinite(scores).all()
     assert set(CLASSIC_SCORERS) <= set(SCORERS)
+
+
+def test_model_specific_scorers_apply_only_where_their_outputs_exist():
+    plain = Outputs(z=np.zeros((2, 2)), logits=np.zeros((2, 2)), labels=np.array([0, -1]))
+    cfg = ExperimentConfig()
+    assert applies(make_scorer("max_logit", cfg), plain) and applies(make_scorer("oracle_rf", cfg), plain)
+    for name in ("recon_error", "godin", "godin_quotient", "godin_g"):
+        assert not applies(make_scorer(name, cfg), plain)
+        with pytest.raises(ValueError, match="lack"):
+            make_scorer(name, cfg).fit(plain).score(plain)
+
+
+def test_godin_scores_follow_the_one_sign():
+    h = np.array([[0.9, 0.1], [0.2, 0.3]])
+    g = np.array([0.5, 0.5])
+    out = Outputs(z=np.zeros((2, 2)), logits=h / g[:, None], labels=np.array([0, -1]), godin_h=h, godin_g=g,
+                  godin_h_perturbed=h.max(axis=1))
+    cfg = ExperimentConfig()
+    for name in ("godin", "godin_quotient"):
+        s = make_scorer(name, cfg).fit(out).score(out)
+        assert s[1] > s[0], name  # the image with the lower max h is the more anomalous
+    assert make_scorer("godin_g", cfg).fit(out).score(out).tolist() == [-0.5, -0.5]
 
 
 def test_closed_set_accuracy_ignores_anomalies():
