@@ -17,6 +17,8 @@ from torch import nn
 from torchvision.models import resnet
 from torchvision.models.resnet import BasicBlock
 
+from anomaly_repr.registry import Registry
+
 
 @dataclass
 class ModelOutput:
@@ -94,15 +96,8 @@ class OpenSetNet(nn.Module):
 
 
 BackboneFactory = Callable[[int], tuple[nn.Module, int]]  # in_channels -> (backbone, width of z)
-MODELS: dict[str, BackboneFactory] = {}
-
-
-def register_model(name: str) -> Callable[[BackboneFactory], BackboneFactory]:
-    def add(factory: BackboneFactory) -> BackboneFactory:
-        MODELS[name] = factory
-        return factory
-
-    return add
+MODELS: Registry[BackboneFactory] = Registry()
+register_model = MODELS.register
 
 
 def create_model(arch: str, num_classes: int, in_channels: int, head: str = "linear", godin_h: str = "cosine",

@@ -17,6 +17,7 @@ from scipy.special import logsumexp, softmax
 from sklearn.exceptions import NotFittedError
 
 from anomaly_repr.extract import Outputs
+from anomaly_repr.registry import Registry
 
 if TYPE_CHECKING:
     from anomaly_repr.config import ExperimentConfig
@@ -80,15 +81,8 @@ class FunctionScorer:
 
 
 ScorerFactory = Callable[["ExperimentConfig"], Scorer]
-SCORERS: dict[str, ScorerFactory] = {}
-
-
-def register_scorer(name: str) -> Callable[[ScorerFactory], ScorerFactory]:
-    def add(factory: ScorerFactory) -> ScorerFactory:
-        SCORERS[name] = factory
-        return factory
-
-    return add
+SCORERS: Registry[ScorerFactory] = Registry()
+register_scorer = SCORERS.register
 
 
 for _fn in (msp, entropy, max_logit, energy):

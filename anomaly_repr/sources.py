@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from anomaly_repr.errors import DataError
+from anomaly_repr.registry import Registry
 
 if TYPE_CHECKING:
     from anomaly_repr.config import ExperimentConfig
@@ -31,15 +32,8 @@ class ImageData:
     hflip: bool  # whether horizontal flips keep an image in its class (not so for digits)
 
 
-SOURCES: dict[str, Callable[[ExperimentConfig], ImageData]] = {}
-
-
-def register_source(name: str) -> Callable:
-    def add(fn: Callable[[ExperimentConfig], ImageData]) -> Callable[[ExperimentConfig], ImageData]:
-        SOURCES[name] = fn
-        return fn
-
-    return add
+SOURCES: Registry[Callable[[ExperimentConfig], ImageData]] = Registry()
+register_source = SOURCES.register
 
 
 def load_source(cfg: ExperimentConfig) -> ImageData:

@@ -27,3 +27,10 @@ def test_registry_has_cifar_stem_torchvision_resnets():
         assert model.backbone.conv1.kernel_size == (3, 3) and model.backbone.conv1.stride == (1, 1)
         assert isinstance(model.backbone.maxpool, torch.nn.Identity)
     assert {"resnet8", "resnet20"} <= set(SMALL)
+
+
+def test_a_name_cannot_be_registered_twice():
+    from anomaly_repr.models import register_model
+
+    with pytest.raises(ValueError, match="'resnet8' is registered twice"):
+        register_model("resnet8")(lambda in_channels: None)
