@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from dataclasses import MISSING, fields
+from dataclasses import MISSING
 from typing import TYPE_CHECKING
 
-from anomaly_repr.config import ExperimentConfig, parse_bool, parse_value
+from anomaly_repr.config import FIELDS, ExperimentConfig, parse_bool, parse_value
 from anomaly_repr.errors import AnomalyReprError, ConfigError
 
 if TYPE_CHECKING:
@@ -16,15 +16,14 @@ if TYPE_CHECKING:
 
 
 def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    for f in fields(ExperimentConfig):
+    for f in FIELDS.values():
         default = f.default if f.default is not MISSING else None
         parser.add_argument(f"--{f.name}", f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
                             metavar=str(f.type).upper(), help=f"(default: {default!r})")
 
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:
-    given = {f.name: parse_value(f, getattr(args, f.name)) for f in fields(ExperimentConfig)
-             if getattr(args, f.name) is not None}
+    given = {name: parse_value(f, getattr(args, name)) for name, f in FIELDS.items() if getattr(args, name) is not None}
     return ExperimentConfig(**given)
 
 
@@ -43,8 +42,8 @@ def _study(args: argparse.Namespace) -> Study:
         setattr(args, name, str(lists[name][0]) if lists[name] else None)
     weight, args.recon_weight = args.recon_weight or "auto", None
     base = _config(args)
-    hybrid_weight = Study.talk_weight(base.dataset) if weight == "auto" else parse_value(
-        next(f for f in fields(ExperimentConfig) if f.name == "recon_weight"), weight)
+    auto = weight == "auto"
+    hybrid_weight = Study.talk_weight(base.dataset) if auto else parse_value(FIELDS["recon_weight"], weight)
     return Study(base, lists["seed"], lists["split"], hybrid_weight, parse_bool("godin", args.godin))
 
 
@@ -58,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="extract, score and log a trained model")
     evaluate.add_argument("--train_run_id", "--train-run-id", required=True, help="run id of a train run")
     for name in ("reproduce", "main"):
-        study = sub.add_parser(name, help="parent run with a child per model (classifier, oracle_rep), seed and split"
-                               + ("; the default entry point" if name == "main" else ""))
+        what = "a parent run with a child per model (classifier, hybrid, godin, oracle_rep), seed and split"
+        study = sub.add_parser(name, help=what + ("; the default entry point" if name == "main" else ""))
         _add_config_options(study)
         study.add_argument("--seeds", dest="seed", help="alias of --seed: e.g. 0,1,2")
         study.add_argument("--splits", dest="split", help="alias of --split: e.g. 0,1,2,3,4")

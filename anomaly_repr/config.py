@@ -105,6 +105,9 @@ class ExperimentConfig:
         return dataclasses.replace(self, **changes)
 
 
+FIELDS = {f.name: f for f in fields(ExperimentConfig)}  # name -> dataclass field, for parsing strings
+
+
 def _format(value: Any) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
