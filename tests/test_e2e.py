@@ -12,7 +12,7 @@ from mlflow import MlflowClient
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.sources import load_source
 
-from conftest import REPO
+from conftest import REPO, write_image
 
 
 def mlflow_run(server: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
@@ -136,3 +136,29 @@ def test_bad_parameter_fails_the_run(mlflow_server, tmp_path):
     experiment = client.get_experiment_by_name("e2e")
     [run] = client.search_runs([experiment.experiment_id], "params.lr = '-1'")  # the parent `mlflow run` made
     assert run.info.status == "FAILED"
+
+
+def test_reproduce_on_an_image_folder_with_several_seeds(mlflow_server, tmp_path):
+    for c, name in enumerate(["beetle", "leaf", "moth", "rock", "wasp"]):
+        for i in range(8):
+            write_image(tmp_path / "photos" / name / f"{i}.png", (10, 10), 30 + 45 * c + i)
+    params = {"dataset": "imagefolder", "data_root": tmp_path / "photos", "image_size": 8, "seed": "0,1",
+              "known_classes": "beetle,moth,wasp", "epochs": 3, "batch_size": 8, "oracle_trees": 30,
+              "recon_weight": 0, "godin": "false"}
+    pairs = [arg for key, value in params.items() for arg in ("-P", f"{key}={value}")]
+    proc = mlflow_run(mlflow_server, tmp_path, "-e", "reproduce", *pairs)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("e2e")
+    [parent] = client.search_runs([experiment.experiment_id],
+                                  "params.dataset = 'imagefolder' and tags.stage = 'reproduce'")
+    assert parent.info.status == "FINISHED" and parent.data.params["seed"] == "0,1"
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted((c.data.tags["model"], c.data.params["seed"]) for c in children) == [
+        ("classifier", "0"), ("classifier", "1"), ("oracle_rep", "0"), ("oracle_rep", "1")]
+    m = parent.data.metrics
+    per_seed = [c.data.metrics["test/max_logit/auroc"] for c in children if c.data.tags["model"] == "classifier"]
+    assert m["test/classifier/max_logit/auroc"] == pytest.approx(sum(per_seed) / 2)
+    assert "test/classifier/max_logit/auroc_std" in m and "test/oracle_rep/oracle_rf/auroc_std" in m
+    assert "test/q3_gap" not in m  # no hybrid in this study
+    assert "+-" in mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/results/auroc_table.csv")
