@@ -31,9 +31,10 @@ def main() -> None:
         print(f"  {c.info.run_name}: wall {seconds:.0f} s, epochs run {cm['train/epochs_run']:.0f} "
               f"(best {cm['train/best_epoch']:.0f}), val/best_acc {cm['val/best_acc']:.4f}, "
               f"{cm['train/images_per_second_mean']:.0f} training images/s"
-              + (f", test/acc {cm['test/acc']:.4f}" if "test/acc" in cm else ""))
+              + (f", test/acc {cm['test/acc']:.4f}" if "test/acc" in cm else "")
+              + (f", G-ODIN epsilon {cm['godin/epsilon']}" if "godin/epsilon" in cm else ""))
     print(mlflow.artifacts.load_text(f"runs:/{parent_id}/results/auroc_table.md"))
-    print(f"test/q1_gap {m['test/q1_gap']:+.3f}   test/q2_gap {m['test/q2_gap']:+.3f}")
+    print("   ".join(f"{k} {v:+.3f}" for k, v in m.items() if k.endswith("_gap")))
     print("this run:  max logit {:.3f} -> oracle detector {:.3f} -> oracle representation {:.3f}".format(
         m["test/classifier/max_logit/auroc"], m["test/classifier/oracle_rf/auroc"],
         m["test/oracle_rep/oracle_rf/auroc"]))

@@ -83,3 +83,32 @@ def test_train_evaluate_and_resume_from_the_cli(tracking, tmp_path):
     assert 0 <= run.data.metrics["test/max_logit/auroc"] <= 1
     resume = cli("train", "--resume", run_id)  # finished runs leave no checkpoint behind
     assert resume.returncode == 2 and "no checkpoint for run" in resume.stderr
+
+
+def test_resume_after_kill_9_finishes_the_same_run(tracking, tmp_path):
+    """kill -9 in the middle of training, then `train --resume RUN_ID`: the same run ends FINISHED."""
+    import os
+    import signal
+    import time
+
+    epochs = 400
+    proc = subprocess.Popen([sys.executable, "-m", "anomaly_repr", "train", "--epochs", str(epochs), "--patience", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    checkpoints = tmp_path / "checkpoints"
+    deadline = time.monotonic() + 240
+    while not list(checkpoints.glob("*.pt")) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    time.sleep(1.0)  # a few more epochs
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    [checkpoint] = list(checkpoints.glob("*.pt"))
+    run_id = checkpoint.stem
+    mlflow.set_tracking_uri(tracking)
+    assert mlflow.get_run(run_id).info.status == "RUNNING"  # what a killed process leaves behind
+    resumed = cli("train", "--resume", run_id)
+    assert resumed.returncode == 0, resumed.stderr
+    run = mlflow.get_run(run_id)
+    assert run.info.status == "FINISHED" and run.data.metrics["train/epochs_run"] == epochs
+    steps = {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "val/acc")}
+    assert steps == set(range(1, epochs + 1))  # no epoch lost across the kill
+    assert not checkpoint.exists()
