@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -83,7 +82,3 @@ def eval_batches(images: torch.Tensor, normalizer: Normalizer, batch_size: int,
     """Normalised, unaugmented batches in order, moved to `device` one batch at a time."""
     for start in range(0, len(images), batch_size):
         yield normalizer(images[start:start + batch_size].to(device, non_blocking=True))
-
-
-def to_device(images: torch.Tensor, labels: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    return images.to(device), torch.as_tensor(labels, dtype=torch.long, device=device)
