@@ -109,19 +109,20 @@ class OpenSetSplit:
         train, val, test = (np.sort(np.concatenate(p)).astype(np.int64) for p in parts)
         return cls(cfg.dataset, list(classes), known, unknown, cfg.seed, train, val, test)
 
-    def open_labels(self, labels: np.ndarray) -> np.ndarray:
-        """Source labels -> 0..K-1 for known classes, UNKNOWN for the rest."""
+    def _relabel(self, labels: np.ndarray, order: list[str]) -> np.ndarray:
+        """Source labels -> position in `order`; classes not in it -> UNKNOWN."""
         table = np.full(len(self.classes), UNKNOWN, dtype=np.int64)
-        for i, name in enumerate(self.known):
+        for i, name in enumerate(order):
             table[self.classes.index(name)] = i
         return table[labels]
 
+    def open_labels(self, labels: np.ndarray) -> np.ndarray:
+        """Source labels -> 0..K-1 for known classes, UNKNOWN for the rest."""
+        return self._relabel(labels, self.known)
+
     def all_class_labels(self, labels: np.ndarray) -> np.ndarray:
         """Source labels -> 0..K-1 for known classes, K..K+U-1 for unknown ones (the oracle representation)."""
-        table = np.full(len(self.classes), UNKNOWN, dtype=np.int64)
-        for i, name in enumerate(self.known + self.unknown):
-            table[self.classes.index(name)] = i
-        return table[labels]
+        return self._relabel(labels, self.known + self.unknown)
 
     def nominal(self, part: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """The indices of `part` whose images belong to known classes (what training may see)."""

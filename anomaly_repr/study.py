@@ -20,7 +20,7 @@ import mlflow
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import ConfigError
 from anomaly_repr.report import auroc_bar_chart, auroc_table, summarise, to_markdown
-from anomaly_repr.tracking import git_commit, log_provenance, setup_tracking
+from anomaly_repr.tracking import git_commit, log_new_params, log_provenance, setup_tracking
 from anomaly_repr.workflow import evaluate, fit, prepare
 
 log = logging.getLogger(__name__)
@@ -66,8 +66,7 @@ def run_reproduce(study: Study) -> str:
         params = study.base.to_params() | {"seed": ",".join(map(str, study.seeds)),
                                             "split": ",".join(map(str, study.splits)),
                                             "recon_weight": str(study.hybrid_weight), "godin": str(study.godin).lower()}
-        existing = mlflow.get_run(parent.info.run_id).data.params  # `mlflow run` logged its own, shell-quoted
-        mlflow.log_params({k: v for k, v in params.items() if k not in existing})
+        log_new_params(params)
         mlflow.set_tags({"stage": "reproduce", "dataset": study.base.dataset, "arch": study.base.arch,
                          "git_commit": git_commit(), "seeds": params["seed"], "splits": params["split"]})
         for split_index in study.splits:

@@ -83,14 +83,19 @@ def log_json(obj: Any, artifact_file: str) -> None:
     mlflow.log_text(json.dumps(obj, indent=1), artifact_file)
 
 
+def log_new_params(params: dict[str, str]) -> None:
+    """Log the params the active run does not have yet: `mlflow run` logs its own, shell-quoted."""
+    existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    mlflow.log_params({k: v for k, v in params.items() if k not in existing})
+
+
 def log_provenance(cfg: ExperimentConfig, split: OpenSetSplit, stage: str) -> None:
     """Config as params and as `config.json`, split manifest and versions as artifacts, compare-view tags.
 
     `mlflow run` logs the entry point's parameters itself, shell-quoted (an empty string becomes "''"),
     so params it already logged are left as they are; `config.json` is the exact config.
     """
-    existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
-    mlflow.log_params({k: v for k, v in cfg.to_params().items() if k not in existing})
+    log_new_params(cfg.to_params())
     log_json(dataclasses.asdict(cfg), "config.json")
     mlflow.set_tags({
         "stage": stage, "dataset": cfg.dataset, "split": str(cfg.split), "arch": cfg.arch, "seed": str(cfg.seed),
