@@ -11,3 +11,7 @@ class ConfigError(AnomalyReprError):
 
 class DataError(AnomalyReprError):
     """A data source is missing, empty or holds unreadable files."""
+
+
+class SealedError(AnomalyReprError):
+    """Images of a part that this view of the data does not hold (the test split, during tuning)."""

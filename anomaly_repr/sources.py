@@ -1,8 +1,11 @@
-"""Data sources: every labelled image of a dataset, pooled, as one uint8 tensor in memory.
+"""Data sources: every labelled image of a dataset, pooled; pixels handed out only for the indices asked.
 
 The open-set protocol pools the dataset's own train and test parts and re-splits them
-(see `split.py`), so a source returns everything it has. CIFAR-size data fits in memory, so no source
-decodes images inside the training loop.
+(see `split.py`), so a source lists everything it has: labels and class names first, pixels on request.
+`ImageData.read(index)` returns the uint8 images of those indices alone. That is what seals the test
+split from tuning: the tuner asks for train and validation indices only, so an image folder never even
+opens a test file (CIFAR's pickles bundle images, so their test images are read from disk but never
+handed out). CIFAR-size data fits in memory, so no source decodes images inside the training loop.
 """
 
 from __future__ import annotations
@@ -26,10 +29,23 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class ImageData:
-    images: torch.Tensor  # uint8, (N, C, H, W)
     labels: np.ndarray  # int64 class index into `classes`, (N,)
     classes: list[str]
     hflip: bool  # whether horizontal flips keep an image in its class (not so for digits)
+    shape: tuple[int, int, int]  # (C, H, W) of every image
+    reader: Callable[[np.ndarray], torch.Tensor]  # pooled indices -> their uint8 images (n, C, H, W)
+
+    def read(self, index: np.ndarray) -> torch.Tensor:
+        """The uint8 images (n, C, H, W) of pooled indices `index`, in that order."""
+        index = np.asarray(index, dtype=np.int64)
+        if len(index) and (index.min() < 0 or index.max() >= len(self.labels)):
+            raise DataError(f"image index out of range 0..{len(self.labels) - 1}")
+        return self.reader(index)
+
+
+def in_memory(images: torch.Tensor, labels: np.ndarray, classes: list[str], hflip: bool) -> ImageData:
+    """An ImageData over images that are already decoded into one uint8 tensor (N, C, H, W)."""
+    return ImageData(labels, classes, hflip, tuple(images.shape[1:]), lambda index: images[torch.from_numpy(index)])
 
 
 SOURCES: Registry[Callable[[ExperimentConfig], ImageData]] = Registry()
@@ -48,12 +64,8 @@ def load_digits(cfg: ExperimentConfig) -> ImageData:
     bunch = sk_digits()
     # Pixel values are 0..16; scale to the 0..255 range every other source uses.
     pixels = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
-    return ImageData(
-        images=torch.from_numpy(pixels[:, None, :, :]),
-        labels=bunch.target.astype(np.int64),
-        classes=[str(d) for d in bunch.target_names],
-        hflip=False,
-    )
+    return in_memory(torch.from_numpy(pixels[:, None, :, :]), bunch.target.astype(np.int64),
+                     [str(d) for d in bunch.target_names], hflip=False)
 
 
 def _cifar(cfg: ExperimentConfig, cls: type, title: str) -> ImageData:
@@ -69,7 +81,7 @@ def _cifar(cfg: ExperimentConfig, cls: type, title: str) -> ImageData:
             raise DataError(f"{title} not found under {root} and the download failed (offline?): {exc}") from None
     images = np.concatenate([p.data for p in parts]).transpose(0, 3, 1, 2)
     labels = np.concatenate([np.asarray(p.targets, dtype=np.int64) for p in parts])
-    return ImageData(torch.from_numpy(np.ascontiguousarray(images)), labels, list(parts[0].classes), hflip=True)
+    return in_memory(torch.from_numpy(np.ascontiguousarray(images)), labels, list(parts[0].classes), hflip=True)
 
 
 @register_source("cifar10")
@@ -114,22 +126,28 @@ def load_imagefolder(cfg: ExperimentConfig) -> ImageData:
     for name, found in files.items():
         if not found:
             raise DataError(f"class folder {name!r} under {root} is empty")
+        for path in found:
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                raise DataError(f"not an image file: {path}")
     classes = sorted(files)
     paths = [p for c in classes for p in files[c]]
     labels = np.array([i for i, c in enumerate(classes) for _ in files[c]], dtype=np.int64)
     size = cfg.image_size
-    # Decoding is I/O and C code that releases the GIL; threads keep all cores busy.
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-        arrays = list(pool.map(lambda p: _read_image(p, size), paths, chunksize=256))
-    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-    return ImageData(images, labels, classes, hflip=True)
+
+    def read(index: np.ndarray) -> torch.Tensor:
+        # Decoding is I/O and C code that releases the GIL; threads keep all cores busy.
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            arrays = list(pool.map(lambda i: _read_image(paths[i], size), index, chunksize=256))
+        if not arrays:
+            return torch.empty((0, 3, size, size), dtype=torch.uint8)
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+    return ImageData(labels, classes, hflip=True, shape=(3, size, size), reader=read)
 
 
 def _read_image(path: Path, size: int) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
-    if path.suffix.lower() not in IMAGE_SUFFIXES:
-        raise DataError(f"not an image file: {path}")
     try:
         with Image.open(path) as img:
             img = img.convert("RGB")

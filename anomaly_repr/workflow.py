@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from anomaly_repr.config import ExperimentConfig
-from anomaly_repr.errors import AnomalyReprError
+from anomaly_repr.errors import AnomalyReprError, ConfigError, SealedError
 from anomaly_repr.extract import Outputs, extract, perturbed_scores, select_epsilon
 from anomaly_repr.metrics import anomaly_metrics, closed_set_accuracy
 from anomaly_repr.models import OpenSetNet, create_model
@@ -39,17 +39,30 @@ def checkpoint_path(run_id: str) -> Path:
     return Path(os.environ.get("ANOMALY_REPR_CHECKPOINTS", "checkpoints")) / f"{run_id}.pt"
 
 
+PARTS = ("train", "val", "test")
+
+
 @dataclass(frozen=True)
 class Prepared:
-    """A loaded source and its open-set split: what every stage reads."""
+    """A source, its open-set split and the images of the parts loaded: what every stage reads.
+
+    `prepare(cfg, parts=("train", "val"))` is the sealed view that tuning works on: the source is asked
+    for train and validation images only, and `images()` refuses any index of another part.
+    """
 
     cfg: ExperimentConfig
     data: ImageData
     split: OpenSetSplit
     open_labels: np.ndarray  # open-set label of every pooled image (-1 = anomaly)
+    loaded: torch.Tensor  # uint8 images of the loaded parts, one row per loaded index
+    rows: np.ndarray  # pooled index -> row of `loaded`; -1 for images of parts not loaded
 
     def images(self, index: np.ndarray) -> torch.Tensor:
-        return self.data.images[torch.from_numpy(index)]
+        rows = self.rows[index]
+        if (rows < 0).any():
+            raise SealedError(f"{int((rows < 0).sum())} of the images asked for lie in a part this view does not "
+                              "hold (the test split is sealed while tuning)")
+        return self.loaded[torch.from_numpy(rows)]
 
     def training_view(self, kind: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(train indices, validation indices, labels of all pooled images) that `kind` trains on.
@@ -63,20 +76,26 @@ class Prepared:
         return nominal(self.split.train, self.data.labels), nominal(self.split.val, self.data.labels), self.open_labels
 
 
-def prepare(cfg: ExperimentConfig) -> Prepared:
+def prepare(cfg: ExperimentConfig, parts: tuple[str, ...] = PARTS) -> Prepared:
+    """Load the source, split it, and read the images of `parts` (a subset of train, val, test)."""
+    if not set(parts) <= set(PARTS):
+        raise ConfigError(f"unknown parts {sorted(set(parts) - set(PARTS))}; parts are {', '.join(PARTS)}")
     data = load_source(cfg)
     split = OpenSetSplit.make(cfg, data.labels, data.classes)
-    log.info("%s: %d images, known %s, unknown %s, split %s", cfg.dataset, len(data.labels), split.known,
-             split.unknown, split.hash)
-    return Prepared(cfg, data, split, split.open_labels(data.labels))
+    index = np.sort(np.concatenate([getattr(split, part) for part in parts]))
+    rows = np.full(len(data.labels), -1, dtype=np.int64)
+    rows[index] = np.arange(len(index))
+    log.info("%s: %d images (%s loaded: %d), known %s, unknown %s, split %s", cfg.dataset, len(data.labels),
+             "+".join(parts), len(index), split.known, split.unknown, split.hash)
+    return Prepared(cfg, data, split, split.open_labels(data.labels), data.read(index), rows)
 
 
 def new_model(prep: Prepared, kind: str = "classifier") -> OpenSetNet:
     """The model `prep.cfg` describes; `oracle_rep` models have a class for every class of the split."""
     cfg = prep.cfg
     n_classes = len(prep.split.known) + (len(prep.split.unknown) if kind == "oracle_rep" else 0)
-    decoder_size = prep.data.images.shape[-1] if cfg.recon_weight > 0 else 0
-    return create_model(cfg.arch, n_classes, prep.data.images.shape[1], head=cfg.head, godin_h=cfg.godin_h,
+    decoder_size = prep.data.shape[-1] if cfg.recon_weight > 0 else 0
+    return create_model(cfg.arch, n_classes, prep.data.shape[0], head=cfg.head, godin_h=cfg.godin_h,
                         decoder_size=decoder_size)
 
 
@@ -105,35 +124,43 @@ def fit(prep: Prepared, run_id: str, kind: str = "classifier", resume: bool = Fa
 
 def choose_epsilon(prep: Prepared, model: OpenSetNet, normalizer: Normalizer) -> float:
     """G-ODIN's epsilon, searched on nominal validation images only (no anomaly, no test image); logged."""
-    nominal_val = prep.split.nominal(prep.split.val, prep.data.labels)
-    epsilon, means = select_epsilon(model, prep.images(nominal_val), normalizer, pick_device(prep.cfg.device),
-                                    prep.cfg.epsilons)
+    if len(prep.cfg.epsilons) == 1:  # a grid of one value (a tuned epsilon): nothing to search
+        epsilon = prep.cfg.epsilons[0]
+    else:
+        nominal_val = prep.split.nominal(prep.split.val, prep.data.labels)
+        epsilon, means = select_epsilon(model, prep.images(nominal_val), normalizer, pick_device(prep.cfg.device),
+                                        prep.cfg.epsilons)
+        log_json({str(k): v for k, v in means.items()}, "godin/epsilon_search.json")
     mlflow.log_metric("godin/epsilon", epsilon)
-    log_json({str(k): v for k, v in means.items()}, "godin/epsilon_search.json")
     return epsilon
 
 
-def godin_perturbation(prep: Prepared, model: OpenSetNet, normalizer: Normalizer,
-                       outputs: dict[str, Outputs]) -> dict[str, Outputs]:
-    """Add G-ODIN's perturbed scores, at the epsilon chosen on nominal validation images, to `outputs`."""
-    device, epsilon = pick_device(prep.cfg.device), choose_epsilon(prep, model, normalizer)
-    parts = {"val": prep.split.val, "test": prep.split.test}
+def extract_parts(prep: Prepared, model: OpenSetNet, normalizer: Normalizer,
+                  parts: dict[str, np.ndarray]) -> dict[str, Outputs]:
+    """Outputs of `model` on each named index set, once each; G-ODIN models also get perturbed scores at
+    the epsilon chosen on nominal validation images."""
+    device = pick_device(prep.cfg.device)
+    model.to(device=device, memory_format=torch.channels_last)
+    outputs = {part: extract(model, prep.images(index), prep.open_labels[index], normalizer, device)
+               for part, index in parts.items()}
+    if any(out.godin_h is None for out in outputs.values()):  # not a G-ODIN model
+        return outputs
+    epsilon = choose_epsilon(prep, model, normalizer)
     return {part: dataclasses.replace(out, godin_h_perturbed=perturbed_scores(
         model, prep.images(parts[part]), normalizer, device, epsilon)) for part, out in outputs.items()}
 
 
-def evaluate(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, kind: str = "classifier") -> dict[str, float]:
+def evaluate(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, kind: str = "classifier",
+             val_index: np.ndarray | None = None, test_index: np.ndarray | None = None) -> dict[str, float]:
     """Extract outputs once per split, fit every applicable scorer on validation, score the test split.
 
-    A model trained on the anomaly classes (`oracle_rep`) gets the oracles only: its logit scores
-    mean nothing. Everything is logged to the active run; returns the metrics.
+    `val_index` and `test_index` default to the split's validation and test parts (tuning's class-holdout
+    protocol narrows them). A model trained on the anomaly classes (`oracle_rep`) gets the oracles only:
+    its logit scores mean nothing. Everything is logged to the active run; returns the metrics.
     """
-    device = pick_device(prep.cfg.device)
-    model.to(device=device, memory_format=torch.channels_last)
-    outputs = {part: extract(model, prep.images(index), prep.open_labels[index], normalizer, device)
-               for part, index in (("val", prep.split.val), ("test", prep.split.test))}
-    if outputs["test"].godin_h is not None:
-        outputs = godin_perturbation(prep, model, normalizer, outputs)
+    parts = {"val": prep.split.val if val_index is None else val_index,
+             "test": prep.split.test if test_index is None else test_index}
+    outputs = extract_parts(prep, model, normalizer, parts)
     test = outputs["test"]
     metrics = {} if kind == "oracle_rep" else {"test/acc": closed_set_accuracy(test.logits, test.labels)}
     scores = {}

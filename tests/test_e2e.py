@@ -112,7 +112,7 @@ def test_logged_model_serves_the_evaluated_logits(main_run, mlflow_server, tmp_p
     signature = mlflow.models.get_model_info(model.model_uri).signature
     assert signature.inputs.to_dict()[0]["tensor-spec"]["shape"] == (-1, 1, 8, 8)
     manifest = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/split/manifest.json")
-    images = load_source(ExperimentConfig()).images.numpy()[manifest["test"]].astype(np.float32)
+    images = load_source(ExperimentConfig()).read(np.asarray(manifest["test"])).numpy().astype(np.float32)
     served = mlflow.pyfunc.load_model(model.model_uri).predict(images)
     with np.load(client.download_artifacts(run.info.run_id, "outputs/test.npz", str(tmp_path))) as test:
         np.testing.assert_allclose(served, test["logits"], atol=1e-3)

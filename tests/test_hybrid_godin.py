@@ -105,10 +105,10 @@ def test_epsilon_search_never_reads_anomaly_or_test_images(tracking, monkeypatch
                 raise AssertionError("the epsilon search read an anomaly or test image")
             return super().images(index)
 
-    sealed = Sealed(prep.cfg, prep.data, prep.split, prep.open_labels)
+    sealed = Sealed(**vars(prep))
     model = workflow.new_model(prep)
     with mlflow.start_run():
-        epsilon = workflow.choose_epsilon(sealed, model, Normalizer.fit(prep.data.images))
+        epsilon = workflow.choose_epsilon(sealed, model, Normalizer.fit(prep.images(prep.split.train)))
     assert epsilon in (0.0, 0.01) and read and len(np.concatenate(read)) == len(allowed)
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import torchvision.datasets.cifar as tv_cifar
 
 from anomaly_repr.config import ExperimentConfig
@@ -47,10 +48,11 @@ def skip_md5(monkeypatch):
 def test_cifar_loaders_read_torchvision_files(tmp_path, skip_md5, dataset, hundred):
     labels = write_cifar(tmp_path, hundred)
     data = load_source(ExperimentConfig(dataset=dataset, data_root=str(tmp_path), download=False))
-    assert data.images.shape == (len(labels), 3, 32, 32) and data.images.dtype.is_floating_point is False
+    images = data.read(np.arange(len(labels)))
+    assert images.shape == (len(labels), 3, 32, 32) and images.dtype == torch.uint8 and data.shape == (3, 32, 32)
     np.testing.assert_array_equal(data.labels, labels)
     # Each image was filled with its label value: pixels and labels must stay paired through the transpose.
-    assert (data.images[:, :, 5, 7].numpy() == labels[:, None]).all()
+    assert (images[:, :, 5, 7].numpy() == labels[:, None]).all()
     assert len(data.classes) == (100 if hundred else 10) and data.classes[3] == "class3"
 
 
@@ -70,16 +72,18 @@ def test_failed_download_is_a_clear_error(tmp_path, monkeypatch):
 
 def test_digits_are_bundled():
     data = load_source(ExperimentConfig())
-    assert data.images.shape == (1797, 1, 8, 8) and int(data.images.max()) == 255
+    images = data.read(np.arange(len(data.labels)))
+    assert images.shape == (1797, 1, 8, 8) and int(images.max()) == 255
     assert data.classes == [str(i) for i in range(10)] and not data.hflip
 
 
 def test_imagefolder_pools_parts_and_resizes(image_folder):
     data = load_source(ExperimentConfig(dataset="imagefolder", data_root=str(image_folder), image_size=16))
     assert data.classes == ["beetle", "leaf", "moth", "rock"]
-    assert data.images.shape == (20, 3, 16, 16)
+    images = data.read(np.arange(20))
+    assert images.shape == (20, 3, 16, 16)
     assert np.bincount(data.labels).tolist() == [5, 5, 5, 5]
-    means = [data.images[data.labels == c].float().mean().item() for c in range(4)]
+    means = [images[data.labels == c].float().mean().item() for c in range(4)]
     assert means == sorted(means)  # class c was drawn around pixel value 40 + 50 c
 
 
@@ -103,9 +107,23 @@ def test_imagefolder_errors(tmp_path, image_folder):
     (image_folder / "train" / "empty").rmdir()
     bad = image_folder / "train" / "leaf" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    data = load_source(cfg)  # files are decoded when their images are read
     with pytest.raises(DataError, match=r"cannot read image .*broken\.jpg"):
-        load_source(cfg)
+        data.read(np.arange(len(data.labels)))
     bad.unlink()
     (image_folder / "test" / "moth" / "notes.txt").write_text("hello")
     with pytest.raises(DataError, match=r"not an image file: .*notes\.txt"):
         load_source(cfg)
+
+
+def test_imagefolder_opens_only_the_files_asked_for(image_folder, monkeypatch):
+    import anomaly_repr.sources as sources
+
+    opened: list[str] = []
+    real = sources._read_image
+    monkeypatch.setattr(sources, "_read_image", lambda path, size: opened.append(path.name) or real(path, size))
+    data = load_source(ExperimentConfig(dataset="imagefolder", data_root=str(image_folder)))
+    assert opened == []  # listing a folder decodes nothing
+    images = data.read(np.array([3, 0]))
+    assert images.shape == (2, 3, 32, 32) and len(opened) == 2
+    np.testing.assert_array_equal(images[1].numpy(), data.read(np.array([0]))[0].numpy())

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -17,7 +18,7 @@ def digits():
     split = OpenSetSplit.make(cfg, data.labels, data.classes)
     labels = torch.as_tensor(split.open_labels(data.labels))
     tr, va = split.nominal(split.train, data.labels), split.nominal(split.val, data.labels)
-    x = data.images
+    x = data.read(np.arange(len(data.labels)))
     return cfg, x[tr], labels[tr], x[va], labels[va], Normalizer.fit(x[tr])
 
 
