@@ -36,6 +36,7 @@ class ExperimentConfig:
     head: str = "linear"  # linear | godin (Generalized ODIN: logits h(z) / g(z))
     godin_h: str = "cosine"  # G-ODIN similarity h_i(z): cosine | inner | euclidean
     godin_epsilons: str = "0,0.0025,0.005,0.01,0.02,0.04,0.08"  # G-ODIN input-perturbation grid, pixel units
+    godin_h_weight_decay: float = 0.0  # L2 penalty on G-ODIN's class vectors h (Hsu et al. 2020 use none)
     # --- optimisation ---
     epochs: int = 30  # maximum training epochs
     batch_size: int = 128  # images per SGD step
@@ -58,8 +59,8 @@ class ExperimentConfig:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
-        if self.momentum < 0 or self.weight_decay < 0:
-            raise ConfigError("momentum and weight_decay must not be negative")
+        if self.momentum < 0 or self.weight_decay < 0 or self.godin_h_weight_decay < 0:
+            raise ConfigError("momentum, weight_decay and godin_h_weight_decay must not be negative")
         if self.patience < 0 or self.num_known < 0 or self.split < 0:
             raise ConfigError("patience, num_known and split must not be negative")
         if self.image_size < 8:

@@ -45,15 +45,15 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * progress))  # cosine
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on conv and linear weights only; norms, biases and G-ODIN's class vectors h are not
-    decayed (Hsu et al. 2020: decay would shrink the vectors that h compares z with)."""
-    def decayed(name: str, p: torch.nn.Parameter) -> bool:
-        return p.ndim > 1 and not name.startswith("head.h.")
+def param_groups(model: torch.nn.Module, weight_decay: float, h_weight_decay: float = 0.0) -> list[dict]:
+    """Weight decay on conv and linear weights; none on norms and biases. G-ODIN's class vectors h get
+    their own decay, none by default (Hsu et al. 2020: decay would shrink the vectors h compares z with)."""
+    def group(name: str, p: torch.nn.Parameter) -> int:
+        return 2 if name.startswith("head.h.") else 0 if p.ndim > 1 else 1
 
     named = list(model.named_parameters())
-    return [{"params": [p for n, p in named if decayed(n, p)], "weight_decay": weight_decay},
-            {"params": [p for n, p in named if not decayed(n, p)], "weight_decay": 0.0}]
+    return [{"params": [p for n, p in named if group(n, p) == i], "weight_decay": decay}
+            for i, decay in enumerate((weight_decay, 0.0, h_weight_decay))]
 
 
 @torch.no_grad()
@@ -96,8 +96,8 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     batches = DeviceBatches(train_images.to(device), train_labels.to(device), normalizer, cfg.batch_size,
                             hflip, generator)
-    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum,
-                                nesterov=cfg.momentum > 0)
+    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay, cfg.godin_h_weight_decay), lr=cfg.lr,
+                                momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     total_steps = cfg.epochs * len(batches)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg.schedule, s, total_steps))
     use_amp = cfg.amp and device.type == "cuda"

@@ -74,12 +74,14 @@ def test_godin_outputs(similarity):
     assert torch.allclose(out.logits, out.h / out.g[:, None])
 
 
-def test_no_weight_decay_on_the_class_vectors_of_h():
+def test_class_vectors_of_h_have_their_own_weight_decay():
     model = create_model("resnet8", 5, 3, head="godin")
-    decayed, plain = param_groups(model, 5e-4)
-    assert any(p is model.head.h.weight for p in plain["params"])
-    assert not any(p is model.head.h.weight for p in decayed["params"])
+    decayed, plain, h = param_groups(model, 5e-4)
+    assert [g["weight_decay"] for g in (decayed, plain, h)] == [5e-4, 0.0, 0.0]  # none on h by default
+    assert [p is model.head.h.weight for p in h["params"]] == [True]
     assert any(p is model.head.g[0].weight for p in decayed["params"])
+    assert not any(p.ndim > 1 for p in plain["params"])
+    assert param_groups(model, 5e-4, h_weight_decay=1e-4)[2]["weight_decay"] == 1e-4
 
 
 def test_select_epsilon_maximises_the_mean_perturbed_score():
