@@ -1,4 +1,4 @@
-"""Command line: `anomaly-repr {train,evaluate,reproduce,main,archs}`; options are the config's fields one-to-one."""
+"""Command line: `anomaly-repr {train,evaluate,reproduce,main,tune,archs}`; options map one-to-one to config fields."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from anomaly_repr.errors import AnomalyReprError, ConfigError
 
 if TYPE_CHECKING:
     from anomaly_repr.study import Study
+    from tuning.config import TuneConfig
 
 
-def _add_config_options(parser: argparse.ArgumentParser) -> None:
-    for f in FIELDS.values():
+def _add_config_options(parser: argparse.ArgumentParser, fields: dict = FIELDS) -> None:
+    for f in fields.values():
         default = f.default if f.default is not MISSING else None
         parser.add_argument(f"--{f.name}", f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
                             metavar=str(f.type).upper(), help=f"(default: {default!r})")
@@ -25,6 +26,14 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
 def _config(args: argparse.Namespace) -> ExperimentConfig:
     given = {name: parse_value(f, getattr(args, name)) for name, f in FIELDS.items() if getattr(args, name) is not None}
     return ExperimentConfig(**given)
+
+
+def _tune_config(args: argparse.Namespace) -> TuneConfig:
+    from tuning.config import TUNE_FIELDS, TuneConfig
+
+    given = {name: parse_value(f, getattr(args, name)) for name, f in TUNE_FIELDS.items()
+             if getattr(args, name) is not None}
+    return TuneConfig(**given)
 
 
 def _study(args: argparse.Namespace) -> Study:
@@ -63,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         study.add_argument("--seeds", dest="seed", help="alias of --seed: e.g. 0,1,2")
         study.add_argument("--splits", dest="split", help="alias of --split: e.g. 0,1,2,3,4")
         study.add_argument("--godin", default="true", metavar="BOOL", help="train the G-ODIN child (default: true)")
+    tune = sub.add_parser("tune", help="an Optuna study of λ or G-ODIN settings on validation data, a child run "
+                                       "per trial, then one test of the best")
+    _add_config_options(tune)
+    from tuning.config import TUNE_FIELDS
+
+    _add_config_options(tune, TUNE_FIELDS)
     sub.add_parser("archs", help="list the registered architectures")
     return parser
 
@@ -74,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     from anomaly_repr import workflow
     from anomaly_repr.models import MODELS
     from anomaly_repr.study import run_reproduce
+    from tuning.study import run_tune
 
     try:
         if args.command == "archs":
@@ -82,6 +98,8 @@ def main(argv: list[str] | None = None) -> int:
             print(workflow.run_train(_config(args), resume_run_id=args.resume))
         elif args.command == "evaluate":
             print(workflow.run_evaluate(args.train_run_id))
+        elif args.command == "tune":
+            print(run_tune(_config(args), _tune_config(args)))
         else:
             print(run_reproduce(_study(args)))
     except AnomalyReprError as exc:

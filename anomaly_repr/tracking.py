@@ -119,18 +119,22 @@ class _PixelsToLogits(torch.nn.Module):
         return self.model((pixels - self.mean) / self.std).logits
 
 
-def log_model(model: OpenSetNet, normalizer: Normalizer, example: torch.Tensor) -> str:
-    """Log the model twice over: weights for our own reloads, and an MLflow LoggedModel for serving.
-
-    The weights file (`model/weights.pt`, a plain state dict) is what `evaluate` loads with
-    `weights_only=True`. The LoggedModel is saved in MLflow's pt2 format (torch.export, no pickle)
-    with a signature built from numpy arrays. Returns the LoggedModel's id.
-    """
-    cpu_model = model.to("cpu").eval()
+def log_weights(model: OpenSetNet, normalizer: Normalizer) -> None:
+    """`model/weights.pt` (a plain state dict) and `model/normalizer.json`: what `load_weights` reads back
+    with `weights_only=True`."""
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save(cpu_model.state_dict(), Path(tmp) / "weights.pt")
+        torch.save(model.state_dict(), Path(tmp) / "weights.pt")
         mlflow.log_artifact(str(Path(tmp) / "weights.pt"), "model")
     log_json(normalizer.to_dict(), "model/normalizer.json")
+
+
+def log_model(model: OpenSetNet, normalizer: Normalizer, example: torch.Tensor) -> str:
+    """Log the model twice over: weights for our own reloads (`log_weights`), and an MLflow LoggedModel
+    for serving, in MLflow's pt2 format (torch.export, no pickle) with a signature built from numpy
+    arrays. Returns the LoggedModel's id.
+    """
+    cpu_model = model.to("cpu").eval()
+    log_weights(cpu_model, normalizer)
     served = _PixelsToLogits(cpu_model, normalizer).eval()
     pixels = example[:4].float().numpy()
     with torch.no_grad():

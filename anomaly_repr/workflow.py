@@ -10,6 +10,7 @@ import dataclasses
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,15 @@ from anomaly_repr.report import histogram_figure, roc_figure
 from anomaly_repr.scorers import SCORERS, applies, make_scorer
 from anomaly_repr.sources import ImageData, load_source
 from anomaly_repr.split import OpenSetSplit
-from anomaly_repr.tracking import load_config, load_weights, log_json, log_model, log_provenance, setup_tracking
+from anomaly_repr.tracking import (
+    load_config,
+    load_weights,
+    log_json,
+    log_model,
+    log_provenance,
+    log_weights,
+    setup_tracking,
+)
 from anomaly_repr.train import pick_device, train
 
 log = logging.getLogger(__name__)
@@ -90,6 +99,14 @@ def prepare(cfg: ExperimentConfig, parts: tuple[str, ...] = PARTS) -> Prepared:
     return Prepared(cfg, data, split, split.open_labels(data.labels), data.read(index), rows)
 
 
+def unseal(prep: Prepared) -> Prepared:
+    """The same view with the test images read as well: for the one test that follows a search."""
+    missing = prep.split.test[prep.rows[prep.split.test] < 0]
+    rows = prep.rows.copy()
+    rows[missing] = np.arange(len(prep.loaded), len(prep.loaded) + len(missing))
+    return dataclasses.replace(prep, loaded=torch.cat([prep.loaded, prep.data.read(missing)]), rows=rows)
+
+
 def new_model(prep: Prepared, kind: str = "classifier") -> OpenSetNet:
     """The model `prep.cfg` describes; `oracle_rep` models have a class for every class of the split."""
     cfg = prep.cfg
@@ -99,25 +116,40 @@ def new_model(prep: Prepared, kind: str = "classifier") -> OpenSetNet:
                         decoder_size=decoder_size)
 
 
-def fit(prep: Prepared, run_id: str, kind: str = "classifier", resume: bool = False) -> tuple[OpenSetNet, Normalizer]:
-    """Train a model of `kind`; log per-epoch metrics, the model and its weights to the active run."""
+EpochHook = Callable[[OpenSetNet, Normalizer, dict[str, float]], None]
+
+
+def fit(prep: Prepared, run_id: str, kind: str = "classifier", resume: bool = False,
+        epoch_hook: EpochHook | None = None, serve: bool = True) -> tuple[OpenSetNet, Normalizer]:
+    """Train a model of `kind`; log per-epoch metrics, the model and its weights to the active run.
+
+    `epoch_hook(model, normalizer, row)` runs after each epoch's metrics are logged, with the model in
+    that epoch's state (tuning scores and prunes there). `serve=False` logs the weights alone, without
+    the servable LoggedModel.
+    """
     cfg, device = prep.cfg, pick_device(prep.cfg.device)
     train_index, val_index, all_labels = prep.training_view(kind)
     train_x = prep.images(train_index)
     normalizer = Normalizer.fit(train_x)  # statistics of the training split only
     labels = torch.as_tensor(all_labels, dtype=torch.long)
+    model = new_model(prep, kind)
 
     def on_epoch(row: dict[str, float]) -> None:
         mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+        if epoch_hook:
+            epoch_hook(model, normalizer, row)
 
     checkpoint = checkpoint_path(run_id)
-    result = train(cfg, new_model(prep, kind), train_x, labels[train_index], prep.images(val_index),
-                   labels[val_index], normalizer, prep.data.hflip, device, checkpoint, resume, on_epoch)
+    result = train(cfg, model, train_x, labels[train_index], prep.images(val_index), labels[val_index], normalizer,
+                   prep.data.hflip, device, checkpoint, resume, on_epoch)
     mlflow.log_metrics({"val/best_acc": result.best_val_acc, "train/best_epoch": result.best_epoch,
                         "train/epochs_run": len(result.history), "train/seconds": result.train_seconds,
                         "train/images_per_second_mean": result.images_per_second})
     mlflow.set_tag("device", str(device))
-    log_model(result.model, normalizer, train_x)
+    if serve:
+        log_model(result.model, normalizer, train_x)
+    else:
+        log_weights(result.model, normalizer)
     checkpoint.unlink(missing_ok=True)  # the run finished: its model is logged, resuming is moot
     return result.model, normalizer
 

@@ -1,0 +1,77 @@
+"""The typed, frozen settings of a tuning study; the experiment itself stays an `ExperimentConfig`.
+
+The CLI options and the MLproject `tune` parameters map one-to-one to these fields plus the
+experiment's. Fields that define the objective (`OBJECTIVE_FIELDS`) are stored with the study, and
+resuming a study by name with different values is refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+
+from anomaly_repr.errors import ConfigError
+
+TARGETS = ("recon_weight", "godin")
+PROTOCOLS = ("val-anomalies", "class-holdout")
+PRUNERS = ("median", "hyperband", "none")
+ROLES = ("driver", "worker")
+DEFAULT_SCORER = {"recon_weight": "max_logit", "godin": "godin"}
+# What the objective depends on: a resumed study must keep these, or its trials would not compare.
+OBJECTIVE_FIELDS = ("target", "protocol", "scorer", "lambda_low", "lambda_high", "holdout_fraction")
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    target: str = "recon_weight"  # recon_weight: λ of the hybrid loss | godin: G-ODIN's h, ε, decay of h, scorer
+    protocol: str = "val-anomalies"  # val-anomalies | class-holdout (anomaly classes split into tuning/test)
+    scorer: str = ""  # objective's scorer; '' = max_logit (λ) or godin (G-ODIN); a comma-separated list is searched
+    n_trials: int = 20  # finished (complete or pruned) trials the study should hold, over all workers
+    timeout: float = 0.0  # seconds after which this process starts no new trial; 0 = no limit
+    study_name: str = ""  # '' = <target>-<dataset>-split<split>-seed<seed>-<protocol>; the same name resumes
+    storage: str = ""  # '' = optuna.db beside a SQLite MLflow store; journal:<file>; or an RDB URL (postgresql://)
+    workers: int = 1  # processes on this machine that run trials of the study (this one included)
+    role: str = "driver"  # driver: runs trials, waits for all, tests the best | worker: runs trials only
+    pruner: str = "median"  # median | hyperband | none, on the per-epoch validation AUROC
+    startup_trials: int = 5  # TPE's random trials before it models, and trials before the median pruner acts
+    lambda_low: float = 1e-4  # target=recon_weight: λ is searched on a log scale in [lambda_low, lambda_high]
+    lambda_high: float = 10.0
+    holdout_fraction: float = 0.5  # class-holdout: share of the anomaly classes the objective may see
+    heartbeat_interval: int = 60  # seconds between trial heartbeats (RDB storages); a trial is stale after 2x
+    max_retry: int = 2  # times a stale trial (its worker died) is queued again
+
+    def __post_init__(self) -> None:
+        for name, allowed in (("target", TARGETS), ("protocol", PROTOCOLS), ("pruner", PRUNERS), ("role", ROLES)):
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        for name in ("n_trials", "workers", "heartbeat_interval"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.timeout < 0 or self.startup_trials < 0 or self.max_retry < 0:
+            raise ConfigError("timeout, startup_trials and max_retry must not be negative")
+        if not 0 < self.lambda_low < self.lambda_high:
+            raise ConfigError(f"the λ range needs 0 < lambda_low < lambda_high, "
+                              f"got {self.lambda_low}..{self.lambda_high}")
+        if not 0 < self.holdout_fraction < 1:
+            raise ConfigError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
+        from tuning.space import check_scorers  # the scorer registry imports torch; the config alone does not
+
+        check_scorers(self.target, self.scorers)
+
+    @property
+    def scorers(self) -> list[str]:
+        """The objective's scorer names: one is fixed, several are a searched choice."""
+        names = [s.strip() for s in self.scorer.split(",") if s.strip()]
+        return names or [DEFAULT_SCORER[self.target]]
+
+    def to_params(self) -> dict[str, str]:
+        return {f.name: str(getattr(self, f.name)) for f in fields(self)}
+
+    def objective_fields(self) -> dict[str, str]:
+        return {name: str(getattr(self, name)) for name in OBJECTIVE_FIELDS}
+
+    def replace(self, **changes: object) -> TuneConfig:
+        return dataclasses.replace(self, **changes)
+
+
+TUNE_FIELDS = {f.name: f for f in fields(TuneConfig)}

@@ -1,0 +1,129 @@
+"""The objective: train one trial's model on the sealed view, score its validation images, log a child run.
+
+Protocols decide which anomaly images the objective may see:
+- `val-anomalies`: the validation images of every anomaly class;
+- `class-holdout`: the anomaly classes are divided (seeded) into tuning classes, whose validation
+  images the objective sees, and test classes, kept for the final test alone: anomalies never seen.
+The objective reads training and validation images only: it runs on `prepare(cfg, ("train", "val"))`,
+which cannot hand out a test image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+import mlflow
+import numpy as np
+import optuna
+
+from anomaly_repr.errors import ConfigError
+from anomaly_repr.metrics import anomaly_metrics
+from anomaly_repr.models import OpenSetNet
+from anomaly_repr.pipeline import Normalizer
+from anomaly_repr.scorers import make_scorer
+from anomaly_repr.split import OpenSetSplit
+from anomaly_repr.tracking import log_new_params, log_provenance
+from anomaly_repr.workflow import Prepared, checkpoint_path, extract_parts, fit
+from tuning.config import TuneConfig
+from tuning.space import suggest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProtocolView:
+    """Index sets of a protocol: the objective's validation images and the final test's images."""
+
+    protocol: str
+    tuning_classes: list[str]  # anomaly classes whose validation images the objective sees
+    test_classes: list[str]  # anomaly classes of the final test
+    val: np.ndarray  # nominal validation images + validation images of the tuning classes
+    test: np.ndarray  # nominal test images + test images of the test classes
+
+    @classmethod
+    def make(cls, split: OpenSetSplit, labels: np.ndarray, protocol: str, holdout_fraction: float,
+             seed: int) -> ProtocolView:
+        unknown = list(split.unknown)
+        if protocol == "val-anomalies":
+            tuning, testing = unknown, unknown
+        else:
+            if len(unknown) < 2:
+                raise ConfigError(f"protocol class-holdout needs at least two anomaly classes, the split has "
+                                  f"{len(unknown)}")
+            n_tune = min(len(unknown) - 1, max(1, round(holdout_fraction * len(unknown))))
+            order = np.random.default_rng(seed).permutation(len(unknown))
+            tuning = [unknown[i] for i in sorted(order[:n_tune])]
+            testing = [unknown[i] for i in sorted(order[n_tune:])]
+
+        def keep(part: np.ndarray, anomaly_classes: list[str]) -> np.ndarray:
+            wanted = {split.classes.index(c) for c in split.known + anomaly_classes}
+            return part[np.isin(labels[part], sorted(wanted))]
+
+        return cls(protocol, tuning, testing, keep(split.val, tuning), keep(split.test, testing))
+
+    def tags(self) -> dict[str, str]:
+        return {"protocol": self.protocol, "tuning_anomaly_classes": ",".join(self.tuning_classes),
+                "test_anomaly_classes": ",".join(self.test_classes)}
+
+
+def validation_auroc(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, scorer_name: str,
+                     val_index: np.ndarray) -> float:
+    """AUROC of `scorer_name` on the protocol's validation images (none of its scorers learns from labels)."""
+    outputs = extract_parts(prep, model, normalizer, {"val": val_index})["val"]
+    scores = make_scorer(scorer_name, prep.cfg).fit(outputs).score(outputs)
+    return anomaly_metrics(scores, outputs.is_anomaly)["auroc"]
+
+
+class Objective:
+    """Optuna objective: one nested MLflow run per trial under the study's parent run."""
+
+    def __init__(self, prep: Prepared, tcfg: TuneConfig, view: ProtocolView, parent: mlflow.entities.Run,
+                 study_name: str):
+        self.prep, self.tcfg, self.view = prep, tcfg, view
+        self.parent, self.study_name = parent, study_name
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        tcfg = self.tcfg
+        changes, scorer = suggest(trial, tcfg.target, self.prep.cfg, tcfg.scorers, (tcfg.lambda_low, tcfg.lambda_high))
+        prep = dataclasses.replace(self.prep, cfg=self.prep.cfg.replace(**changes))
+        kind = "godin" if tcfg.target == "godin" else "hybrid"
+        run = mlflow.start_run(run_name=f"trial {trial.number}", parent_run_id=self.parent.info.run_id,
+                               experiment_id=self.parent.info.experiment_id, nested=mlflow.active_run() is not None)
+        # A trial queued again after its worker died inherits that trial's user attributes.
+        retry_of = {"retried_trial": str(trial.user_attrs.get("trial_number", "")),
+                    "retried_run_id": trial.user_attrs.get("mlflow_run_id", "")}
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        trial.set_user_attr("trial_number", trial.number)
+        status = "FAILED"
+        try:
+            log_provenance(prep.cfg, prep.split, stage="trial")
+            log_new_params({"objective_scorer": scorer, "target": tcfg.target})
+            mlflow.set_tags({"model": kind, "trial_number": str(trial.number), "optuna_study": self.study_name,
+                             **retry_of, **self.view.tags()})
+            metric = f"val/{scorer}/auroc"
+
+            def score_and_prune(model: OpenSetNet, normalizer: Normalizer, row: dict[str, float]) -> None:
+                value = validation_auroc(prep, model, normalizer, scorer, self.view.val)
+                mlflow.log_metric(metric, value, step=int(row["epoch"]))
+                trial.report(value, int(row["epoch"]))
+                if trial.should_prune():
+                    raise optuna.TrialPruned(f"validation AUROC {value:.4f} at epoch {int(row['epoch'])}")
+
+            model, normalizer = fit(prep, run.info.run_id, kind, epoch_hook=score_and_prune, serve=False)
+            value = validation_auroc(prep, model, normalizer, scorer, self.view.val)  # the kept (best-accuracy) model
+            mlflow.log_metric("trial/value", value)
+            mlflow.set_tag("trial_state", "COMPLETE")
+            status = "FINISHED"
+            return value
+        except optuna.TrialPruned:
+            mlflow.set_tag("trial_state", "PRUNED")
+            status = "KILLED"  # stopped early on purpose: not a finished training
+            raise
+        except Exception:
+            mlflow.set_tag("trial_state", "FAIL")
+            raise
+        finally:
+            checkpoint_path(run.info.run_id).unlink(missing_ok=True)
+            mlflow.end_run(status)

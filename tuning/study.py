@@ -1,0 +1,341 @@
+"""`tune`: an Optuna study on the sealed view, a parent MLflow run with a child per trial, one final test.
+
+A study is named; running `tune` again with the same name resumes it, and any number of processes
+(`workers=N` here, or `role=worker` elsewhere) can share it through its storage:
+- a SQLite file (the default, beside a SQLite MLflow store) for one machine;
+- `journal:<file>` for several processes on one machine (no heartbeats);
+- a PostgreSQL URL for many machines.
+On RDB storages (SQLite, PostgreSQL) trials send heartbeats; a trial whose worker died goes stale, is
+failed (its MLflow run ends FAILED) and is queued again. `n_trials` is what the study should hold in
+all, so workers stop together and a resumed study runs only the trials it still lacks.
+
+The driver (`role=driver`) creates the study and its parent run, runs trials, waits for the other
+workers' trials, then reads the test images for the first time: it loads the best trial's weights,
+evaluates them on the protocol's test images and logs the validation-to-test gap on the parent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import math
+import os
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import mlflow
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.errors import AnomalyReprError, ConfigError
+from anomaly_repr.tracking import (
+    git_commit,
+    load_config,
+    load_weights,
+    log_json,
+    log_model,
+    log_new_params,
+    log_provenance,
+    setup_tracking,
+)
+from anomaly_repr.workflow import Prepared, evaluate, new_model, prepare, unseal
+from tuning.config import TuneConfig
+from tuning.objective import Objective, ProtocolView
+from tuning.space import talk_values
+
+log = logging.getLogger(__name__)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+POLL_SECONDS = 2.0  # how often a driver looks at other workers' running trials
+JOIN_SECONDS = 300  # how long a worker waits for the driver to create the study and its parent run
+MAX_FAILURES_IN_A_ROW = 3  # trials failing one after another in a process stop it: something is broken
+# Experiment fields a worker may set for its own machine without changing the study.
+MACHINE_FIELDS = ("data_root", "download", "device", "amp")
+
+
+# --- storage -------------------------------------------------------------------------------------------
+
+def default_storage(tracking_uri: str) -> str:
+    """optuna.db beside a SQLite MLflow store, else in the working directory."""
+    folder = Path(tracking_uri.removeprefix("sqlite:///")).parent if tracking_uri.startswith("sqlite:///") else Path()
+    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
+
+
+class FailStaleTrial:
+    """Heartbeat-stale trial: end its MLflow run FAILED (its worker cannot), then queue it again."""
+
+    def __init__(self, max_retry: int):
+        self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if run_id:
+            client = mlflow.MlflowClient()
+            client.set_tag(run_id, "trial_state", "FAIL")
+            client.set_tag(run_id, "failure", "heartbeat stale: its worker stopped")
+            client.set_terminated(run_id, "FAILED")
+        log.warning("trial %d went stale (its worker stopped); queued again", trial.number)
+        self.retry(study, trial)
+
+
+def open_storage(spec: str, tcfg: TuneConfig) -> tuple[optuna.storages.BaseStorage, bool]:
+    """(storage, whether it sends heartbeats) for `journal:<file>` or an RDB URL."""
+    if spec.startswith("journal:"):
+        path = spec.removeprefix("journal:")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path)), False
+    if "://" not in spec:
+        raise ConfigError(f"storage must be journal:<file> or a database URL (sqlite:///..., postgresql://...), "
+                          f"got {spec!r}")
+    # SQLite: wait for other processes' writes instead of failing; servers: drop dead pooled connections.
+    engine = {"connect_args": {"timeout": 60}} if spec.startswith("sqlite") else {"pool_pre_ping": True}
+    try:
+        storage = optuna.storages.RDBStorage(
+            spec, engine_kwargs=engine, heartbeat_interval=tcfg.heartbeat_interval,
+            grace_period=2 * tcfg.heartbeat_interval, heartbeat_stale_trial_callback=FailStaleTrial(tcfg.max_retry))
+    except Exception as exc:  # SQLAlchemy: bad URL, missing driver, server down
+        raise ConfigError(f"cannot open the Optuna storage {spec}: {str(exc).splitlines()[0]}") from None
+    return storage, True
+
+
+# --- study ----------------------------------------------------------------------------------------------
+
+def sampler_seed(cfg: ExperimentConfig, tcfg: TuneConfig) -> int:
+    """The driver's sampler follows the experiment seed; each worker needs its own stream, or workers
+    that start together would propose the same trials."""
+    if tcfg.role == "driver":
+        return cfg.seed
+    return int(hashlib.sha256(f"{cfg.seed}-{socket.gethostname()}-{os.getpid()}".encode()).hexdigest()[:8], 16)
+
+
+def make_sampler(cfg: ExperimentConfig, tcfg: TuneConfig) -> optuna.samplers.TPESampler:
+    return optuna.samplers.TPESampler(
+        seed=sampler_seed(cfg, tcfg),
+        n_startup_trials=tcfg.startup_trials,  # random trials before TPE models the results
+        n_ei_candidates=24,  # candidates scored by expected improvement per suggestion
+        multivariate=True,  # model the parameters jointly (G-ODIN's h, ε and decay interact)
+        constant_liar=True,  # running trials count as bad results, so parallel workers spread out
+        consider_endpoints=False,
+        prior_weight=1.0,
+        warn_independent_sampling=False,  # `scorer` is searched only when several are given
+    )
+
+
+def make_pruner(cfg: ExperimentConfig, tcfg: TuneConfig) -> optuna.pruners.BasePruner:
+    if tcfg.pruner == "median":  # prune below the median of earlier trials at the same epoch, from epoch 2
+        return optuna.pruners.MedianPruner(n_startup_trials=tcfg.startup_trials, n_warmup_steps=1)
+    if tcfg.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.epochs, reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def study_identity(cfg: ExperimentConfig, tcfg: TuneConfig, split_hash: str) -> dict[str, str]:
+    """What a study's trials depend on; stored with the study and checked on resume and join."""
+    experiment = {k: v for k, v in cfg.to_params().items() if k not in MACHINE_FIELDS}
+    return {"split_hash": split_hash, **tcfg.objective_fields(), **experiment}
+
+
+def check_identity(study: optuna.Study, identity: dict[str, str]) -> None:
+    stored = study.user_attrs.get("identity", {})
+    for key, value in identity.items():
+        if stored.get(key) != value:
+            raise ConfigError(f"study {study.study_name!r} was created with {key}={stored.get(key)!r}, this run has "
+                              f"{key}={value!r}; keep the study's settings or choose another study_name")
+
+
+def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: ExperimentConfig, tcfg: TuneConfig,
+               identity: dict[str, str]) -> tuple[optuna.Study, mlflow.ActiveRun]:
+    """Driver: create the study and its parent run (creating a study name is atomic in every storage),
+    or resume both. The parent run becomes the active run."""
+    sampler, pruner = make_sampler(cfg, tcfg), make_pruner(cfg, tcfg)
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
+                                    direction="maximize")
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+        check_identity(study, identity)
+        parent_id = study.user_attrs["mlflow_parent_run_id"]
+        log.info("resuming study %s (parent run %s)", name, parent_id)
+        os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run` made a run for this call; the study has its own
+        return study, mlflow.start_run(run_id=parent_id)
+    parent = mlflow.start_run(run_name=f"tune {name}")  # under `mlflow run`, the run it made
+    study.set_user_attr("identity", identity)
+    study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
+    study.set_user_attr("mlflow_experiment_id", parent.info.experiment_id)
+    for params in talk_values(tcfg.target, cfg, (tcfg.lambda_low, tcfg.lambda_high))[:tcfg.n_trials]:
+        study.enqueue_trial(params, skip_if_exists=True)
+    return study, parent
+
+
+def join_study(name: str, storage: optuna.storages.BaseStorage, cfg: ExperimentConfig, tcfg: TuneConfig,
+               identity: dict[str, str]) -> tuple[optuna.Study, mlflow.entities.Run]:
+    """Worker: wait for the driver's study and parent run, then check the study is this experiment's."""
+    deadline = time.monotonic() + JOIN_SECONDS
+    while True:
+        try:
+            study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(cfg, tcfg),
+                                      pruner=make_pruner(cfg, tcfg))
+            if "mlflow_parent_run_id" in study.user_attrs:
+                break
+        except KeyError:  # Optuna: the study does not exist yet
+            pass
+        if time.monotonic() > deadline:
+            raise AnomalyReprError(f"study {name!r} has no parent run after {JOIN_SECONDS} s; start its driver "
+                                   "(tune without role=worker) first")
+        time.sleep(POLL_SECONDS)
+    check_identity(study, identity)
+    return study, mlflow.get_run(study.user_attrs["mlflow_parent_run_id"])
+
+
+# --- running trials --------------------------------------------------------------------------------------
+
+def work(study: optuna.Study, objective: Objective, tcfg: TuneConfig, heartbeats: bool,
+         wait_for: list[subprocess.Popen] | None = None) -> None:
+    """Run trials until the study holds n_trials (finished, running or queued) or the timeout passes.
+
+    With `wait_for` (the driver), then wait for the trials other workers are running: on a heartbeat
+    storage until each ends or goes stale, else as long as the local worker processes live.
+    """
+    deadline = time.monotonic() + tcfg.timeout if tcfg.timeout else math.inf
+    failures: list[bool] = []
+
+    def record(study: optuna.Study, trial: FrozenTrial) -> None:
+        failures.append(trial.state == TrialState.FAIL)
+
+    while True:
+        optuna.storages.fail_stale_trials(study)
+        counts = Counter(t.state for t in study.get_trials(deepcopy=False))
+        queued, running = counts[TrialState.WAITING], counts[TrialState.RUNNING]
+        planned = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + running + queued
+        if time.monotonic() < deadline and (queued or planned < tcfg.n_trials):
+            study.optimize(objective, n_trials=1, catch=(FloatingPointError,), callbacks=[record])
+            if failures[-MAX_FAILURES_IN_A_ROW:] == [True] * MAX_FAILURES_IN_A_ROW:
+                raise AnomalyReprError(f"{MAX_FAILURES_IN_A_ROW} trials in a row failed; see their runs' logs")
+        elif wait_for is not None and running and (heartbeats or any(p.poll() is None for p in wait_for)):
+            time.sleep(POLL_SECONDS)
+        else:
+            if running:
+                log.warning("%d trial(s) still RUNNING with no live local worker and no heartbeats to expire them",
+                            running)
+            return
+
+
+def spawn_workers(n: int, cfg: ExperimentConfig, tcfg: TuneConfig, tracking_uri: str) -> list[subprocess.Popen]:
+    """`n` local `tune role=worker` processes on the same study (the driver itself is one more)."""
+    argv = [sys.executable, "-m", "anomaly_repr", "tune"]
+    for key, value in (cfg.to_params() | tcfg.replace(role="worker", workers=1).to_params()).items():
+        argv += [f"--{key}", value]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    env.pop("MLFLOW_RUN_ID", None)  # the driver's run; a worker opens trial runs under the parent only
+    return [subprocess.Popen(argv, env=env) for _ in range(n)]
+
+
+# --- after the search -------------------------------------------------------------------------------------
+
+def log_figures(study: optuna.Study, tcfg: TuneConfig) -> None:
+    """Optimisation history, parameter importances and the objective against each parameter (λ)."""
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as vis
+
+    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
+    figures = {"optimization_history": vis.plot_optimization_history, "objective_vs_params": vis.plot_slice}
+    # Importances need at least two complete trials that differ in some parameter.
+    if any(len({repr(t.params.get(k)) for t in complete}) > 1 for k in study.best_trial.params):
+        figures["param_importances"] = vis.plot_param_importances
+    for name, plot in figures.items():
+        axes = plot(study)
+        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+        mlflow.log_figure(figure, f"figures/{name}.png")
+        plt.close(figure)
+
+
+def summarise_trials(study: optuna.Study) -> dict[str, float]:
+    trials = study.get_trials(deepcopy=False)
+    counts = Counter(t.state for t in trials)
+    return {"tune/trials_complete": counts[TrialState.COMPLETE], "tune/trials_pruned": counts[TrialState.PRUNED],
+            "tune/trials_failed": counts[TrialState.FAIL],
+            # one intermediate value per trained epoch: the compute the study spent, pruned trials included
+            "tune/epochs_trained": sum(len(t.intermediate_values) for t in trials)}
+
+
+def evaluate_best(study: optuna.Study, sealed: Prepared, view: ProtocolView, tcfg: TuneConfig) -> dict[str, float]:
+    """Evaluate the best trial's model on the protocol's test images (read now, after the search) in a
+    child run; log the best parameters, validation value, test metrics and their gap on the parent."""
+    best = study.best_trial
+    scorer = best.params.get("scorer", tcfg.scorers[0])
+    log_json({"number": best.number, "value": best.value, "params": best.params, "scorer": scorer},
+             "results/best_trial.json")
+    mlflow.set_tags({f"best_params.{k}": str(v) for k, v in best.params.items()} | {"best_trial": str(best.number)})
+    mlflow.log_metrics({f"best/{k}": v for k, v in best.params.items() if isinstance(v, int | float)}
+                       | {"tune/best_value": best.value, f"val/{scorer}/auroc": best.value})
+    trial_run = best.user_attrs["mlflow_run_id"]
+    full = unseal(sealed)
+    prep = dataclasses.replace(full, cfg=load_config(trial_run))
+    kind = "godin" if tcfg.target == "godin" else "hybrid"
+    model, normalizer, split = load_weights(trial_run, new_model(prep, kind))
+    if split.hash != prep.split.hash:
+        raise AnomalyReprError(f"trial run {trial_run} was trained on split {split.hash}, not {prep.split.hash}")
+    with mlflow.start_run(run_name=f"test: best trial {best.number}", nested=True):
+        log_provenance(prep.cfg, prep.split, stage="test")
+        mlflow.set_tags({"model": kind, "trial_run_id": trial_run, "trial_number": str(best.number),
+                         "optuna_study": study.study_name, **view.tags()})
+        metrics = evaluate(prep, model, normalizer, kind, view.val, view.test)
+        log_model(model, normalizer, prep.images(prep.split.train[:4]))
+    gap = {"tune/val_test_gap": best.value - metrics[f"test/{scorer}/auroc"]}
+    mlflow.log_metrics(metrics | gap)
+    log.info("best trial %d %s: validation AUROC %.4f, test AUROC %.4f", best.number, best.params, best.value,
+             metrics[f"test/{scorer}/auroc"])
+    return metrics | gap
+
+
+def run_tune(cfg: ExperimentConfig, tcfg: TuneConfig) -> str:
+    """`tune`: returns the study's parent run id."""
+    tracking_uri = setup_tracking()
+    storage_spec = tcfg.storage or default_storage(tracking_uri)
+    storage, heartbeats = open_storage(storage_spec, tcfg)
+    sealed = prepare(cfg, parts=("train", "val"))  # the search never holds a test image
+    view = ProtocolView.make(sealed.split, sealed.data.labels, tcfg.protocol, tcfg.holdout_fraction, cfg.seed)
+    name = tcfg.study_name or f"{tcfg.target}-{cfg.dataset}-{tcfg.protocol}-{sealed.split.hash[:8]}"
+    identity = study_identity(cfg, tcfg, sealed.split.hash)
+    tcfg = tcfg.replace(study_name=name, storage=storage_spec)
+    if tcfg.role == "worker":
+        study, parent = join_study(name, storage, cfg, tcfg, identity)
+        work(study, Objective(sealed, tcfg, view, parent, name), tcfg, heartbeats)
+        return parent.info.run_id
+
+    study, active = open_study(name, storage, cfg, tcfg, identity)
+    status = "FAILED"
+    helpers: list[subprocess.Popen] = []
+    try:
+        log_new_params(cfg.to_params() | {k: v for k, v in tcfg.to_params().items() if k != "role"})
+        mlflow.set_tags({"stage": "tune", "optuna_study": name, "optuna_storage": storage_spec,
+                         "dataset": cfg.dataset, "arch": cfg.arch, "git_commit": git_commit(),
+                         "split_hash": sealed.split.hash, **view.tags()})
+        parent = mlflow.get_run(active.info.run_id)
+        helpers = spawn_workers(tcfg.workers - 1, cfg, tcfg, tracking_uri)
+        work(study, Objective(sealed, tcfg, view, parent, name), tcfg, heartbeats, wait_for=helpers)
+        for proc in helpers:
+            if proc.wait() != 0:
+                log.warning("a local worker exited with code %d; its trials are in the study", proc.returncode)
+        mlflow.log_metrics(summarise_trials(study))
+        if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+            raise AnomalyReprError(f"study {name!r} has no complete trial; nothing to test")
+        log_figures(study, tcfg)
+        evaluate_best(study, sealed, view, tcfg)
+        status = "FINISHED"
+        return active.info.run_id
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        for proc in helpers:
+            if proc.poll() is None:
+                proc.terminate()
+        mlflow.end_run(status)
