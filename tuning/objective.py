@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
+import socket
 from dataclasses import dataclass
 
 import mlflow
@@ -101,7 +103,7 @@ class Objective:
             log_provenance(prep.cfg, prep.split, stage="trial")
             log_new_params({"objective_scorer": scorer, "target": tcfg.target})
             mlflow.set_tags({"model": kind, "trial_number": str(trial.number), "optuna_study": self.study_name,
-                             **retry_of, **self.view.tags()})
+                             "worker": f"{socket.gethostname()}:{os.getpid()}", **retry_of, **self.view.tags()})
             metric = f"val/{scorer}/auroc"
 
             def score_and_prune(model: OpenSetNet, normalizer: Normalizer, row: dict[str, float]) -> None:

@@ -129,8 +129,8 @@ def make_sampler(cfg: ExperimentConfig, tcfg: TuneConfig) -> optuna.samplers.TPE
 
 
 def make_pruner(cfg: ExperimentConfig, tcfg: TuneConfig) -> optuna.pruners.BasePruner:
-    if tcfg.pruner == "median":  # prune below the median of earlier trials at the same epoch, from epoch 2
-        return optuna.pruners.MedianPruner(n_startup_trials=tcfg.startup_trials, n_warmup_steps=1)
+    if tcfg.pruner == "median":  # below the median of earlier trials at the same epoch, from epoch 2 (steps: 1, 2, ...)
+        return optuna.pruners.MedianPruner(n_startup_trials=tcfg.startup_trials, n_warmup_steps=2)
     if tcfg.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=cfg.epochs, reduction_factor=3)
     return optuna.pruners.NopPruner()
@@ -243,6 +243,8 @@ def log_figures(study: optuna.Study, tcfg: TuneConfig) -> None:
     """Optimisation history, parameter importances and the objective against each parameter (λ)."""
     import matplotlib.pyplot as plt
     from optuna.visualization import matplotlib as vis
+
+    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # ε and decay are numeric categories
 
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     figures = {"optimization_history": vis.plot_optimization_history, "objective_vs_params": vis.plot_slice}
