@@ -27,6 +27,19 @@ def cifar10_folder() -> Path:
     return DATA
 
 
+def cifar10_subset(per_class: int) -> Path:
+    """The first `per_class` training images of each class, linked into bench/out/cifar10-<per_class>/<class>/:
+    a CPU-sized slice of the real data (the open-set split then re-splits it 60/20/20)."""
+    root = HERE / "out" / f"cifar10-{per_class}"
+    if not root.exists():
+        for class_dir in sorted((cifar10_folder() / "train").iterdir()):
+            target = root / class_dir.name
+            target.mkdir(parents=True)
+            for image in sorted(class_dir.iterdir())[:per_class]:
+                (target / image.name).symlink_to(image)
+    return root
+
+
 def run_cli(args: list[str], experiment: str) -> tuple[str, float, dict[str, str]]:
     """Run `python -m anomaly_repr ARGS` with tracking in bench/out; (printed run id, wall seconds, env)."""
     out = HERE / "out"

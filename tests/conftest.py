@@ -80,3 +80,12 @@ def image_folder(tmp_path) -> Path:
             suffix = [".png", ".jpg", ".bmp"][i % 3]
             write_image(root / part / name / f"{i}{suffix}", (20 + 7 * i, 30), value=40 + 50 * c)
     return root
+
+
+def mlflow_run(server: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=server, ANOMALY_REPR_CHECKPOINTS=str(tmp_path / "checkpoints"),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + env["PATH"])  # MLproject runs `python`
+    return subprocess.run([sys.executable, "-m", "mlflow", "run", ".", "--env-manager", "local",
+                           "--experiment-name", "e2e", *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

@@ -1,8 +1,5 @@
 """End to end: `mlflow run . --env-manager local` against a real `mlflow server` on 127.0.0.1."""
 
-import os
-import subprocess
-import sys
 
 import mlflow
 import numpy as np
@@ -12,16 +9,7 @@ from mlflow import MlflowClient
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.sources import load_source
 
-from conftest import REPO, write_image
-
-
-def mlflow_run(server: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    env.update(MLFLOW_TRACKING_URI=server, ANOMALY_REPR_CHECKPOINTS=str(tmp_path / "checkpoints"),
-               PATH=os.path.dirname(sys.executable) + os.pathsep + env["PATH"])  # MLproject runs `python`
-    return subprocess.run([sys.executable, "-m", "mlflow", "run", ".", "--env-manager", "local",
-                           "--experiment-name", "e2e", *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+from conftest import mlflow_run, write_image
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import yaml
 
 from anomaly_repr.cli import build_parser
 from anomaly_repr.config import ExperimentConfig
+from tuning.config import TuneConfig
 
 from conftest import REPO
 
@@ -41,3 +42,12 @@ def test_commands_parse_with_the_cli():
         argv = entry["command"].format(**values).split()[3:]
         args = build_parser().parse_args([a.strip("'") for a in argv])
         assert args.command == name
+
+
+def test_tune_takes_the_config_and_tune_fields_with_their_defaults():
+    params = SPEC["entry_points"]["tune"]["parameters"]
+    assert set(params) == CONFIG_FIELDS | {f.name for f in fields(TuneConfig)}
+    for f in fields(ExperimentConfig) + fields(TuneConfig):
+        default = str(f.default).lower() if isinstance(f.default, bool) else f.default
+        assert params[f.name]["default"] == default, f.name
+    assert "python -m anomaly_repr tune " in SPEC["entry_points"]["tune"]["command"]
