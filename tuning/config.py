@@ -29,7 +29,8 @@ class TuneConfig:
     n_trials: int = 20  # finished (complete or pruned) trials the study should hold, over all workers
     timeout: float = 0.0  # seconds after which this process starts no new trial; 0 = no limit
     study_name: str = ""  # '' = <target>-<dataset>-split<split>-seed<seed>-<protocol>; the same name resumes
-    storage: str = ""  # '' = optuna.db beside a SQLite MLflow store; journal:<file>; or an RDB URL (postgresql://)
+    storage: str = ""  # '' = $ANOMALY_REPR_STORAGE, else optuna.db beside a SQLite MLflow store; journal:<file>;
+    # or an RDB URL (postgresql+psycopg2://...)
     workers: int = 1  # processes on this machine that run trials of the study (this one included)
     role: str = "driver"  # driver: runs trials, waits for all, tests the best | worker: runs trials only
     pruner: str = "median"  # median | hyperband | none, on the per-epoch validation AUROC

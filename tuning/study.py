@@ -2,7 +2,7 @@
 
 A study is named; running `tune` again with the same name resumes it, and any number of processes
 (`workers=N` here, or `role=worker` elsewhere) can share it through its storage:
-- a SQLite file (the default, beside a SQLite MLflow store) for one machine;
+- a SQLite file (the default, beside a SQLite MLflow store; ANOMALY_REPR_STORAGE overrides it) for one machine;
 - `journal:<file>` for several processes on one machine (no heartbeats);
 - a PostgreSQL URL for many machines.
 On RDB storages (SQLite, PostgreSQL) trials send heartbeats; a trial whose worker died goes stale, is
@@ -300,7 +300,7 @@ def evaluate_best(study: optuna.Study, sealed: Prepared, view: ProtocolView, tcf
 def run_tune(cfg: ExperimentConfig, tcfg: TuneConfig) -> str:
     """`tune`: returns the study's parent run id."""
     tracking_uri = setup_tracking()
-    storage_spec = tcfg.storage or default_storage(tracking_uri)
+    storage_spec = tcfg.storage or os.environ.get("ANOMALY_REPR_STORAGE") or default_storage(tracking_uri)
     storage, heartbeats = open_storage(storage_spec, tcfg)
     sealed = prepare(cfg, parts=("train", "val"))  # the search never holds a test image
     view = ProtocolView.make(sealed.split, sealed.data.labels, tcfg.protocol, tcfg.holdout_fraction, cfg.seed)
