@@ -25,7 +25,7 @@ from anomaly_repr.split import OpenSetSplit
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # a local SQLite store in the working directory
 DEFAULT_EXPERIMENT = "anomaly-repr"
-SERVER_WAIT_SECONDS = 20  # how long to wait for an HTTP tracking server before giving up
+SERVER_WAIT_SECONDS = 10  # how long to wait for an HTTP tracking server before giving up
 
 
 class TrackingError(AnomalyReprError):
@@ -39,7 +39,10 @@ def setup_tracking() -> str:
     if uri.startswith(("http://", "https://")):
         _wait_for_server(uri)
     if "MLFLOW_EXPERIMENT_ID" not in os.environ:  # `mlflow run` picks the experiment itself
-        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+        experiment = mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+        # When another process creates the experiment in the same instant, set_experiment returns it without
+        # making it active; setting it by id always does.
+        mlflow.set_experiment(experiment_id=experiment.experiment_id)
     return uri
 
 

@@ -108,12 +108,15 @@ def unseal(prep: Prepared) -> Prepared:
 
 
 def new_model(prep: Prepared, kind: str = "classifier") -> OpenSetNet:
-    """The model `prep.cfg` describes; `oracle_rep` models have a class for every class of the split."""
+    """The model `prep.cfg` describes, initialised from its seed; `oracle_rep` models have a class for every
+    class of the split."""
     cfg = prep.cfg
     n_classes = len(prep.split.known) + (len(prep.split.unknown) if kind == "oracle_rep" else 0)
     decoder_size = prep.data.shape[-1] if cfg.recon_weight > 0 else 0
-    return create_model(cfg.arch, n_classes, prep.data.shape[0], head=cfg.head, godin_h=cfg.godin_h,
-                        decoder_size=decoder_size)
+    with torch.random.fork_rng(devices=[]):  # initial weights follow the seed, and nothing else's random state
+        torch.manual_seed(cfg.seed)
+        return create_model(cfg.arch, n_classes, prep.data.shape[0], head=cfg.head, godin_h=cfg.godin_h,
+                            decoder_size=decoder_size)
 
 
 EpochHook = Callable[[OpenSetNet, Normalizer, dict[str, float]], None]

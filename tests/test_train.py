@@ -81,3 +81,13 @@ def test_onecycle_and_cosine_schedules():
     assert lr_factor("onecycle", 0, 100) == 0 and lr_factor("onecycle", 20, 100) == 1
     assert lr_factor("onecycle", 100, 100) == 0 and lr_factor("onecycle", 60, 100) == pytest.approx(0.5)
     assert lr_factor("cosine", 0, 100) == 1 and lr_factor("cosine", 100, 100) == pytest.approx(0)
+
+
+def test_initial_weights_follow_the_seed(tracking):
+    from anomaly_repr.workflow import new_model, prepare
+
+    prep = prepare(ExperimentConfig(), parts=("train",))
+    a, b = new_model(prep), new_model(prep)
+    c = new_model(prep.__class__(**(vars(prep) | {"cfg": prep.cfg.replace(seed=1)})))
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert not torch.equal(a.head.weight, c.head.weight)

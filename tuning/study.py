@@ -31,6 +31,7 @@ from pathlib import Path
 
 import mlflow
 import optuna
+import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
 from anomaly_repr.config import ExperimentConfig
@@ -55,6 +56,7 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 
 POLL_SECONDS = 2.0  # how often a driver looks at other workers' running trials
 JOIN_SECONDS = 300  # how long a worker waits for the driver to create the study and its parent run
+STORAGE_ATTEMPTS = 5  # tries to open an RDB storage whose tables another process is creating
 MAX_FAILURES_IN_A_ROW = 3  # trials failing one after another in a process stop it: something is broken
 # Experiment fields a worker may set for its own machine without changing the study.
 MACHINE_FIELDS = ("data_root", "download", "device", "amp")
@@ -96,13 +98,20 @@ def open_storage(spec: str, tcfg: TuneConfig) -> tuple[optuna.storages.BaseStora
                           f"got {spec!r}")
     # SQLite: wait for other processes' writes instead of failing; servers: drop dead pooled connections.
     engine = {"connect_args": {"timeout": 60}} if spec.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        storage = optuna.storages.RDBStorage(
-            spec, engine_kwargs=engine, heartbeat_interval=tcfg.heartbeat_interval,
-            grace_period=2 * tcfg.heartbeat_interval, heartbeat_stale_trial_callback=FailStaleTrial(tcfg.max_retry))
-    except Exception as exc:  # SQLAlchemy: bad URL, missing driver, server down
-        raise ConfigError(f"cannot open the Optuna storage {spec}: {str(exc).splitlines()[0]}") from None
-    return storage, True
+    for attempt in range(STORAGE_ATTEMPTS):
+        try:
+            storage = optuna.storages.RDBStorage(
+                spec, engine_kwargs=engine, heartbeat_interval=tcfg.heartbeat_interval,
+                grace_period=2 * tcfg.heartbeat_interval,
+                heartbeat_stale_trial_callback=FailStaleTrial(tcfg.max_retry))
+            return storage, True
+        except sqlalchemy.exc.IntegrityError:
+            # Workers that open a new database together race to create Optuna's tables; the loser retries
+            # and finds them made.
+            time.sleep(1 + attempt)
+        except Exception as exc:  # SQLAlchemy: bad URL, missing driver, server down
+            raise ConfigError(f"cannot open the Optuna storage {spec}: {str(exc).splitlines()[0]}") from None
+    raise ConfigError(f"cannot open the Optuna storage {spec}: its tables could not be created")
 
 
 # --- study ----------------------------------------------------------------------------------------------

@@ -1,0 +1,251 @@
+"""Shared servers and faults, on real servers on loopback: an MLflow server on the local PostgreSQL,
+PostgreSQL-backed Optuna studies with several `tune` processes, kill -9 of a worker in a trial, an
+MLflow server that is down at start or restarted in the middle of a run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+import requests
+
+from conftest import free_port
+
+pytestmark = pytest.mark.distributed
+psycopg2 = pytest.importorskip("psycopg2")
+TrialState = optuna.trial.TrialState
+
+
+def postgres_up() -> bool:
+    try:
+        psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3).close()
+    except psycopg2.OperationalError:
+        return False
+    return True
+
+
+needs_postgres = pytest.mark.skipif(not postgres_up(), reason="no PostgreSQL server on 127.0.0.1:5432")
+
+
+class Databases:
+    """Fresh PostgreSQL databases, dropped (with their connections) at the end."""
+
+    def __init__(self):
+        self.admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres")
+        self.admin.autocommit = True
+        self.names: list[str] = []
+
+    def create(self, prefix: str) -> str:
+        name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+        self.admin.cursor().execute(f"CREATE DATABASE {name}")
+        self.names.append(name)
+        return f"postgresql+psycopg2://postgres@127.0.0.1:5432/{name}"
+
+    def drop_all(self) -> None:
+        for name in self.names:
+            self.admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        self.admin.close()
+
+
+class Server:
+    """`mlflow server` on 127.0.0.1, restartable on the same port and stores."""
+
+    def __init__(self, backend: str, root: Path):
+        self.backend, self.root, self.port = backend, root, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> Server:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
+             "--backend-store-uri", self.backend, "--artifacts-destination", str(self.root / "artifacts"),
+             "--workers", "2"],
+            stdout=open(self.root / "server.log", "a"), stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(self.url + "/health", timeout=2).ok:
+                    return self
+            except requests.RequestException:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("mlflow server did not start:\n" + (self.root / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def databases():
+    dbs = Databases()
+    yield dbs
+    dbs.drop_all()
+
+
+@pytest.fixture(scope="module")
+def pg_server(databases, tmp_path_factory):
+    """An MLflow server whose backend store is a fresh PostgreSQL database."""
+    server = Server(databases.create("mlflow"), tmp_path_factory.mktemp("pg-mlflow")).start()
+    yield server
+    server.kill()
+
+
+def tune_process(server: str, storage: str, role: str, tmp: Path, *extra: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=server, MLFLOW_EXPERIMENT_NAME="distributed",
+               ANOMALY_REPR_CHECKPOINTS=str(tmp / "checkpoints"))
+    args = ["--storage", storage, "--role", role, "--pruner", "none", "--oracle_trees", "20", "--batch_size", "32",
+            "--heartbeat_interval", "1", *extra]
+    return subprocess.Popen([sys.executable, "-m", "anomaly_repr", "tune", *args], env=env, cwd=tmp,
+                            stdout=open(tmp / f"{role}-{uuid.uuid4().hex[:4]}.log", "w"), stderr=subprocess.STDOUT)
+
+
+def wait_all(procs: list[subprocess.Popen], seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    try:
+        return [p.wait(timeout=max(1.0, deadline - time.monotonic())) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+def child_runs(parent_id: str) -> list[mlflow.entities.Run]:
+    parent = mlflow.get_run(parent_id)
+    return mlflow.search_runs([parent.info.experiment_id], output_format="list",
+                              filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
+
+
+@needs_postgres
+def test_three_processes_share_one_postgresql_study(pg_server, databases, tmp_path):
+    storage = databases.create("optuna")
+    study_args = ("--n_trials", "6", "--epochs", "3", "--study_name", "shared")
+    procs = [tune_process(pg_server.url, storage, role, tmp_path, *study_args)
+             for role in ("driver", "worker", "worker")]
+    assert wait_all(procs, 300) == [0, 0, 0], [p.read_text()[-3000:] for p in tmp_path.glob("*.log")]
+    study = optuna.load_study(study_name="shared", storage=storage)
+    states = [t.state for t in study.trials]
+    # The study holds the trials asked for (workers check the count before each trial; one may start in the same
+    # instant as another and add one), all COMPLETE, none left RUNNING.
+    assert 6 <= states.count(TrialState.COMPLETE) <= 7 and set(states) == {TrialState.COMPLETE}
+    mlflow.set_tracking_uri(pg_server.url)
+    parent_id = study.user_attrs["mlflow_parent_run_id"]
+    trial_runs = [r for r in child_runs(parent_id) if r.data.tags["stage"] == "trial"]
+    # Exactly one child run per trial, and no other trial run under the parent.
+    assert sorted(t.user_attrs["mlflow_run_id"] for t in study.trials) == sorted(r.info.run_id for r in trial_runs)
+    assert sorted(int(r.data.tags["trial_number"]) for r in trial_runs) == [t.number for t in study.trials]
+    assert len({r.data.tags["worker"] for r in trial_runs}) >= 2  # the trials were shared out
+    parent = mlflow.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and "test/max_logit/auroc" in parent.data.metrics
+
+    port = free_port()
+    dashboard = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"), storage, "--host",
+                                  "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                summaries = requests.get(f"http://127.0.0.1:{port}/api/studies", timeout=2).json()["study_summaries"]
+                break
+            except requests.RequestException:
+                assert dashboard.poll() is None and time.monotonic() < deadline, "optuna-dashboard did not start"
+                time.sleep(0.5)
+        assert [s["study_name"] for s in summaries] == ["shared"]
+    finally:
+        dashboard.terminate()
+        dashboard.wait(timeout=30)
+
+
+@needs_postgres
+def test_a_worker_killed_in_a_trial_is_failed_by_heartbeat_and_retried(pg_server, databases, tmp_path):
+    storage = databases.create("optuna")
+    study_args = ("--n_trials", "4", "--epochs", "12", "--study_name", "victim")
+    victim = tune_process(pg_server.url, storage, "worker", tmp_path, *study_args)
+    driver = tune_process(pg_server.url, storage, "driver", tmp_path, *study_args)
+    mlflow.set_tracking_uri(pg_server.url)
+    tag = f"{socket.gethostname()}:{victim.pid}"
+    deadline = time.monotonic() + 180
+    killed_run = None
+    while killed_run is None:
+        assert time.monotonic() < deadline and victim.poll() is None, "the worker never ran a trial"
+        runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                  filter_string=f"tags.worker = '{tag}' and attributes.status = 'RUNNING'")
+        if runs and "val/max_logit/auroc" in runs[0].data.metrics:  # at least one epoch into its trial
+            killed_run = runs[0]
+        time.sleep(0.2)
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert wait_all([driver], 300) == [0], [p.read_text()[-3000:] for p in tmp_path.glob("*.log")]
+
+    study = optuna.load_study(study_name="victim", storage=storage)
+    [killed] = [t for t in study.trials if t.user_attrs.get("mlflow_run_id") == killed_run.info.run_id]
+    assert killed.state == TrialState.FAIL
+    assert not [t for t in study.trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert sum(t.state == TrialState.COMPLETE for t in study.trials) >= 4
+    [retry] = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    run = mlflow.get_run(killed_run.info.run_id)
+    assert run.info.status == "FAILED" and run.data.tags["trial_state"] == "FAIL"
+    assert mlflow.get_run(retry.user_attrs["mlflow_run_id"]).data.tags["retried_trial"] == str(killed.number)
+
+
+def test_an_unreachable_tracking_server_is_a_clear_error_within_30_seconds(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env["MLFLOW_TRACKING_URI"] = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    for command in (["train"], ["tune", "--n_trials", "1"]):
+        began = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "anomaly_repr", *command], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=60)
+        assert time.monotonic() - began < 30
+        assert proc.returncode == 2
+        errors = [line for line in proc.stderr.splitlines() if line.startswith("anomaly-repr: error:")]
+        assert len(errors) == 1 and "cannot reach the MLflow tracking server" in errors[0], proc.stderr
+
+
+def test_a_run_survives_a_server_restart_without_losing_a_metric(tmp_path):
+    server = Server(f"sqlite:///{tmp_path}/backend.db", tmp_path).start()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(MLFLOW_TRACKING_URI=server.url, ANOMALY_REPR_CHECKPOINTS=str(tmp_path / "checkpoints"))
+    epochs = 40
+    train = subprocess.Popen([sys.executable, "-m", "anomaly_repr", "train", "--epochs", str(epochs), "--patience", "0",
+                              "--batch_size", "32"], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                             stderr=open(tmp_path / "train.log", "w"), text=True)
+    try:
+        client = mlflow.MlflowClient(server.url)
+        deadline = time.monotonic() + 120
+        while True:
+            assert time.monotonic() < deadline and train.poll() is None, (tmp_path / "train.log").read_text()[-3000:]
+            runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+            if runs and len(client.get_metric_history(runs[0].info.run_id, "val/acc")) >= 3:
+                break
+            time.sleep(0.2)
+        server.kill()
+        time.sleep(3)  # the server is down while training goes on; logging retries
+        server.start()
+        out, _ = train.communicate(timeout=300)
+    finally:
+        if train.poll() is None:
+            train.kill()
+        server.kill()
+    assert train.returncode == 0, (tmp_path / "train.log").read_text()[-3000:]
+    server.start()
+    try:
+        run = mlflow.MlflowClient(server.url).get_run(out.strip().splitlines()[-1])
+        history = mlflow.MlflowClient(server.url).get_metric_history(run.info.run_id, "val/acc")
+        assert run.info.status == "FINISHED"
+        assert sorted(m.step for m in history) == list(range(1, epochs + 1))  # no epoch's metric lost
+    finally:
+        server.kill()
