@@ -38,6 +38,7 @@ def setup_tracking() -> str:
     mlflow.set_tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
         _wait_for_server(uri)
+        _check_access()
     if "MLFLOW_EXPERIMENT_ID" not in os.environ:  # `mlflow run` picks the experiment itself
         experiment = mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
         # When another process creates the experiment in the same instant, set_experiment returns it without
@@ -60,6 +61,18 @@ def _wait_for_server(uri: str) -> None:
             raise TrackingError(f"cannot reach the MLflow tracking server at {uri} "
                                 f"(no answer within {SERVER_WAIT_SECONDS} s)")
         time.sleep(1)
+
+
+def _check_access() -> None:
+    """One authenticated request, so that missing or wrong credentials (MLFLOW_TRACKING_USERNAME and
+    MLFLOW_TRACKING_PASSWORD on a server with basic auth) stop the run before it starts."""
+    try:
+        mlflow.MlflowClient().search_experiments(max_results=1)
+    except mlflow.exceptions.MlflowException as exc:
+        if exc.get_http_status_code() in (401, 403):
+            raise TrackingError(f"the tracking server refused access ({exc.get_http_status_code()}): set "
+                                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
+        raise
 
 
 def git_commit() -> str:

@@ -13,9 +13,11 @@ admin_username = ${MLFLOW_AUTH_ADMIN_USERNAME:-admin}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 INI
 export MLFLOW_AUTH_CONFIG_PATH="$HOME/basic_auth.ini"
-exec mlflow server --host 0.0.0.0 --port 5000 \
+# Inside the container the server listens on every interface of the compose network; the host publishes
+# it on BIND_ADDRESS only (127.0.0.1 unless told otherwise).
+exec mlflow server --host "${MLFLOW_HOST:-0.0.0.0}" --port "${MLFLOW_PORT:-5000}" \
     --backend-store-uri "$MLFLOW_BACKEND_URI" \
-    --artifacts-destination "s3://${MLFLOW_BUCKET:-mlflow}" \
+    --artifacts-destination "${MLFLOW_ARTIFACTS_DESTINATION:-s3://${MLFLOW_BUCKET:-mlflow}}" \
     --app-name basic-auth \
     --allowed-hosts "$MLFLOW_ALLOWED_HOSTS" \
     --workers "${MLFLOW_WORKERS:-4}"

@@ -249,3 +249,56 @@ def test_a_run_survives_a_server_restart_without_losing_a_metric(tmp_path):
         assert sorted(m.step for m in history) == list(range(1, epochs + 1))  # no epoch's metric lost
     finally:
         server.kill()
+
+
+@needs_postgres
+def test_the_stack_s_mlflow_server_with_basic_auth_and_allowed_hosts(databases, tmp_path):
+    """docker/mlflow-entrypoint.sh as the compose stack runs it (PostgreSQL backend and user store, basic
+    auth, --allowed-hosts), here on 127.0.0.1 with local artifacts instead of S3."""
+    import secrets
+
+    port, password = free_port(), secrets.token_urlsafe(16)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env.update(HOME=str(tmp_path), MLFLOW_BACKEND_URI=databases.create("mlflow"),
+               MLFLOW_AUTH_DB_URI=databases.create("mlflow_auth"), MLFLOW_AUTH_ADMIN_PASSWORD=password,
+               MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_urlsafe(16), MLFLOW_ALLOWED_HOSTS=f"127.0.0.1:{port}",
+               MLFLOW_HOST="127.0.0.1", MLFLOW_PORT=str(port), MLFLOW_WORKERS="1",
+               MLFLOW_ARTIFACTS_DESTINATION=str(tmp_path / "artifacts"),
+               PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
+    server = subprocess.Popen(["sh", str(Path(__file__).parents[1] / "docker" / "mlflow-entrypoint.sh")], env=env,
+                              stdout=open(tmp_path / "server.log", "w"), stderr=subprocess.STDOUT,
+                              start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(url + "/health", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
+            time.sleep(0.5)
+        api = url + "/api/2.0/mlflow/experiments/search?max_results=1"
+        assert requests.get(api, timeout=10).status_code == 401  # no credentials, no data
+        assert requests.get(api, auth=("admin", password), timeout=10).ok
+        assert requests.get(api, auth=("admin", password), headers={"Host": "attacker.example"},
+                            timeout=10).status_code in (400, 403)  # DNS rebinding: a Host it does not serve
+        client = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        client.update(MLFLOW_TRACKING_URI=url, MLFLOW_TRACKING_USERNAME="admin", MLFLOW_TRACKING_PASSWORD=password,
+                      ANOMALY_REPR_CHECKPOINTS=str(tmp_path / "checkpoints"))
+        train = ["train", "--epochs", "1", "--batch_size", "64"]
+        ok = subprocess.run([sys.executable, "-m", "anomaly_repr", *train], env=client, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=300)
+        assert ok.returncode == 0, ok.stderr[-3000:]
+        run = requests.get(f"{url}/api/2.0/mlflow/runs/get?run_id={ok.stdout.strip().splitlines()[-1]}",
+                           auth=("admin", password), timeout=10).json()["run"]
+        assert run["info"]["status"] == "FINISHED"
+        client["MLFLOW_TRACKING_PASSWORD"] = "wrong"
+        refused = subprocess.run([sys.executable, "-m", "anomaly_repr", *train], env=client, cwd=tmp_path,
+                                 capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2
+        assert refused.stderr.strip().splitlines()[-1].startswith("anomaly-repr: error: the tracking server refused")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
