@@ -35,6 +35,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_http(url: str, proc: subprocess.Popen, log: Path, seconds: float = 120) -> requests.Response:
+    """Poll `url` until it answers 200 while the server process `proc` lives; its log tells why it did not."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            response = requests.get(url, timeout=2)
+            if response.ok:
+                return response
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not answer:\n" + log.read_text()[-3000:])
+        time.sleep(0.5)
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory) -> str:
     """A real `mlflow server` on 127.0.0.1 (free port, SQLite backend, temporary artifact root)."""
@@ -47,16 +62,7 @@ def mlflow_server(tmp_path_factory) -> str:
         stdout=open(root / "server.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if requests.get(url + "/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("mlflow server did not start:\n" + (root / "server.log").read_text()[-3000:])
-            time.sleep(0.5)
+        wait_for_http(url + "/health", proc, root / "server.log")
         yield url
     finally:
         os.killpg(proc.pid, 15)

@@ -18,7 +18,7 @@ import optuna
 import pytest
 import requests
 
-from conftest import free_port
+from conftest import free_port, wait_for_http
 
 pytestmark = pytest.mark.distributed
 psycopg2 = pytest.importorskip("psycopg2")
@@ -70,16 +70,8 @@ class Server:
              "--backend-store-uri", self.backend, "--artifacts-destination", str(self.root / "artifacts"),
              "--workers", "2"],
             stdout=open(self.root / "server.log", "a"), stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(self.url + "/health", timeout=2).ok:
-                    return self
-            except requests.RequestException:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("mlflow server did not start:\n" + (self.root / "server.log").read_text()[-3000:])
-            time.sleep(0.5)
+        wait_for_http(self.url + "/health", self.proc, self.root / "server.log")
+        return self
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -152,18 +144,11 @@ def test_three_processes_share_one_postgresql_study(pg_server, databases, tmp_pa
 
     port = free_port()
     dashboard = subprocess.Popen([str(Path(sys.executable).parent / "optuna-dashboard"), storage, "--host",
-                                  "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)
+                                  "127.0.0.1", "--port", str(port)], stdout=open(tmp_path / "dashboard.log", "w"),
+                                 stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                summaries = requests.get(f"http://127.0.0.1:{port}/api/studies", timeout=2).json()["study_summaries"]
-                break
-            except requests.RequestException:
-                assert dashboard.poll() is None and time.monotonic() < deadline, "optuna-dashboard did not start"
-                time.sleep(0.5)
-        assert [s["study_name"] for s in summaries] == ["shared"]
+        summaries = wait_for_http(f"http://127.0.0.1:{port}/api/studies", dashboard, tmp_path / "dashboard.log")
+        assert [s["study_name"] for s in summaries.json()["study_summaries"]] == ["shared"]
     finally:
         dashboard.terminate()
         dashboard.wait(timeout=30)
@@ -270,15 +255,7 @@ def test_the_stack_s_mlflow_server_with_basic_auth_and_allowed_hosts(databases, 
                               start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(url + "/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
-            time.sleep(0.5)
+        wait_for_http(url + "/health", server, tmp_path / "server.log")
         api = url + "/api/2.0/mlflow/experiments/search?max_results=1"
         assert requests.get(api, timeout=10).status_code == 401  # no credentials, no data
         assert requests.get(api, auth=("admin", password), timeout=10).ok

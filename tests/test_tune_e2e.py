@@ -4,14 +4,13 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 import requests
 from mlflow import MlflowClient
 
-from conftest import free_port, mlflow_run, write_image
+from conftest import free_port, mlflow_run, wait_for_http, write_image
 
 
 def study_runs(server: str, study: str):
@@ -94,15 +93,8 @@ def test_optuna_dashboard_reads_the_study(lambda_study, tmp_path):
                              "--host", "127.0.0.1", "--port", str(port)],
                             stdout=open(tmp_path / "dashboard.log", "w"), stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                studies = requests.get(f"http://127.0.0.1:{port}/api/studies", timeout=2).json()["study_summaries"]
-                break
-            except requests.RequestException:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError((tmp_path / "dashboard.log").read_text()[-2000:]) from None
-                time.sleep(0.5)
+        studies = wait_for_http(f"http://127.0.0.1:{port}/api/studies", proc, tmp_path / "dashboard.log",
+                                60).json()["study_summaries"]
         [study] = [s for s in studies if s["study_name"] == "e2e-lambda"]
         detail = requests.get(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}", timeout=10).json()
         assert len(detail["trials"]) == 3 and detail["directions"] == ["maximize"]

@@ -288,7 +288,9 @@ def evaluate_best(study: optuna.Study, sealed: Prepared, view: ProtocolView, tcf
                        | {"tune/best_value": best.value, f"val/{scorer}/auroc": best.value})
     trial_run = best.user_attrs["mlflow_run_id"]
     full = unseal(sealed)
-    prep = dataclasses.replace(full, cfg=load_config(trial_run))
+    # The trial's settings, on this machine's data and device (a worker elsewhere may have had other paths).
+    trial_cfg = load_config(trial_run).replace(**{k: getattr(sealed.cfg, k) for k in MACHINE_FIELDS})
+    prep = dataclasses.replace(full, cfg=trial_cfg)
     kind = "godin" if tcfg.target == "godin" else "hybrid"
     model, normalizer, split = load_weights(trial_run, new_model(prep, kind))
     if split.hash != prep.split.hash:
