@@ -219,3 +219,19 @@ def test_postgresql_storage_with_heartbeats(tracking, postgres_url):
     engine.dispose()
     assert mlflow.get_run(parent_id).data.tags["optuna_storage"] == postgres_url
     assert time.time() - started < 120
+
+
+def test_timeout_stops_starting_trials(tracking):
+    parent_id = run_tune(FAST, tune_cfg(n_trials=10, timeout=1.0, study_name="brief"))
+    study = optuna.load_study(study_name="brief", storage="sqlite:///optuna.db")
+    assert len(study.trials) == 1  # the first trial outlasts the timeout; no second one starts
+    assert mlflow.get_run(parent_id).data.metrics["tune/trials_complete"] == 1
+
+
+def test_lambda_study_on_an_image_folder_with_hyperband(tracking, image_folder):
+    cfg = FAST.replace(dataset="imagefolder", data_root=str(image_folder), image_size=16, epochs=3)
+    parent_id = run_tune(cfg, tune_cfg(n_trials=2, pruner="hyperband", protocol="val-anomalies"))
+    parent, trials, [test_run] = runs_of(parent_id)
+    assert len(trials) == 2 and trials[0].data.params["recon_weight"] == "0.9"
+    assert parent.data.tags["optuna_study"].startswith("recon_weight-imagefolder-val-anomalies-")
+    assert test_run.data.tags["model"] == "hybrid" and "test/recon_error/auroc" in test_run.data.metrics
