@@ -260,9 +260,13 @@ def log_figures(study: optuna.Study, tcfg: TuneConfig) -> None:
     # Importances need at least two complete trials that differ in some parameter.
     if any(len({repr(t.params.get(k)) for t in complete}) > 1 for k in study.best_trial.params):
         figures["param_importances"] = vis.plot_param_importances
+    objective = f"validation AUROC ({', '.join(tcfg.scorers)})"
     for name, plot in figures.items():
         axes = plot(study)
-        figure = (axes.flat[0] if hasattr(axes, "flat") else axes).figure
+        every = list(axes.flat) if hasattr(axes, "flat") else [axes]
+        if name != "param_importances":
+            every[0].set_ylabel(objective)
+        figure = every[0].figure
         mlflow.log_figure(figure, f"figures/{name}.png")
         plt.close(figure)
 
