@@ -50,6 +50,16 @@ def wait_for_http(url: str, proc: subprocess.Popen, log: Path, seconds: float = 
         time.sleep(0.5)
 
 
+def stop_process(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within 10 s (optuna-dashboard's server ignores SIGTERM)."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory) -> str:
     """A real `mlflow server` on 127.0.0.1 (free port, SQLite backend, temporary artifact root)."""

@@ -10,7 +10,7 @@ import pytest
 import requests
 from mlflow import MlflowClient
 
-from conftest import free_port, mlflow_run, wait_for_http, write_image
+from conftest import free_port, mlflow_run, stop_process, wait_for_http, write_image
 
 
 def study_runs(server: str, study: str):
@@ -99,5 +99,4 @@ def test_optuna_dashboard_reads_the_study(lambda_study, tmp_path):
         detail = requests.get(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}", timeout=10).json()
         assert len(detail["trials"]) == 3 and detail["directions"] == ["maximize"]
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_process(proc)

@@ -222,7 +222,7 @@ def test_postgresql_storage_with_heartbeats(tracking, postgres_url):
 
 
 def test_timeout_stops_starting_trials(tracking):
-    parent_id = run_tune(FAST, tune_cfg(n_trials=10, timeout=1.0, study_name="brief"))
+    parent_id = run_tune(FAST.replace(epochs=10), tune_cfg(n_trials=10, timeout=1.0, study_name="brief"))
     study = optuna.load_study(study_name="brief", storage="sqlite:///optuna.db")
     assert len(study.trials) == 1  # the first trial outlasts the timeout; no second one starts
     assert mlflow.get_run(parent_id).data.metrics["tune/trials_complete"] == 1
