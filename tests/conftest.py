@@ -51,10 +51,10 @@ def wait_for_http(url: str, proc: subprocess.Popen, log: Path, seconds: float = 
 
 
 def stop_process(proc: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within 10 s (optuna-dashboard's server ignores SIGTERM)."""
+    """SIGTERM, then SIGKILL if it has not exited within 3 s (optuna-dashboard's server ignores SIGTERM)."""
     proc.terminate()
     try:
-        proc.wait(timeout=10)
+        proc.wait(timeout=3)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=30)

@@ -92,7 +92,7 @@ def test_resume_after_kill_9_reaches_the_uninterrupted_result(tracking, tmp_path
     import signal
     import time
 
-    args = ["train", "--epochs", "8", "--patience", "0", "--batch_size", "16", "--device", "cpu"]
+    args = ["train", "--epochs", "6", "--patience", "0", "--batch_size", "16", "--device", "cpu"]
     mlflow.set_tracking_uri(tracking)
     client = mlflow.MlflowClient()
 
@@ -115,11 +115,11 @@ def test_resume_after_kill_9_reaches_the_uninterrupted_result(tracking, tmp_path
     [checkpoint] = list(checkpoints.glob("*.pt"))
     run_id = checkpoint.stem
     assert client.get_run(run_id).info.status == "RUNNING"  # what a killed process leaves behind
-    assert len(accuracies(run_id)) < 8
+    assert len(accuracies(run_id)) < 6
     resumed = cli("train", "--resume", run_id)
     assert resumed.returncode == 0, resumed.stderr
     run = client.get_run(run_id)
-    assert run.info.status == "FINISHED" and run.data.metrics["train/epochs_run"] == 8
+    assert run.info.status == "FINISHED" and run.data.metrics["train/epochs_run"] == 6
     assert accuracies(run_id) == accuracies(reference)  # every epoch, bit for bit
     assert run.data.metrics["val/best_acc"] == client.get_run(reference).data.metrics["val/best_acc"]
     assert not checkpoint.exists()
