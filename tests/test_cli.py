@@ -67,6 +67,7 @@ def test_evaluate_of_an_unknown_run(tracking, capsys):
                          "cannot read the config", tracking)
 
 
+@pytest.mark.slow  # the e2e tests run train and evaluate through `mlflow run` in CI
 def test_train_evaluate_and_resume_from_the_cli(tracking, tmp_path):
     for i in range(5):
         for c in ("ant", "bee", "wasp"):
