@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 
 from anomaly_repr.config import FIELDS, ExperimentConfig, parse_bool, parse_value
 from anomaly_repr.errors import AnomalyReprError, ConfigError
+from tuning.config import TUNE_FIELDS, TuneConfig
 
 if TYPE_CHECKING:
     from anomaly_repr.study import Study
-    from tuning.config import TuneConfig
 
 
 def _add_config_options(parser: argparse.ArgumentParser, fields: dict = FIELDS) -> None:
@@ -23,17 +23,17 @@ def _add_config_options(parser: argparse.ArgumentParser, fields: dict = FIELDS) 
                             metavar=str(f.type).upper(), help=f"(default: {default!r})")
 
 
+def _given(args: argparse.Namespace, fields: dict) -> dict:
+    """The options given on the command line, parsed into their fields' types."""
+    return {name: parse_value(f, getattr(args, name)) for name, f in fields.items() if getattr(args, name) is not None}
+
+
 def _config(args: argparse.Namespace) -> ExperimentConfig:
-    given = {name: parse_value(f, getattr(args, name)) for name, f in FIELDS.items() if getattr(args, name) is not None}
-    return ExperimentConfig(**given)
+    return ExperimentConfig(**_given(args, FIELDS))
 
 
 def _tune_config(args: argparse.Namespace) -> TuneConfig:
-    from tuning.config import TUNE_FIELDS, TuneConfig
-
-    given = {name: parse_value(f, getattr(args, name)) for name, f in TUNE_FIELDS.items()
-             if getattr(args, name) is not None}
-    return TuneConfig(**given)
+    return TuneConfig(**_given(args, TUNE_FIELDS))
 
 
 def _study(args: argparse.Namespace) -> Study:
@@ -75,8 +75,6 @@ def build_parser() -> argparse.ArgumentParser:
     tune = sub.add_parser("tune", help="an Optuna study of λ or G-ODIN settings on validation data, a child run "
                                        "per trial, then one test of the best")
     _add_config_options(tune)
-    from tuning.config import TUNE_FIELDS
-
     _add_config_options(tune, TUNE_FIELDS)
     sub.add_parser("archs", help="list the registered architectures")
     return parser
