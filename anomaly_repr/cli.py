@@ -8,7 +8,7 @@ import sys
 from dataclasses import MISSING
 from typing import TYPE_CHECKING
 
-from anomaly_repr.config import FIELDS, ExperimentConfig, parse_bool, parse_value
+from anomaly_repr.config import DEFAULT_METHODS, FIELDS, ExperimentConfig, parse_bool, parse_value
 from anomaly_repr.errors import AnomalyReprError, ConfigError
 from tuning.config import TUNE_FIELDS, TuneConfig
 
@@ -16,8 +16,8 @@ if TYPE_CHECKING:
     from anomaly_repr.study import Study
 
 
-def _add_config_options(parser: argparse.ArgumentParser, fields: dict = FIELDS) -> None:
-    for f in fields.values():
+def _add_config_options(parser: argparse.ArgumentParser, fields: dict = FIELDS, skip: tuple[str, ...] = ()) -> None:
+    for f in (f for name, f in fields.items() if name not in skip):
         default = f.default if f.default is not MISSING else None
         parser.add_argument(f"--{f.name}", f"--{f.name.replace('_', '-')}", dest=f.name, default=None,
                             metavar=str(f.type).upper(), help=f"(default: {default!r})")
@@ -25,7 +25,8 @@ def _add_config_options(parser: argparse.ArgumentParser, fields: dict = FIELDS) 
 
 def _given(args: argparse.Namespace, fields: dict) -> dict:
     """The options given on the command line, parsed into their fields' types."""
-    return {name: parse_value(f, getattr(args, name)) for name, f in fields.items() if getattr(args, name) is not None}
+    return {name: parse_value(f, getattr(args, name)) for name, f in fields.items()
+            if getattr(args, name, None) is not None}
 
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:
@@ -37,8 +38,9 @@ def _tune_config(args: argparse.Namespace) -> TuneConfig:
 
 
 def _study(args: argparse.Namespace) -> Study:
-    """A study: `seed` and `split` may be comma-separated lists (one child run per value); `recon_weight`
-    is the hybrid child's λ ('auto' = the talk's value for the dataset, 0 = no hybrid)."""
+    """A study: `seed` and `split` may be comma-separated lists (one child run per value), `methods` the
+    methods to train. Two shorthands of earlier versions remain: `recon_weight` is the hybrid child's λ
+    ('auto' = the talk's value for the dataset, 0 = no hybrid child) and `godin=false` drops the G-ODIN child."""
     from anomaly_repr.study import Study
 
     lists = {}
@@ -49,11 +51,15 @@ def _study(args: argparse.Namespace) -> Study:
         except ValueError:
             raise ConfigError(f"{name} must be an integer or comma-separated integers, got {text!r}") from None
         setattr(args, name, str(lists[name][0]) if lists[name] else None)
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     weight, args.recon_weight = args.recon_weight or "auto", None
-    base = _config(args)
-    auto = weight == "auto"
-    hybrid_weight = Study.talk_weight(base.dataset) if auto else parse_value(FIELDS["recon_weight"], weight)
-    return Study(base, lists["seed"], lists["split"], hybrid_weight, parse_bool("godin", args.godin))
+    if weight != "auto":
+        args.recon_weight = weight  # parsed with the config; 0 = no hybrid child
+        if parse_value(FIELDS["recon_weight"], weight) == 0:
+            methods = [m for m in methods if m != "hybrid"]
+    if not parse_bool("godin", args.godin):
+        methods = [m for m in methods if m != "godin"]
+    return Study(_config(args), lists["seed"], lists["split"], tuple(methods))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,9 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = sub.add_parser("evaluate", help="extract, score and log a trained model")
     evaluate.add_argument("--train_run_id", "--train-run-id", required=True, help="run id of a train run")
     for name in ("reproduce", "main"):
-        what = "a parent run with a child per model (classifier, hybrid, godin, oracle_rep), seed and split"
+        what = "a parent run with a child per method (classifier, hybrid, godin, oracle_rep), seed and split"
         study = sub.add_parser(name, help=what + ("; the default entry point" if name == "main" else ""))
-        _add_config_options(study)
+        _add_config_options(study, skip=("method",))
+        study.add_argument("--methods", "--method", dest="methods", default=",".join(DEFAULT_METHODS),
+                           help=f"comma-separated methods, one child each (default: {','.join(DEFAULT_METHODS)})")
         study.add_argument("--seeds", dest="seed", help="alias of --seed: e.g. 0,1,2")
         study.add_argument("--splits", dest="split", help="alias of --split: e.g. 0,1,2,3,4")
         study.add_argument("--godin", default="true", metavar="BOOL", help="train the G-ODIN child (default: true)")
@@ -77,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_options(tune)
     _add_config_options(tune, TUNE_FIELDS)
     sub.add_parser("archs", help="list the registered architectures")
+    sub.add_parser("methods", help="list the registered methods")
     return parser
 
 
@@ -84,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     # Imported here so that `--help` and argument errors answer without loading torch and mlflow.
-    from anomaly_repr import workflow
+    from anomaly_repr import runs
+    from anomaly_repr.methods import METHODS
     from anomaly_repr.models import MODELS
     from anomaly_repr.study import run_reproduce
     from tuning.study import run_tune
@@ -92,10 +102,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "archs":
             print("\n".join(sorted(MODELS)))
+        elif args.command == "methods":
+            print("\n".join(METHODS))
         elif args.command == "train":
-            print(workflow.run_train(_config(args), resume_run_id=args.resume))
+            print(runs.run_train(_config(args), resume_run_id=args.resume))
         elif args.command == "evaluate":
-            print(workflow.run_evaluate(args.train_run_id))
+            print(runs.run_evaluate(args.train_run_id))
         elif args.command == "tune":
             print(run_tune(_config(args), _tune_config(args)))
         else:

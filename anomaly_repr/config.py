@@ -16,6 +16,7 @@ SCHEDULES = ("onecycle", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 HEADS = ("linear", "godin")
 GODIN_H = ("cosine", "inner", "euclidean")
+DEFAULT_METHODS = ("classifier", "hybrid", "godin", "oracle_rep")  # the talk's four: what `reproduce` trains
 
 
 @dataclass(frozen=True)
@@ -31,9 +32,10 @@ class ExperimentConfig:
     image_size: int = 32  # imagefolder only: images are resized to image_size x image_size pixels
     seed: int = 0  # seeds the 60/20/20 partition, initialisation and augmentation
     # --- model ---
+    method: str = ""  # registered method (`anomaly-repr methods`); '' = chosen by head / recon_weight, else classifier
     arch: str = "resnet8"  # registered architecture (see `anomaly-repr archs`)
-    recon_weight: float = 0.0  # hybrid models: loss = CE + recon_weight * per-pixel MSE (λ); 0 = no decoder
-    head: str = "linear"  # linear | godin (Generalized ODIN: logits h(z) / g(z))
+    recon_weight: float = 0.0  # hybrid: loss = CE + recon_weight * per-pixel MSE (λ); > 0 selects the hybrid method
+    head: str = "linear"  # linear | godin (Generalized ODIN: logits h(z) / g(z)); godin selects the godin method
     godin_h: str = "cosine"  # G-ODIN similarity h_i(z): cosine | inner | euclidean
     godin_epsilons: str = "0,0.0025,0.005,0.01,0.02,0.04,0.08"  # G-ODIN input-perturbation grid, pixel units
     godin_h_weight_decay: float = 0.0  # L2 penalty on G-ODIN's class vectors h (Hsu et al. 2020 use none)
@@ -79,6 +81,7 @@ class ExperimentConfig:
         if self.device not in DEVICES:
             raise ConfigError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
         # Late imports: the registries import torch, which the config itself does not need.
+        from anomaly_repr.methods import resolve
         from anomaly_repr.models import MODELS
         from anomaly_repr.sources import SOURCES
 
@@ -86,6 +89,9 @@ class ExperimentConfig:
             raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(sorted(SOURCES))}")
         if self.arch not in MODELS:
             raise ConfigError(f"unknown arch {self.arch!r}; choose one of {', '.join(sorted(MODELS))}")
+        method, implied = resolve(self)
+        for name, value in {"method": method, **implied}.items():
+            object.__setattr__(self, name, value)  # frozen: settled once, here
 
     @property
     def epsilons(self) -> list[float]:
@@ -115,16 +121,16 @@ def _format(value: Any) -> str:
 
 def parse_value(field: dataclasses.Field, text: str) -> Any:
     """Parse a CLI/MLproject string into the field's type, with a one-line error on failure."""
-    kind = field.type if isinstance(field.type, str) else field.type.__name__
-    if kind == "bool":
+    type_name = field.type if isinstance(field.type, str) else field.type.__name__
+    if type_name == "bool":
         return parse_bool(field.name, text)
     try:
-        if kind == "int":
+        if type_name == "int":
             return int(text)
-        if kind == "float":
+        if type_name == "float":
             return float(text)
     except ValueError:
-        raise ConfigError(f"{field.name} must be {kind}, got {text!r}") from None
+        raise ConfigError(f"{field.name} must be {type_name}, got {text!r}") from None
     return text
 
 

@@ -1,18 +1,17 @@
-"""Model registry: CIFAR-stem ResNet backbones, heads, and an optional reconstruction decoder.
+"""Backbone registry (CIFAR-stem ResNets) and the network every method builds on.
 
 Every model is an `OpenSetNet`: a backbone mapping images to the pooled penultimate features `z`
-(`forward_features`) and a head mapping `z` to logits (`forward_head`), the split that timm uses.
-`forward` returns a `ModelOutput`; its optional fields are filled by the model's parts (a decoder fills
-`recon`, a G-ODIN head fills `h` and `g`), never by flags of the call.
+(`forward_features`) and a head mapping `z` to outputs (`forward_head`), the split that timm uses.
+`forward` returns a `ModelOutput`; its extras are filled by the parts a method adds (a decoder fills
+`recon`, a G-ODIN head fills `h` and `g`: see `anomaly_repr/methods/`), never by flags of the call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models.resnet import BasicBlock
@@ -22,77 +21,37 @@ from anomaly_repr.registry import Registry
 
 @dataclass
 class ModelOutput:
-    logits: torch.Tensor  # (N, K) class scores of the known classes; h / g for a G-ODIN head
+    """What a model returns: logits and z always, plus the named extras its method adds (a decoder's
+    `recon`, G-ODIN's `h` and `g`, ...). An extra reads as an attribute; one the model lacks reads None."""
+
+    logits: torch.Tensor  # (N, K) class scores of the classes the model was trained on
     z: torch.Tensor  # (N, D) latent representation: pooled penultimate features
-    recon: torch.Tensor | None = None  # (N, C, H, W) hybrid models: reconstruction of the normalised input
-    h: torch.Tensor | None = None  # (N, K) G-ODIN: class similarities h_i(z)
-    g: torch.Tensor | None = None  # (N,) G-ODIN: g(z) in (0, 1)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
 
-
-class GodinHead(nn.Module):
-    """Generalized ODIN (Hsu et al. 2020): logits h_i(z) / g(z), g(z) = sigmoid(BN(linear(z)))."""
-
-    def __init__(self, z_dim: int, num_classes: int, similarity: str):
-        super().__init__()
-        self.similarity = similarity  # cosine | inner | euclidean
-        self.h = nn.Linear(z_dim, num_classes, bias=False)  # class vectors w_i; trained without weight decay
-        self.g = nn.Sequential(nn.Linear(z_dim, 1), nn.BatchNorm1d(1), nn.Sigmoid())
-
-    def parts(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        w = self.h.weight
-        if self.similarity == "cosine":
-            h = F.normalize(z, dim=1) @ F.normalize(w, dim=1).T
-        elif self.similarity == "inner":
-            h = z @ w.T
-        else:  # negative squared euclidean distance
-            h = -torch.cdist(z, w).pow(2)
-        return h, self.g(z).squeeze(1)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h, g = self.parts(z)
-        return h / g[:, None]
-
-
-class Decoder(nn.Module):
-    """Reconstructs the normalised input image from z: linear to a coarse map, two 2x up-convolutions."""
-
-    def __init__(self, z_dim: int, channels: int, size: int, width: int = 64):
-        super().__init__()
-        self.size, self.width, self.start = size, width, max(1, size // 4)
-        self.fc = nn.Linear(z_dim, width * self.start * self.start)
-        self.up = nn.Sequential(
-            nn.ReLU(inplace=True), nn.ConvTranspose2d(width, width // 2, 4, stride=2, padding=1),
-            nn.BatchNorm2d(width // 2), nn.ReLU(inplace=True),
-            nn.ConvTranspose2d(width // 2, channels, 4, stride=2, padding=1))
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.up(self.fc(z).view(-1, self.width, self.start, self.start))
-        if x.shape[-1] != self.size:  # sizes that are not a multiple of 4
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        return x
+    def __getattr__(self, name: str) -> torch.Tensor | None:
+        if name.startswith("_") or name == "extras":  # copy and pickle probe dunders before __init__ ran
+            raise AttributeError(name)
+        return self.extras.get(name)
 
 
 class OpenSetNet(nn.Module):
-    def __init__(self, backbone: nn.Module, z_dim: int, head: nn.Module, decoder: Decoder | None = None):
+    """A registered backbone (images -> z) and a head (z -> logits). Methods that add outputs subclass
+    it and extend `forward_head`; the parameter names `backbone.*` and `head.*` stay the same for all."""
+
+    def __init__(self, backbone: nn.Module, z_dim: int, head: nn.Module):
         super().__init__()
         self.backbone = backbone
         self.head = head
-        self.decoder = decoder
         self.z_dim = z_dim  # width of z
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.backbone(x)
 
-    def forward_head(self, z: torch.Tensor) -> torch.Tensor:
-        return self.head(z)
+    def forward_head(self, z: torch.Tensor) -> ModelOutput:
+        return ModelOutput(logits=self.head(z), z=z)
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
-        z = self.forward_features(x)
-        recon = self.decoder(z) if self.decoder is not None else None
-        if isinstance(self.head, GodinHead):
-            h, g = self.head.parts(z)
-            return ModelOutput(logits=h / g[:, None], z=z, recon=recon, h=h, g=g)
-        return ModelOutput(logits=self.head(z), z=z, recon=recon)
+        return self.forward_head(self.forward_features(x))
 
 
 BackboneFactory = Callable[[int], tuple[nn.Module, int]]  # in_channels -> (backbone, width of z)
@@ -100,13 +59,15 @@ MODELS: Registry[BackboneFactory] = Registry()
 register_model = MODELS.register
 
 
-def create_model(arch: str, num_classes: int, in_channels: int, head: str = "linear", godin_h: str = "cosine",
-                 decoder_size: int = 0) -> OpenSetNet:
-    """A registered backbone with a `head` (linear | godin); decoder_size > 0 adds the hybrid decoder."""
-    backbone, z_dim = MODELS[arch](in_channels)
-    head_module = GodinHead(z_dim, num_classes, godin_h) if head == "godin" else nn.Linear(z_dim, num_classes)
-    decoder = Decoder(z_dim, in_channels, decoder_size) if decoder_size else None
-    return OpenSetNet(backbone, z_dim, head_module, decoder)
+def build_backbone(arch: str, in_channels: int) -> tuple[nn.Module, int]:
+    """A registered backbone and the width of its z."""
+    return MODELS[arch](in_channels)
+
+
+def create_model(arch: str, num_classes: int, in_channels: int) -> OpenSetNet:
+    """A registered backbone with a linear head: the plain classifier."""
+    backbone, z_dim = build_backbone(arch, in_channels)
+    return OpenSetNet(backbone, z_dim, nn.Linear(z_dim, num_classes))
 
 
 # --- torchvision ResNets with the CIFAR stem: 3x3 stride-1 first conv, no max-pool ---

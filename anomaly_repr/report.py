@@ -12,6 +12,9 @@ import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
+from anomaly_repr.methods import METHODS, ORACLE_REPRESENTATION, REFERENCE, VARIANT  # noqa: E402
+from anomaly_repr.scorers import CLASSIC_SCORERS, is_oracle  # noqa: E402
+
 
 def roc_figure(scores: dict[str, np.ndarray], is_anomaly: np.ndarray, aurocs: dict[str, float]) -> Figure:
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -40,32 +43,49 @@ def histogram_figure(scores: dict[str, np.ndarray], is_anomaly: np.ndarray) -> F
 
 # --- study summaries: one row per model, one column per scorer ---
 
-def _per_repeat(results: dict[str, list[dict[str, float]]], kind: str, key: str) -> np.ndarray:
-    return np.array([r[key] for r in results[kind] if key in r])
+def _per_repeat(results: dict[str, list[dict[str, float]]], method: str, key: str) -> np.ndarray:
+    return np.array([r[key] for r in results[method] if key in r])
 
 
 def summarise(results: dict[str, list[dict[str, float]]]) -> dict[str, float]:
-    """Parent-run metrics: `test/<model>/<name>` means (`_std` too over several repeats) and the gaps.
+    """Parent-run metrics: `test/<method>/<name>` means (`_std` too over several repeats), the gaps and gains.
 
-    q1_gap: the classifier's oracle_rf AUROC minus its best classic-score AUROC (what z holds that
-    the scores miss); q2_gap: the oracle representation's oracle_rf AUROC minus the classifier's (what
-    a network of this architecture could hold); q3_gap, with a hybrid: its oracle_rf AUROC minus the
-    classifier's (does reconstruction put more anomaly information into z?).
+    Gaps are defined by the methods' roles, measured against the reference method (the classifier):
+    q1_gap: its oracle_rf AUROC minus its best classic-score AUROC (what z holds that the scores miss);
+    q2_gap: the oracle representation's oracle_rf AUROC minus the reference's (what a network of this
+    architecture could hold). For every other method, `test/gain/<method>/oracle_rf` (its oracle minus the
+    reference's: does it put more anomaly information into z?) and `test/gain/<method>/best_score` (its
+    best deployable score minus the reference's best classic score: does a user gain anything?); a method
+    may name an older alias of its oracle gain (the hybrid's `test/q3_gap`).
     """
     summary = {}
-    for kind, repeats in results.items():
+    for method, repeats in results.items():
         for key in repeats[0] if repeats else []:
-            values = _per_repeat(results, kind, key)
-            name = f"test/{kind}/{key.removeprefix('test/')}"
+            values = _per_repeat(results, method, key)
+            name = f"test/{method}/{key.removeprefix('test/')}"
             summary[name] = float(values.mean())
             if len(values) > 1:
                 summary[name + "_std"] = float(values.std(ddof=1))
-    rf = summary["test/classifier/oracle_rf/auroc"]
-    classic = max(summary[f"test/classifier/{s}/auroc"] for s in ("msp", "entropy", "max_logit", "energy"))
+    reference = next((m for m in results if METHODS[m].role == REFERENCE), None)
+    if reference is None:
+        return summary
+    rf = summary[f"test/{reference}/oracle_rf/auroc"]
+    classic = max(summary[f"test/{reference}/{s}/auroc"] for s in CLASSIC_SCORERS)
     summary["test/q1_gap"] = rf - classic
-    summary["test/q2_gap"] = summary["test/oracle_rep/oracle_rf/auroc"] - rf
-    if "test/hybrid/oracle_rf/auroc" in summary:
-        summary["test/q3_gap"] = summary["test/hybrid/oracle_rf/auroc"] - rf
+    for method in results:
+        cls = METHODS[method]
+        their_rf = summary.get(f"test/{method}/oracle_rf/auroc")
+        if cls.role == ORACLE_REPRESENTATION and their_rf is not None:
+            summary["test/q2_gap"] = their_rf - rf
+        elif cls.role == VARIANT:
+            deployable = [v for k, v in summary.items() if k.startswith(f"test/{method}/") and k.endswith("/auroc")
+                          and not is_oracle(k.split("/")[2])]
+            if their_rf is not None:
+                summary[f"test/gain/{method}/oracle_rf"] = their_rf - rf
+                if cls.oracle_gain_alias:
+                    summary[cls.oracle_gain_alias] = their_rf - rf
+            if deployable:
+                summary[f"test/gain/{method}/best_score"] = max(deployable) - classic
     return summary
 
 
@@ -82,17 +102,17 @@ def _scorer_names(results: dict[str, list[dict[str, float]]]) -> list[str]:
 def auroc_table(results: dict[str, list[dict[str, float]]]) -> pd.DataFrame:
     """Test AUROC, rows = models, columns = scorers; 'mean +- std' over repeats when there are several."""
     rows = {}
-    for kind in results:
+    for method in results:
         row = {}
         for scorer in _scorer_names(results):
-            values = _per_repeat(results, kind, f"test/{scorer}/auroc")
+            values = _per_repeat(results, method, f"test/{scorer}/auroc")
             if len(values) == 1:
                 row[scorer] = f"{values[0]:.3f}"
             elif len(values) > 1:
                 row[scorer] = f"{values.mean():.3f} +- {values.std(ddof=1):.3f}"
             else:
                 row[scorer] = ""
-        rows[kind] = row
+        rows[method] = row
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
@@ -107,11 +127,11 @@ def to_markdown(table: pd.DataFrame) -> str:
 def auroc_bar_chart(results: dict[str, list[dict[str, float]]], title: str) -> Figure:
     """AUROC by method, one bar per (model, scorer) with a cell; error bars are std over repeats."""
     labels, means, stds = [], [], []
-    for kind in results:
+    for method in results:
         for scorer in _scorer_names(results):
-            values = _per_repeat(results, kind, f"test/{scorer}/auroc")
+            values = _per_repeat(results, method, f"test/{scorer}/auroc")
             if len(values):
-                labels.append(f"{kind}\n{scorer}")
+                labels.append(f"{method}\n{scorer}")
                 means.append(values.mean())
                 stds.append(values.std(ddof=1) if len(values) > 1 else 0.0)
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels)), 4))

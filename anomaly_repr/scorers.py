@@ -58,7 +58,7 @@ def check_fitted(scorer: object) -> None:
 
 
 def applies(scorer: Scorer, outputs: Outputs) -> bool:
-    return all(getattr(outputs, name) is not None for name in scorer.requires)
+    return all(outputs.has(name) for name in scorer.requires)
 
 
 class FunctionScorer:
@@ -90,18 +90,15 @@ for _fn in (msp, entropy, max_logit, energy):
 
 CLASSIC_SCORERS = ("msp", "entropy", "max_logit", "energy")
 
-# Hybrid models: a worse reconstruction means a stranger image.
-register_scorer("recon_error")(lambda cfg: FunctionScorer(lambda o: o.recon_error, ("recon_error",)))
-# G-ODIN (Hsu et al. 2020): the perturbed max h (its paper's score), the quotient max h/g, and g alone.
-register_scorer("godin")(lambda cfg: FunctionScorer(lambda o: -o.godin_h_perturbed, ("godin_h_perturbed",)))
-register_scorer("godin_quotient")(lambda cfg: FunctionScorer(
-    lambda o: -(o.godin_h / o.godin_g[:, None]).max(axis=1), ("godin_h", "godin_g")))
-register_scorer("godin_g")(lambda cfg: FunctionScorer(lambda o: -o.godin_g, ("godin_g",)))
-
-
 def make_scorer(name: str, cfg: ExperimentConfig) -> Scorer:
     return SCORERS[name](cfg)
 
 
-# The oracles register themselves on import; importing them here makes every registry user see them.
-from anomaly_repr import oracles  # noqa: E402, F401
+def is_oracle(name: str) -> bool:
+    """Oracles learn from anomaly labels: upper references, never deployable, never an objective."""
+    return name.startswith("oracle_")
+
+
+# The oracles and each method's own scorers register themselves on import; importing them here makes
+# every registry user see them.
+from anomaly_repr import methods, oracles  # noqa: E402, F401

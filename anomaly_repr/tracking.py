@@ -1,7 +1,9 @@
-"""MLflow plumbing: where runs go, what every run records about its origin, and model logging."""
+"""MLflow plumbing, the one layer that logs: where runs go, what every run records about its origin, and
+the results that the computing stages return (training summaries, evaluations, figures, models)."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -13,8 +15,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import mlflow
+import numpy as np
 import torch
+from matplotlib.figure import Figure
 from mlflow.models import infer_signature
 
 from anomaly_repr.config import ExperimentConfig
@@ -22,6 +27,7 @@ from anomaly_repr.errors import AnomalyReprError
 from anomaly_repr.models import OpenSetNet
 from anomaly_repr.pipeline import Normalizer
 from anomaly_repr.split import OpenSetSplit
+from anomaly_repr.workflow import Evaluation
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # a local SQLite store in the working directory
 DEFAULT_EXPERIMENT = "anomaly-repr"
@@ -115,6 +121,7 @@ def log_provenance(cfg: ExperimentConfig, split: OpenSetSplit, stage: str) -> No
     log_json(dataclasses.asdict(cfg), "config.json")
     mlflow.set_tags({
         "stage": stage, "dataset": cfg.dataset, "split": str(cfg.split), "arch": cfg.arch, "seed": str(cfg.seed),
+        "method": cfg.method, "model": cfg.method,
         "git_commit": git_commit(), "split_hash": split.hash, "known_classes": ",".join(split.known),
         "unknown_classes": ",".join(split.unknown),
     })
@@ -149,7 +156,7 @@ def log_model(model: OpenSetNet, normalizer: Normalizer, example: torch.Tensor) 
     for serving, in MLflow's pt2 format (torch.export, no pickle) with a signature built from numpy
     arrays. Returns the LoggedModel's id.
     """
-    cpu_model = model.to("cpu").eval()
+    cpu_model = copy.deepcopy(model).to("cpu").eval()  # the caller's model stays on its device
     log_weights(cpu_model, normalizer)
     served = _PixelsToLogits(cpu_model, normalizer).eval()
     pixels = example[:4].float().numpy()
@@ -162,12 +169,42 @@ def log_model(model: OpenSetNet, normalizer: Normalizer, example: torch.Tensor) 
     return info.model_id
 
 
+def log_figures(figures: dict[str, Figure]) -> None:
+    """Log each figure at its artifact path, then close it: a long study must not hold them all."""
+    for path, figure in figures.items():
+        mlflow.log_figure(figure, path)
+        plt.close(figure)
+
+
+def log_epoch(row: dict[str, float]) -> None:
+    mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+
+
+def log_evaluation(evaluation: Evaluation) -> None:
+    """An evaluation's metrics (calibration's included), calibration records, outputs of every
+    split and the test scores as npz artifacts, and the figures."""
+    mlflow.log_metrics(evaluation.metrics | evaluation.calibration.metrics)
+    for path, record in evaluation.calibration.records.items():
+        log_json(record, path)
+    test = evaluation.outputs["test"]
+    with tempfile.TemporaryDirectory() as tmp:
+        for part, out in evaluation.outputs.items():
+            out.save(Path(tmp) / f"{part}.npz")
+        np.savez_compressed(Path(tmp) / "test_scores.npz", is_anomaly=test.is_anomaly, **evaluation.scores)
+        mlflow.log_artifacts(tmp, "outputs")
+    log_figures(evaluation.figures)
+
+
 def load_config(run_id: str) -> ExperimentConfig:
-    """The exact config of a run, from its `config.json` artifact."""
+    """The exact config of a run, from its `config.json` artifact. Runs logged before `method` was a field
+    name their method in the `model` tag, which is read instead."""
     try:
-        return ExperimentConfig(**mlflow.artifacts.load_dict(f"runs:/{run_id}/config.json"))
+        fields = mlflow.artifacts.load_dict(f"runs:/{run_id}/config.json")
     except mlflow.exceptions.MlflowException as exc:
         raise TrackingError(f"cannot read the config of run {run_id!r}: {exc.message}") from None
+    if "method" not in fields:
+        fields["method"] = mlflow.get_run(run_id).data.tags.get("model", "")
+    return ExperimentConfig(**fields)
 
 
 def load_weights(run_id: str, model: OpenSetNet) -> tuple[OpenSetNet, Normalizer, OpenSetSplit]:

@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.methods import method_for
 from anomaly_repr.models import OpenSetNet
 from anomaly_repr.pipeline import DeviceBatches, Normalizer, eval_batches
 
@@ -43,17 +43,6 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
     if schedule == "onecycle":  # linear warm-up over the first 20 %, then linear decay to zero
         return progress / 0.2 if progress < 0.2 else max(0.0, (1 - progress) / 0.8)
     return 0.5 * (1 + math.cos(math.pi * progress))  # cosine
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float, h_weight_decay: float = 0.0) -> list[dict]:
-    """Weight decay on conv and linear weights; none on norms and biases. G-ODIN's class vectors h get
-    their own decay, none by default (Hsu et al. 2020: decay would shrink the vectors h compares z with)."""
-    def group(name: str, p: torch.nn.Parameter) -> int:
-        return 2 if name.startswith("head.h.") else 0 if p.ndim > 1 else 1
-
-    named = list(model.named_parameters())
-    return [{"params": [p for n, p in named if group(n, p) == i], "weight_decay": decay}
-            for i, decay in enumerate((weight_decay, 0.0, h_weight_decay))]
 
 
 @torch.no_grad()
@@ -90,17 +79,23 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
           val_images: torch.Tensor, val_labels: torch.Tensor, normalizer: Normalizer, hflip: bool,
           device: torch.device, checkpoint: Path, resume: bool = False,
           on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
-    """Train `model` on uint8 images (labels 0..K-1); `on_epoch` receives each epoch's metrics row."""
+    """Train `model` with its method's step on uint8 images (labels 0..K-1); `on_epoch` receives each
+    epoch's metrics row."""
+    method = method_for(cfg)
     torch.manual_seed(cfg.seed)
     model.to(device=device, memory_format=torch.channels_last)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     batches = DeviceBatches(train_images.to(device), train_labels.to(device), normalizer, cfg.batch_size,
                             hflip, generator)
-    optimizer = torch.optim.SGD(param_groups(model, cfg.weight_decay, cfg.godin_h_weight_decay), lr=cfg.lr,
+    optimizer = torch.optim.SGD(method.param_groups(model), lr=cfg.lr,
                                 momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     total_steps = cfg.epochs * len(batches)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg.schedule, s, total_steps))
     use_amp = cfg.amp and device.type == "cuda"
+
+    def autocast() -> torch.autocast:
+        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp)
+
     result = TrainResult(model, best_val_acc=-1.0, best_epoch=-1)
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     start_epoch, stale = 1, 0
@@ -123,34 +118,27 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
         if cfg.patience and stale >= cfg.patience:
             break
         model.train()
-        loss_sum, seen, began = 0.0, 0, time.perf_counter()
+        # The loss is summed on the device and read once per epoch: a read per step would wait for the step.
+        loss_sum, seen, began = torch.zeros((), device=device), 0, time.perf_counter()
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None, unit="batch")
         for x, y in bar:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                out = model(x.contiguous(memory_format=torch.channels_last))
-                loss = F.cross_entropy(out.logits.float(), y, label_smoothing=cfg.label_smoothing)
-                if out.recon is not None:  # hybrid: CE + λ * per-pixel squared error of the seen input
-                    loss = loss + cfg.recon_weight * F.mse_loss(out.recon.float(), x)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = method.train_step(model, optimizer, x.contiguous(memory_format=torch.channels_last), y, autocast)
             scheduler.step()
-            loss_sum += loss.item() * len(y)
+            loss_sum += loss * len(y)
             seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", last_val_acc=f"{result.history[-1]['val/acc']:.3f}"
-                            if result.history else "-", img_s=f"{seen / (time.perf_counter() - began):.0f}")
+        total_loss = loss_sum.item()
         seconds = time.perf_counter() - began
         result.train_seconds += seconds
         result.train_images += seen
         val_acc = accuracy(model, val_images, val_labels, normalizer, device)
-        if not math.isfinite(loss_sum):
-            raise FloatingPointError(f"training diverged at epoch {epoch} (loss is {loss_sum}); lower lr")
+        if not math.isfinite(total_loss):
+            raise FloatingPointError(f"training diverged at epoch {epoch} (loss is {total_loss}); lower lr")
         if val_acc > result.best_val_acc:
             result.best_val_acc, result.best_epoch, stale = val_acc, epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             stale += 1
-        row = {"epoch": epoch, "train/loss": loss_sum / seen, "val/acc": val_acc,
+        row = {"epoch": epoch, "train/loss": total_loss / seen, "val/acc": val_acc,
                "train/lr": optimizer.param_groups[0]["lr"], "train/images_per_second": seen / seconds}
         result.history.append(row)
         log.info("epoch %d/%d  loss %.4f  val/acc %.4f  %.0f img/s", epoch, cfg.epochs, row["train/loss"],

@@ -1,6 +1,5 @@
 """Hybrid (classification + reconstruction) models and Generalized ODIN, with known answers."""
 
-import mlflow
 import numpy as np
 import pytest
 import torch
@@ -9,10 +8,12 @@ import torch.nn.functional as F
 import anomaly_repr.workflow as workflow
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import ConfigError
-from anomaly_repr.extract import extract, select_epsilon
-from anomaly_repr.models import GodinHead, create_model
+from anomaly_repr.extract import extract
+from anomaly_repr.methods import method_for
+from anomaly_repr.methods.godin import GodinHead, build_godin, select_epsilon
+from anomaly_repr.methods.hybrid import build_hybrid
+from anomaly_repr.models import create_model
 from anomaly_repr.pipeline import Normalizer
-from anomaly_repr.train import param_groups
 
 
 @pytest.mark.parametrize("change, message", [
@@ -29,7 +30,7 @@ def test_clear_errors(change, message):
 
 def test_decoder_learns_to_reconstruct_a_fixed_batch():
     torch.manual_seed(0)
-    model = create_model("resnet8", 4, 3, decoder_size=16)
+    model = build_hybrid("resnet8", 4, 3, 16)
     x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 4, (16,))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
 
@@ -51,7 +52,7 @@ def test_decoder_learns_to_reconstruct_a_fixed_batch():
 
 @pytest.mark.parametrize("size", [8, 10, 32])
 def test_decoder_output_matches_the_input_size(size):
-    out = create_model("resnet8", 3, 1, decoder_size=size).eval()(torch.randn(2, 1, size, size))
+    out = build_hybrid("resnet8", 3, 1, size).eval()(torch.randn(2, 1, size, size))
     assert out.recon.shape == (2, 1, size, size) and out.h is None
 
 
@@ -68,25 +69,26 @@ def test_cosine_h_is_invariant_to_the_scale_of_z():
 
 @pytest.mark.parametrize("similarity", ["cosine", "inner", "euclidean"])
 def test_godin_outputs(similarity):
-    model = create_model("resnet8", 5, 3, head="godin", godin_h=similarity).eval()
+    model = build_godin("resnet8", 5, 3, similarity).eval()
     out = model(torch.randn(4, 3, 16, 16))
     assert out.h.shape == (4, 5) and out.g.shape == (4,) and ((out.g > 0) & (out.g < 1)).all()
     assert torch.allclose(out.logits, out.h / out.g[:, None])
 
 
 def test_class_vectors_of_h_have_their_own_weight_decay():
-    model = create_model("resnet8", 5, 3, head="godin")
-    decayed, plain, h = param_groups(model, 5e-4)
+    model = build_godin("resnet8", 5, 3)
+    decayed, plain, h = method_for(ExperimentConfig(method="godin", weight_decay=5e-4)).param_groups(model)
     assert [g["weight_decay"] for g in (decayed, plain, h)] == [5e-4, 0.0, 0.0]  # none on h by default
     assert [p is model.head.h.weight for p in h["params"]] == [True]
     assert any(p is model.head.g[0].weight for p in decayed["params"])
     assert not any(p.ndim > 1 for p in plain["params"])
-    assert param_groups(model, 5e-4, h_weight_decay=1e-4)[2]["weight_decay"] == 1e-4
+    tuned = ExperimentConfig(method="godin", weight_decay=5e-4, godin_h_weight_decay=1e-4)
+    assert method_for(tuned).param_groups(model)[2]["weight_decay"] == 1e-4
 
 
 def test_select_epsilon_maximises_the_mean_perturbed_score():
     torch.manual_seed(0)
-    model = create_model("resnet8", 3, 1, head="godin").eval()
+    model = build_godin("resnet8", 3, 1).eval()
     images = torch.randint(0, 256, (20, 1, 8, 8), dtype=torch.uint8)
     norm = Normalizer.fit(images)
     best, means = select_epsilon(model, images, norm, torch.device("cpu"), [0.0, 0.01, 0.05])
@@ -108,16 +110,47 @@ def test_epsilon_search_never_reads_anomaly_or_test_images(tracking, monkeypatch
             return super().images(index)
 
     sealed = Sealed(**vars(prep))
-    model = workflow.new_model(prep)
-    with mlflow.start_run():
-        epsilon = workflow.choose_epsilon(sealed, model, Normalizer.fit(prep.images(prep.split.train)))
-    assert epsilon in (0.0, 0.01) and read and len(np.concatenate(read)) == len(allowed)
+    method, model = method_for(prep.cfg), workflow.new_model(prep)
+    nominal_val = sealed.images(prep.split.nominal(prep.split.val, prep.data.labels))
+    calibration = method.calibrate(model, nominal_val, Normalizer.fit(prep.images(prep.split.train)),
+                                   torch.device("cpu"))
+    assert calibration.values["epsilon"] in (0.0, 0.01) and calibration.metrics["godin/epsilon"] in (0.0, 0.01)
+    assert set(calibration.records["godin/epsilon_search.json"]) == {"0.0", "0.01"}
+    assert read and len(np.concatenate(read)) == len(allowed)
+
+
+def test_calibration_inside_extraction_reads_only_nominal_validation_images(tracking):
+    """`extract_parts` hands the method nominal validation images alone, whatever parts it extracts."""
+    cfg = ExperimentConfig(head="godin", epochs=1, godin_epsilons="0,0.01")
+    prep = workflow.prepare(cfg)
+    seen: list[torch.Tensor] = []
+    method = method_for(cfg)
+    original = type(method).calibrate
+
+    def spy(self, model, nominal_val, normalizer, device):
+        seen.append(nominal_val)
+        return original(self, model, nominal_val, normalizer, device)
+
+    type(method).calibrate = spy
+    try:
+        model = workflow.new_model(prep)
+        norm = Normalizer.fit(prep.images(prep.split.train))
+        outputs, calibration = workflow.extract_parts(prep, model, norm, {"test": prep.split.test})
+    finally:
+        type(method).calibrate = original
+    nominal_val = prep.images(prep.split.nominal(prep.split.val, prep.data.labels))
+    assert len(seen) == 1 and torch.equal(seen[0], nominal_val)
+    assert outputs["test"].godin_h_perturbed.shape == (len(prep.split.test),)
 
 
 def test_extract_fills_the_optional_outputs():
     images = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
     norm, cpu = Normalizer.fit(images), torch.device("cpu")
-    hybrid = extract(create_model("resnet8", 3, 1, decoder_size=8), images, np.zeros(6), norm, cpu)
-    assert hybrid.recon_error.shape == (6,) and hybrid.godin_h is None
-    godin = extract(create_model("resnet8", 3, 1, head="godin"), images, np.zeros(6), norm, cpu)
-    assert godin.godin_h.shape == (6, 3) and godin.godin_g.shape == (6,) and godin.recon_error is None
+    hybrid_method = method_for(ExperimentConfig(method="hybrid"))
+    hybrid = extract(build_hybrid("resnet8", 3, 1, 8), images, np.zeros(6), norm, cpu, hybrid_method.batch_extras)
+    assert hybrid.recon_error.shape == (6,) and not hybrid.has("godin_h")
+    godin_method = method_for(ExperimentConfig(method="godin"))
+    godin = extract(build_godin("resnet8", 3, 1), images, np.zeros(6), norm, cpu, godin_method.batch_extras)
+    assert godin.godin_h.shape == (6, 3) and godin.godin_g.shape == (6,) and not godin.has("recon_error")
+    plain = extract(create_model("resnet8", 3, 1), images, np.zeros(6), norm, cpu)
+    assert set(plain.arrays()) == {"z", "logits", "labels"}

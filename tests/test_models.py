@@ -17,7 +17,7 @@ def test_every_model_returns_named_outputs(arch, channels, size):
     assert isinstance(out, ModelOutput)
     assert out.logits.shape == (2, 5) and out.z.shape == (2, model.z_dim)
     with torch.no_grad():
-        assert torch.allclose(model.forward_head(model.forward_features(x)), out.logits)
+        assert torch.allclose(model.forward_head(model.forward_features(x)).logits, out.logits)
 
 
 def test_registry_has_cifar_stem_torchvision_resnets():

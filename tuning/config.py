@@ -12,18 +12,16 @@ from dataclasses import dataclass, fields
 
 from anomaly_repr.errors import ConfigError
 
-TARGETS = ("recon_weight", "godin")
 PROTOCOLS = ("val-anomalies", "class-holdout")
 PRUNERS = ("median", "hyperband", "none")
 ROLES = ("driver", "worker")
-DEFAULT_SCORER = {"recon_weight": "max_logit", "godin": "godin"}
 # What the objective depends on: a resumed study must keep these, or its trials would not compare.
 OBJECTIVE_FIELDS = ("target", "protocol", "scorer", "lambda_low", "lambda_high", "holdout_fraction")
 
 
 @dataclass(frozen=True)
 class TuneConfig:
-    target: str = "recon_weight"  # recon_weight: λ of the hybrid loss | godin: G-ODIN's h, ε, decay of h, scorer
+    target: str = "recon_weight"  # a method with searchable settings: hybrid (alias recon_weight): λ | godin: h, ε, ...
     protocol: str = "val-anomalies"  # val-anomalies | class-holdout (anomaly classes split into tuning/test)
     scorer: str = ""  # objective's scorer; '' = max_logit (λ) or godin (G-ODIN); a comma-separated list is searched
     n_trials: int = 20  # finished (complete or pruned) trials the study should hold, over all workers
@@ -42,7 +40,7 @@ class TuneConfig:
     max_retry: int = 2  # times a stale trial (its worker died) is queued again
 
     def __post_init__(self) -> None:
-        for name, allowed in (("target", TARGETS), ("protocol", PROTOCOLS), ("pruner", PRUNERS), ("role", ROLES)):
+        for name, allowed in (("protocol", PROTOCOLS), ("pruner", PRUNERS), ("role", ROLES)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
         for name in ("n_trials", "workers", "heartbeat_interval"):
@@ -55,15 +53,18 @@ class TuneConfig:
                               f"got {self.lambda_low}..{self.lambda_high}")
         if not 0 < self.holdout_fraction < 1:
             raise ConfigError(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction}")
-        from tuning.space import check_scorers  # the scorer registry imports torch; the config alone does not
+        from tuning.space import check_scorers  # the registries import torch; the config alone does not
 
         check_scorers(self.target, self.scorers)
 
     @property
     def scorers(self) -> list[str]:
-        """The objective's scorer names: one is fixed, several are a searched choice."""
+        """The objective's scorer names: one is fixed, several are a searched choice; none given = the
+        target method's own default (max_logit for the hybrid, godin for G-ODIN)."""
+        from tuning.space import default_scorer
+
         names = [s.strip() for s in self.scorer.split(",") if s.strip()]
-        return names or [DEFAULT_SCORER[self.target]]
+        return names or [default_scorer(self.target)]
 
     def to_params(self) -> dict[str, str]:
         return {f.name: str(getattr(self, f.name)) for f in fields(self)}

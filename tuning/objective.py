@@ -24,12 +24,13 @@ from anomaly_repr.errors import ConfigError
 from anomaly_repr.metrics import anomaly_metrics
 from anomaly_repr.models import OpenSetNet
 from anomaly_repr.pipeline import Normalizer
+from anomaly_repr.runs import train_logged
 from anomaly_repr.scorers import make_scorer
 from anomaly_repr.split import OpenSetSplit
 from anomaly_repr.tracking import log_new_params, log_provenance
-from anomaly_repr.workflow import Prepared, checkpoint_path, extract_parts, fit
+from anomaly_repr.workflow import Prepared, checkpoint_path, extract_parts
 from tuning.config import TuneConfig
-from tuning.space import suggest
+from tuning.space import method_of, suggest
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class ProtocolView:
 def validation_auroc(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, scorer_name: str,
                      val_index: np.ndarray) -> float:
     """AUROC of `scorer_name` on the protocol's validation images (none of its scorers learns from labels)."""
-    outputs = extract_parts(prep, model, normalizer, {"val": val_index})["val"]
+    outputs = extract_parts(prep, model, normalizer, {"val": val_index})[0]["val"]
     scores = make_scorer(scorer_name, prep.cfg).fit(outputs).score(outputs)
     return anomaly_metrics(scores, outputs.is_anomaly)["auroc"]
 
@@ -88,9 +89,8 @@ class Objective:
 
     def __call__(self, trial: optuna.Trial) -> float:
         tcfg = self.tcfg
-        changes, scorer = suggest(trial, tcfg.target, self.prep.cfg, tcfg.scorers, (tcfg.lambda_low, tcfg.lambda_high))
-        prep = dataclasses.replace(self.prep, cfg=self.prep.cfg.replace(**changes))
-        kind = "godin" if tcfg.target == "godin" else "hybrid"
+        cfg, scorer = suggest(trial, method_of(tcfg.target, self.prep.cfg), tcfg.scorers, tcfg)
+        prep = dataclasses.replace(self.prep, cfg=cfg)
         run = mlflow.start_run(run_name=f"trial {trial.number}", parent_run_id=self.parent.info.run_id,
                                experiment_id=self.parent.info.experiment_id, nested=mlflow.active_run() is not None)
         # A trial queued again after its worker died inherits that trial's user attributes.
@@ -102,7 +102,7 @@ class Objective:
         try:
             log_provenance(prep.cfg, prep.split, stage="trial")
             log_new_params({"objective_scorer": scorer, "target": tcfg.target})
-            mlflow.set_tags({"model": kind, "trial_number": str(trial.number), "optuna_study": self.study_name,
+            mlflow.set_tags({"trial_number": str(trial.number), "optuna_study": self.study_name,
                              "worker": f"{socket.gethostname()}:{os.getpid()}", **retry_of, **self.view.tags()})
             metric = f"val/{scorer}/auroc"
 
@@ -113,8 +113,9 @@ class Objective:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"validation AUROC {value:.4f} at epoch {int(row['epoch'])}")
 
-            model, normalizer = fit(prep, run.info.run_id, kind, epoch_hook=score_and_prune, serve=False)
-            value = validation_auroc(prep, model, normalizer, scorer, self.view.val)  # the kept (best-accuracy) model
+            fitted = train_logged(prep, run.info.run_id, epoch_hook=score_and_prune, serve=False)
+            # the kept (best-accuracy) model
+            value = validation_auroc(prep, fitted.model, fitted.normalizer, scorer, self.view.val)
             mlflow.log_metric("trial/value", value)
             mlflow.set_tag("trial_state", "COMPLETE")
             status = "FINISHED"

@@ -36,6 +36,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import AnomalyReprError, ConfigError
+from anomaly_repr.runs import evaluate_logged
 from anomaly_repr.tracking import (
     git_commit,
     load_config,
@@ -46,10 +47,10 @@ from anomaly_repr.tracking import (
     log_provenance,
     setup_tracking,
 )
-from anomaly_repr.workflow import Prepared, evaluate, new_model, prepare, unseal
+from anomaly_repr.workflow import Prepared, new_model, prepare, unseal
 from tuning.config import TuneConfig
 from tuning.objective import Objective, ProtocolView
-from tuning.space import talk_values
+from tuning.space import method_of
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -154,7 +155,7 @@ def study_identity(cfg: ExperimentConfig, tcfg: TuneConfig, split_hash: str) -> 
 def check_identity(study: optuna.Study, identity: dict[str, str]) -> None:
     stored = study.user_attrs.get("identity", {})
     for key, value in identity.items():
-        if stored.get(key) != value:
+        if key in stored and stored[key] != value:  # fields newer than the study are not in its identity
             raise ConfigError(f"study {study.study_name!r} was created with {key}={stored.get(key)!r}, this run has "
                               f"{key}={value!r}; keep the study's settings or choose another study_name")
 
@@ -178,7 +179,7 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: ExperimentC
     study.set_user_attr("identity", identity)
     study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
     study.set_user_attr("mlflow_experiment_id", parent.info.experiment_id)
-    for params in talk_values(tcfg.target, cfg, (tcfg.lambda_low, tcfg.lambda_high))[:tcfg.n_trials]:
+    for params in method_of(tcfg.target, cfg).talk_values(tcfg)[:tcfg.n_trials]:
         study.enqueue_trial(params, skip_if_exists=True)
     return study, parent
 
@@ -295,15 +296,14 @@ def evaluate_best(study: optuna.Study, sealed: Prepared, view: ProtocolView, tcf
     # The trial's settings, on this machine's data and device (a worker elsewhere may have had other paths).
     trial_cfg = load_config(trial_run).replace(**{k: getattr(sealed.cfg, k) for k in MACHINE_FIELDS})
     prep = dataclasses.replace(full, cfg=trial_cfg)
-    kind = "godin" if tcfg.target == "godin" else "hybrid"
-    model, normalizer, split = load_weights(trial_run, new_model(prep, kind))
+    model, normalizer, split = load_weights(trial_run, new_model(prep))
     if split.hash != prep.split.hash:
         raise AnomalyReprError(f"trial run {trial_run} was trained on split {split.hash}, not {prep.split.hash}")
     with mlflow.start_run(run_name=f"test: best trial {best.number}", nested=True):
         log_provenance(prep.cfg, prep.split, stage="test")
-        mlflow.set_tags({"model": kind, "trial_run_id": trial_run, "trial_number": str(best.number),
+        mlflow.set_tags({"trial_run_id": trial_run, "trial_number": str(best.number),
                          "optuna_study": study.study_name, **view.tags()})
-        metrics = evaluate(prep, model, normalizer, kind, view.val, view.test)
+        metrics = evaluate_logged(prep, model, normalizer, view.val, view.test)
         log_model(model, normalizer, prep.images(prep.split.train[:4]))
     gap = {"tune/val_test_gap": best.value - metrics[f"test/{scorer}/auroc"]}
     mlflow.log_metrics(metrics | gap)

@@ -1,0 +1,123 @@
+"""What a method is: everything that makes one kind of model, in one place.
+
+A method builds its network from a registered backbone, trains it (by default one forward, its loss and
+one optimiser step per batch; a method may replace the whole step), names the extra outputs its
+extraction adds, calibrates itself on nominal validation images if it needs to, brings its scorers (it
+registers them in its module) and its search space for `tune`, and says which labels it trains on.
+Nothing outside `anomaly_repr/methods/` asks which method it is holding: it asks the method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anomaly_repr.models import ModelOutput, OpenSetNet, create_model
+from anomaly_repr.pipeline import Normalizer
+
+if TYPE_CHECKING:
+    import optuna
+
+    from anomaly_repr.config import ExperimentConfig
+    from tuning.config import TuneConfig
+
+Autocast = Callable[[], AbstractContextManager]  # a fresh autocast context for one forward pass
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a method learned after training from nominal validation images: metrics to log
+    (`godin/epsilon`) and records to keep as JSON artifacts (`godin/epsilon_search.json`)."""
+
+    values: dict[str, Any] = field(default_factory=dict)  # used by the method's extra passes
+    metrics: dict[str, float] = field(default_factory=dict)
+    records: dict[str, Any] = field(default_factory=dict)  # artifact path -> JSON-serialisable object
+
+
+# Roles in a study: the `classifier` is the reference every gain is measured against, the oracle
+# representation bounds what the architecture can hold (q2), and every other method is a variant.
+REFERENCE, ORACLE_REPRESENTATION, VARIANT = "reference", "oracle_representation", "variant"
+
+
+class Method:
+    """The default method: a classifier trained with cross-entropy on the known classes."""
+
+    name: ClassVar[str] = ""  # set by `register_method`
+    role: ClassVar[str] = VARIANT
+    all_classes: ClassVar[bool] = False  # train on every class of the split (anomalies included)?
+    scores_logits: ClassVar[bool] = True  # do scores of the logits mean anything (not for all-class models)?
+    extra_outputs: ClassVar[frozenset[str]] = frozenset()  # the Outputs extras its extraction adds
+    # Config fields whose non-default values select this method when `method` is not given.
+    selectors: ClassVar[tuple[str, ...]] = ()
+    # Tuning: the scorer of the objective by default; None = nothing to search.
+    tune_scorer: ClassVar[str | None] = None
+    oracle_gain_alias: ClassVar[str | None] = None  # an older parent metric equal to this method's oracle gain
+
+    def __init__(self, cfg: ExperimentConfig):
+        self.cfg = cfg
+
+    # --- configuration ---
+    @classmethod
+    def claims(cls, cfg: ExperimentConfig) -> bool:
+        """Whether `cfg`'s fields select this method (`head=godin`, `recon_weight > 0`)."""
+        return False
+
+    @classmethod
+    def settle(cls, cfg: ExperimentConfig) -> dict[str, Any]:
+        """Field values implied by choosing this method (e.g. head=godin); raises ConfigError on a contradiction."""
+        return {}
+
+    # --- network ---
+    def build(self, num_classes: int, in_channels: int, image_size: int) -> OpenSetNet:
+        return create_model(self.cfg.arch, num_classes, in_channels)
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        """Weight decay on conv and linear weights; none on norms and biases."""
+        named = list(model.named_parameters())
+        return [{"params": [p for _, p in named if p.ndim > 1], "weight_decay": self.cfg.weight_decay},
+                {"params": [p for _, p in named if p.ndim <= 1], "weight_decay": 0.0}]
+
+    # --- training ---
+    def loss(self, out: ModelOutput, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(out.logits.float(), y, label_smoothing=self.cfg.label_smoothing)
+
+    def train_step(self, model: OpenSetNet, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                   autocast: Autocast) -> torch.Tensor:
+        """One optimiser step on a batch; returns the batch's mean loss (detached, on the device)."""
+        with autocast():
+            loss = self.loss(model(x), x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    # --- extraction ---
+    def batch_extras(self, out: ModelOutput, x: torch.Tensor) -> Mapping[str, torch.Tensor]:
+        """Named extra outputs of one evaluation batch (`x` is the normalised input)."""
+        return {}
+
+    def calibrate(self, model: OpenSetNet, nominal_val: torch.Tensor, normalizer: Normalizer,
+                  device: torch.device) -> Calibration:
+        """Post-training calibration on nominal validation images only (no anomaly, no test image)."""
+        return Calibration()
+
+    def extra_passes(self, model: OpenSetNet, images: torch.Tensor, normalizer: Normalizer, device: torch.device,
+                     calibration: Calibration) -> dict[str, np.ndarray]:
+        """Extras that need a pass of their own (G-ODIN's input perturbation), after calibration."""
+        return {}
+
+    # --- tuning ---
+    def suggest(self, trial: optuna.Trial, tcfg: TuneConfig) -> dict[str, Any]:
+        """The experiment fields of one trial: this method's searchable settings."""
+        raise NotImplementedError(f"method {self.name} has no searchable settings")
+
+    def talk_values(self, tcfg: TuneConfig) -> list[dict[str, Any]]:
+        """Trial parameters to enqueue first (the talk's settings)."""
+        return []

@@ -1,0 +1,93 @@
+"""The single-model entry points as MLflow runs: `train` and `evaluate`, and the logged stages that
+studies and tuning share (`train_logged`, `evaluate_logged`).
+
+The computing stages (`workflow.fit`, `workflow.evaluate`) return values; here they are logged to the
+active run through `tracking`.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import mlflow
+import numpy as np
+
+from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.errors import AnomalyReprError
+from anomaly_repr.models import OpenSetNet
+from anomaly_repr.pipeline import Normalizer
+from anomaly_repr.tracking import (
+    load_config,
+    load_weights,
+    log_epoch,
+    log_evaluation,
+    log_model,
+    log_provenance,
+    log_weights,
+    setup_tracking,
+)
+from anomaly_repr.workflow import EpochHook, Fitted, Prepared, checkpoint_path, evaluate, fit, new_model, prepare
+
+log = logging.getLogger(__name__)
+
+
+def train_logged(prep: Prepared, run_id: str, resume: bool = False, epoch_hook: EpochHook | None = None,
+                 serve: bool = True) -> Fitted:
+    """Train the config's method in the active run: per-epoch metrics as they come, then the summary, and the
+    model (the servable LoggedModel, or with `serve=False` the weights alone). `epoch_hook` runs after each
+    epoch's metrics are logged."""
+    def on_epoch(model: OpenSetNet, normalizer: Normalizer, row: dict[str, float]) -> None:
+        log_epoch(row)
+        if epoch_hook:
+            epoch_hook(model, normalizer, row)
+
+    checkpoint = checkpoint_path(run_id)
+    fitted = fit(prep, checkpoint, resume, on_epoch)
+    mlflow.log_metrics(fitted.summary())
+    mlflow.set_tag("device", str(fitted.device))
+    if serve:
+        log_model(fitted.model, fitted.normalizer, fitted.example)
+    else:
+        log_weights(fitted.model, fitted.normalizer)
+    checkpoint.unlink(missing_ok=True)  # the run finished: its model is logged, resuming is moot
+    return fitted
+
+
+def evaluate_logged(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, val_index: np.ndarray | None = None,
+                    test_index: np.ndarray | None = None) -> dict[str, float]:
+    """`workflow.evaluate`, logged to the active run; returns the metrics."""
+    evaluation = evaluate(prep, model, normalizer, val_index, test_index)
+    log_evaluation(evaluation)
+    return evaluation.metrics
+
+
+def run_train(cfg: ExperimentConfig, resume_run_id: str = "") -> str:
+    """`train`: train and log a model. With resume_run_id, continue that run from its checkpoint."""
+    setup_tracking()
+    if resume_run_id:
+        cfg = load_config(resume_run_id)
+        if not checkpoint_path(resume_run_id).exists():
+            raise AnomalyReprError(f"no checkpoint for run {resume_run_id} at {checkpoint_path(resume_run_id)}")
+    prep = prepare(cfg)
+    with mlflow.start_run(run_id=resume_run_id or None) as run:
+        if not resume_run_id:
+            log_provenance(cfg, prep.split, stage="train")
+        train_logged(prep, run.info.run_id, resume=bool(resume_run_id))
+        return run.info.run_id
+
+
+def run_evaluate(train_run_id: str) -> str:
+    """`evaluate`: extract, score and log a trained model in a new run that points to its train run; the
+    method comes from the train run's config."""
+    setup_tracking()
+    cfg = load_config(train_run_id)
+    prep = prepare(cfg)
+    model, normalizer, stored_split = load_weights(train_run_id, new_model(prep))
+    if stored_split.hash != prep.split.hash:
+        raise AnomalyReprError(f"the data no longer match train run {train_run_id}: split hash "
+                               f"{prep.split.hash} != {stored_split.hash}")
+    with mlflow.start_run() as run:
+        log_provenance(cfg, prep.split, stage="evaluate")
+        mlflow.set_tag("train_run_id", train_run_id)
+        evaluate_logged(prep, model, normalizer)
+        return run.info.run_id

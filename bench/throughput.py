@@ -1,0 +1,143 @@
+"""Training throughput side by side: the compute bound, the plain torchvision loop, and the project's loop.
+
+Usage:  python bench/throughput.py [--archs resnet8,resnet20,resnet18] [--steps 20] [--precisions fp32,bf16]
+
+For each architecture and precision, in one process on the same machine:
+- bound: forward/backward/SGD step on random in-memory tensors (batch 128, channels-last): what the
+  model itself costs;
+- peer: a plain torchvision ImageFolder + DataLoader loop (RandomCrop(32, 4), flip, ToTensor, Normalize;
+  2 workers) on the real CIFAR-10 JPEGs, the same model and precision;
+- project: `anomaly_repr.train.train` for one epoch on `steps` batches of the real images (on-device
+  uint8 batches, batched crop and flip), images/s of its optimiser steps;
+- augment: the project's batch pipeline alone (slice, normalise, crop, flip), as a share of a step.
+Then the ratios project/bound and project/peer. `bf16` means torch.autocast(bfloat16): native on CPUs
+with AVX512-BF16 or AMX, emulated (slower) elsewhere; the first line says which this CPU has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from itertools import islice
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from common import SPLIT0, cifar10_folder, hardware
+from torchvision import datasets, transforms
+
+from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.models import create_model
+from anomaly_repr.pipeline import DeviceBatches, Normalizer
+from anomaly_repr.train import bf16_native, train
+
+BATCH = 128
+
+
+def autocast(bf16: bool) -> torch.autocast:
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+
+def step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+         bf16: bool) -> None:
+    with autocast(bf16):
+        loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)).logits.float(), y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+
+
+def new_model(arch: str) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(0)
+    model = create_model(arch, 6, 3).to(memory_format=torch.channels_last).train()
+    return model, torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True)
+
+
+def timed(fn, steps: int, warmup: int = 3) -> float:
+    """Seconds per call of fn() over `steps` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    began = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    return (time.perf_counter() - began) / steps
+
+
+def bound(arch: str, bf16: bool, steps: int) -> float:
+    model, optimizer = new_model(arch)
+    x, y = torch.randn(BATCH, 3, 32, 32), torch.randint(0, 6, (BATCH,))
+    return BATCH / timed(lambda: step(model, optimizer, x, y, bf16), steps)
+
+
+def peer(arch: str, bf16: bool, steps: int, root: Path) -> float:
+    model, optimizer = new_model(arch)
+    tf = transforms.Compose([transforms.RandomCrop(32, padding=4, padding_mode="reflect"),
+                             transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+                             transforms.Normalize((0.49, 0.48, 0.45), (0.25, 0.24, 0.26))])
+    folder = datasets.ImageFolder(str(root / "train"), transform=tf)
+    known = [i for i, (_, label) in enumerate(folder.samples) if label in SPLIT0]
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(folder, known), batch_size=BATCH, shuffle=True,
+                                         num_workers=2, drop_last=True, persistent_workers=True)
+    batches = iter(loader)
+
+    def one() -> None:
+        x, y = next(batches)
+        step(model, optimizer, x, y % 6, bf16)
+
+    return BATCH / timed(one, steps)
+
+
+def real_images(root: Path, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    from PIL import Image
+
+    files = sorted((root / "train").glob("*/*.jpg"))[:: max(1, 50000 // n)][:n]
+    pixels = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files]).transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(pixels)), torch.randint(0, 6, (len(files),))
+
+
+def project(arch: str, bf16: bool, steps: int, images: torch.Tensor, labels: torch.Tensor, tmp: Path) -> float:
+    cfg = ExperimentConfig(arch=arch, epochs=1, batch_size=BATCH, amp="true" if bf16 else "false", device="cpu")
+    torch.manual_seed(0)
+    model = create_model(arch, 6, 3)
+    n = BATCH * steps
+    norm = Normalizer.fit(images[:n])
+    result = train(cfg, model, images[:n], labels[:n], images[:BATCH], labels[:BATCH], norm, True,
+                   torch.device("cpu"), tmp / f"{arch}.pt")
+    return result.images_per_second
+
+
+def augment_seconds(images: torch.Tensor, labels: torch.Tensor, steps: int) -> float:
+    generator = torch.Generator().manual_seed(0)
+    batches = DeviceBatches(images, labels, Normalizer.fit(images), BATCH, True, generator)
+    stream = iter(batches)
+    return timed(lambda: next(islice(stream, 1)), min(steps, len(batches) - 4), warmup=1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--archs", default="resnet8,resnet20,resnet18")
+    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+    root, tmp = cifar10_folder(), Path(__file__).resolve().parent / "out" / "throughput"
+    tmp.mkdir(parents=True, exist_ok=True)
+    print(f"hardware: {hardware()}; native bf16: {bf16_native()}; cpu capability "
+          f"{torch.backends.cpu.get_cpu_capability()}")
+    images, labels = real_images(root, BATCH * (args.steps + 4))
+    aug = augment_seconds(images, labels, args.steps)
+    print("| arch | precision | bound img/s | peer img/s | project img/s | project/bound | project/peer | "
+          "augmentation share of a step |")
+    print("|---|---|---|---|---|---|---|---|")
+    for arch in args.archs.split(","):
+        for precision in args.precisions.split(","):
+            bf16 = precision == "bf16"
+            b = bound(arch, bf16, args.steps)
+            p = peer(arch, bf16, args.steps, root)
+            own = project(arch, bf16, args.steps, images, labels, tmp)
+            print(f"| {arch} | {precision} | {b:.0f} | {p:.0f} | {own:.0f} | {own / b:.2f} | {own / p:.2f} | "
+                  f"{aug * own / BATCH:.1%} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""Methods as plug-ins: every registered method honours the contract, and a method defined here, in the
+tests folder, runs through `reproduce` and `evaluate` without any change to the package."""
+
+import re
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import mlflow
+import numpy as np
+import pytest
+import torch
+from mlflow import MlflowClient
+
+import anomaly_repr
+from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.errors import ConfigError
+from anomaly_repr.methods import METHODS, Method, child_config, method_for, register_method
+from anomaly_repr.models import ModelOutput
+from anomaly_repr.pipeline import Normalizer
+from anomaly_repr.runs import evaluate_logged, run_evaluate
+from anomaly_repr.scorers import SCORERS, FunctionScorer, register_scorer
+from anomaly_repr.study import Study, run_reproduce
+from anomaly_repr.tracking import log_model
+from anomaly_repr.workflow import new_model, prepare
+
+PACKAGE = Path(anomaly_repr.__file__).parent
+FAST = ExperimentConfig(epochs=2, oracle_trees=20, device="cpu")
+
+
+# --- the contract, for every registered method ------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_builds_trains_and_names_its_extras(name):
+    method = method_for(ExperimentConfig(method=name))
+    torch.manual_seed(0)
+    model = method.build(num_classes=4, in_channels=1, image_size=8)
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 4, (8,))
+    optimizer = torch.optim.SGD(method.param_groups(model), lr=0.01)
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+    before = [p.detach().clone() for p in model.parameters()]
+    model.train()
+    loss = method.train_step(model, optimizer, x, y, lambda: torch.autocast("cpu", enabled=False))
+    assert loss.ndim == 0 and torch.isfinite(loss) and not loss.requires_grad
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert isinstance(out, ModelOutput) and out.logits.shape == (8, 4) and out.z.shape == (8, model.z_dim)
+    extras = method.batch_extras(out, x)
+    assert set(extras) <= method.extra_outputs and all(len(v) == 8 for v in extras.values())
+    assert method.role in ("reference", "oracle_representation", "variant")
+
+
+def test_roles_of_the_talks_methods():
+    assert METHODS["classifier"].role == "reference" and METHODS["oracle_rep"].role == "oracle_representation"
+    assert METHODS["oracle_rep"].all_classes and not METHODS["oracle_rep"].scores_logits
+    assert METHODS["hybrid"].role == METHODS["godin"].role == "variant"
+
+
+# --- the method as a config field ------------------------------------------------------------------------
+
+def test_the_method_is_settled_by_the_config():
+    assert ExperimentConfig().method == "classifier"
+    assert ExperimentConfig(recon_weight=0.9).method == "hybrid"  # the shorthands of earlier versions
+    assert ExperimentConfig(head="godin").method == "godin"
+    assert ExperimentConfig(method="godin").head == "godin"
+    assert ExperimentConfig(method="hybrid").recon_weight == 0.9  # the talk's λ
+    assert ExperimentConfig(method="hybrid", dataset="cifar100", download=False).recon_weight == 0.005
+    assert ExperimentConfig(method="hybrid").to_params()["method"] == "hybrid"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"method": "svm"}, "unknown method 'svm'"),
+    ({"method": "classifier", "head": "godin"}, "method=classifier contradicts head=godin"),
+    ({"method": "godin", "recon_weight": 0.5}, "method=godin contradicts recon_weight=0.5"),
+    ({"head": "godin", "recon_weight": 0.5}, "select several methods"),
+])
+def test_contradictions_are_one_line_errors(change, message):
+    with pytest.raises(ConfigError, match=message):
+        ExperimentConfig(**change)
+
+
+def test_a_child_config_resets_what_selects_other_methods():
+    base = ExperimentConfig(recon_weight=0.5, godin_h="inner")
+    assert child_config(base, "classifier").recon_weight == 0.0
+    assert child_config(base, "hybrid").recon_weight == 0.5
+    godin = child_config(base, "godin")
+    assert godin.method == "godin" and godin.head == "godin" and godin.recon_weight == 0.0 and godin.godin_h == "inner"
+
+
+# --- layering ---------------------------------------------------------------------------------------------
+
+def test_no_method_branches_outside_the_methods_package():
+    sources = [p for p in PACKAGE.rglob("*.py") if "methods" not in p.parts]
+    sources += list((PACKAGE.parent / "tuning").glob("*.py"))
+    pattern = re.compile(r"""kind ?== ?['"]|method ?== ?['"]|isinstance\([^)]*GodinHead|["']head\.h\.""")
+    offenders = [f"{p.name}: {line.strip()}" for p in sources for line in p.read_text().splitlines()
+                 if pattern.search(line)]
+    assert not offenders
+
+
+def test_computing_modules_make_no_mlflow_call():
+    computing = ["workflow", "train", "extract", "scorers", "oracles", "metrics", "report", "models", "pipeline"]
+    files = [PACKAGE / f"{name}.py" for name in computing] + list((PACKAGE / "methods").glob("*.py"))
+    assert not [p.name for p in files if re.search(r"^\s*(import|from) mlflow", p.read_text(), re.M)]
+
+
+def test_log_model_leaves_the_callers_model_as_it_was(tracking):
+    prep = prepare(FAST, parts=("train",))
+    model = new_model(prep).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with mlflow.start_run():
+        log_model(model, Normalizer.fit(prep.images(prep.split.train)), prep.images(prep.split.train[:4]))
+    assert model.training  # not switched to eval (nor moved) in place
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_logged_figures_are_closed(tracking):
+    prep = prepare(FAST)
+    plt.close("all")
+    with mlflow.start_run():
+        evaluate_logged(prep, new_model(prep), Normalizer.fit(prep.images(prep.split.train)))
+    assert plt.get_fignums() == []
+
+
+# --- a method from outside the package ---------------------------------------------------------------------
+
+class ZNorm(Method):
+    """A classifier whose own score is the negative L2 norm of z: small features, strange image."""
+
+    extra_outputs = frozenset({"z_norm"})
+
+    def batch_extras(self, out: ModelOutput, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"z_norm": out.z.norm(dim=1)}
+
+
+@pytest.fixture(scope="module")
+def toy_method():
+    register_method("toy_znorm")(ZNorm)
+    register_scorer("neg_z_norm")(lambda cfg: FunctionScorer(lambda o: -o.z_norm, ("z_norm",)))
+    yield "toy_znorm"
+    del METHODS["toy_znorm"], SCORERS["neg_z_norm"]
+
+
+def test_a_method_defined_in_the_tests_runs_through_reproduce_and_evaluate(toy_method, tracking):
+    study = Study(FAST, methods=("classifier", toy_method, "oracle_rep"))
+    parent_id = run_reproduce(study)
+    client = MlflowClient(tracking)
+    parent = client.get_run(parent_id)
+    m = parent.data.metrics
+    assert parent.data.params["methods"] == "classifier,toy_znorm,oracle_rep"
+    assert "test/toy_znorm/neg_z_norm/auroc" in m and "test/classifier/neg_z_norm/auroc" not in m
+    rf = m["test/classifier/oracle_rf/auroc"]
+    assert m["test/gain/toy_znorm/oracle_rf"] == pytest.approx(m["test/toy_znorm/oracle_rf/auroc"] - rf)
+    deployable = [v for k, v in m.items() if k.startswith("test/toy_znorm/") and k.endswith("/auroc")
+                  and "/oracle_" not in k]
+    classic = max(m[f"test/classifier/{s}/auroc"] for s in ("msp", "entropy", "max_logit", "energy"))
+    assert m["test/gain/toy_znorm/best_score"] == pytest.approx(max(deployable) - classic)
+    assert "test/q3_gap" not in m and "test/q2_gap" in m  # no hybrid in this study
+    table = mlflow.artifacts.load_text(f"runs:/{parent_id}/results/auroc_table.md").splitlines()
+    assert [row.split("|")[1].strip() for row in table[2:]] == ["classifier", "toy_znorm", "oracle_rep"]
+    column = [c.strip() for c in table[0].split("|")].index("neg_z_norm")
+    assert table[3].split("|")[column].strip() and not table[2].split("|")[column].strip()
+
+    [child] = client.search_runs([parent.info.experiment_id],
+                                 f"tags.mlflow.parentRunId = '{parent_id}' and tags.method = 'toy_znorm'")
+    assert child.data.params["method"] == "toy_znorm"
+    evaluated = client.get_run(run_evaluate(child.info.run_id))
+    assert evaluated.data.tags["method"] == "toy_znorm"
+    assert evaluated.data.metrics["test/neg_z_norm/auroc"] == pytest.approx(child.data.metrics["test/neg_z_norm/auroc"])
+    with np.load(mlflow.artifacts.download_artifacts(run_id=evaluated.info.run_id,
+                                                     artifact_path="outputs/test.npz")) as saved:
+        assert saved["z_norm"].shape == saved["labels"].shape
