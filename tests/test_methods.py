@@ -88,6 +88,17 @@ def test_a_child_config_resets_what_selects_other_methods():
     assert godin.method == "godin" and godin.head == "godin" and godin.recon_weight == 0.0 and godin.godin_h == "inner"
 
 
+def test_tune_targets_name_methods_with_a_search_space():
+    from tuning.config import TuneConfig
+    from tuning.space import method_of
+
+    assert TuneConfig(target="hybrid").scorers == TuneConfig(target="recon_weight").scorers == ["max_logit"]
+    assert TuneConfig(target="godin").scorers == ["godin"]
+    assert method_of("recon_weight", ExperimentConfig(head="godin")).cfg.method == "hybrid"
+    with pytest.raises(ConfigError, match="unknown target 'oracle_rep'; choose one of hybrid, godin, recon_weight"):
+        TuneConfig(target="oracle_rep")
+
+
 # --- layering ---------------------------------------------------------------------------------------------
 
 def test_no_method_branches_outside_the_methods_package():

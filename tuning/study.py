@@ -27,11 +27,9 @@ import sys
 import time
 import warnings
 from collections import Counter
-from pathlib import Path
 
 import mlflow
 import optuna
-import sqlalchemy
 from optuna.trial import FrozenTrial, TrialState
 
 from anomaly_repr.config import ExperimentConfig
@@ -51,68 +49,16 @@ from anomaly_repr.workflow import Prepared, new_model, prepare, unseal
 from tuning.config import TuneConfig
 from tuning.objective import Objective, ProtocolView
 from tuning.space import method_of
+from tuning.storage import default_storage, open_storage
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 POLL_SECONDS = 2.0  # how often a driver looks at other workers' running trials
 JOIN_SECONDS = 300  # how long a worker waits for the driver to create the study and its parent run
-STORAGE_ATTEMPTS = 5  # tries to open an RDB storage whose tables another process is creating
 MAX_FAILURES_IN_A_ROW = 3  # trials failing one after another in a process stop it: something is broken
 # Experiment fields a worker may set for its own machine without changing the study.
 MACHINE_FIELDS = ("data_root", "download", "device", "amp")
-
-
-# --- storage -------------------------------------------------------------------------------------------
-
-def default_storage(tracking_uri: str) -> str:
-    """optuna.db beside a SQLite MLflow store, else in the working directory."""
-    folder = Path(tracking_uri.removeprefix("sqlite:///")).parent if tracking_uri.startswith("sqlite:///") else Path()
-    return f"sqlite:///{(folder / 'optuna.db').resolve()}"
-
-
-class FailStaleTrial:
-    """Heartbeat-stale trial: end its MLflow run FAILED (its worker cannot), then queue it again."""
-
-    def __init__(self, max_retry: int):
-        self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if run_id:
-            client = mlflow.MlflowClient()
-            client.set_tag(run_id, "trial_state", "FAIL")
-            client.set_tag(run_id, "failure", "heartbeat stale: its worker stopped")
-            client.set_terminated(run_id, "FAILED")
-        log.warning("trial %d went stale (its worker stopped); queued again", trial.number)
-        self.retry(study, trial)
-
-
-def open_storage(spec: str, tcfg: TuneConfig) -> tuple[optuna.storages.BaseStorage, bool]:
-    """(storage, whether it sends heartbeats) for `journal:<file>` or an RDB URL."""
-    if spec.startswith("journal:"):
-        path = spec.removeprefix("journal:")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path)), False
-    if "://" not in spec:
-        raise ConfigError(f"storage must be journal:<file> or a database URL (sqlite:///..., postgresql://...), "
-                          f"got {spec!r}")
-    # SQLite: wait for other processes' writes instead of failing; servers: drop dead pooled connections.
-    engine = {"connect_args": {"timeout": 60}} if spec.startswith("sqlite") else {"pool_pre_ping": True}
-    for attempt in range(STORAGE_ATTEMPTS):
-        try:
-            storage = optuna.storages.RDBStorage(
-                spec, engine_kwargs=engine, heartbeat_interval=tcfg.heartbeat_interval,
-                grace_period=2 * tcfg.heartbeat_interval,
-                heartbeat_stale_trial_callback=FailStaleTrial(tcfg.max_retry))
-            return storage, True
-        except sqlalchemy.exc.IntegrityError:
-            # Workers that open a new database together race to create Optuna's tables; the loser retries
-            # and finds them made.
-            time.sleep(1 + attempt)
-        except Exception as exc:  # SQLAlchemy: bad URL, missing driver, server down
-            raise ConfigError(f"cannot open the Optuna storage {spec}: {str(exc).splitlines()[0]}") from None
-    raise ConfigError(f"cannot open the Optuna storage {spec}: its tables could not be created")
 
 
 # --- study ----------------------------------------------------------------------------------------------
