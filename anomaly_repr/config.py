@@ -14,6 +14,7 @@ from anomaly_repr.errors import ConfigError
 
 SCHEDULES = ("onecycle", "cosine")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+AMPS = ("auto", "true", "false")
 HEADS = ("linear", "godin")
 GODIN_H = ("cosine", "inner", "euclidean")
 DEFAULT_METHODS = ("classifier", "hybrid", "godin", "oracle_rep")  # the talk's four: what `reproduce` trains
@@ -53,7 +54,7 @@ class ExperimentConfig:
     oracle_neighbors: int = 10  # neighbours in the k-NN oracle
     # --- hardware ---
     device: str = "auto"  # auto picks cuda, then mps, then cpu
-    amp: bool = True  # bfloat16/float16 autocast; used on CUDA only
+    amp: str = "auto"  # bfloat16 autocast in training: auto (CUDA, and CPUs with native bf16) | true | false
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "oracle_trees", "oracle_neighbors"):
@@ -78,6 +79,9 @@ class ExperimentConfig:
         _ = self.epsilons  # parses and checks the grid
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        object.__setattr__(self, "amp", str(self.amp).lower())  # True/False: configs logged when amp was a bool
+        if self.amp not in AMPS:
+            raise ConfigError(f"unknown amp {self.amp!r}; choose one of {', '.join(AMPS)}")
         if self.device not in DEVICES:
             raise ConfigError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
         # Late imports: the registries import torch, which the config itself does not need.

@@ -51,7 +51,10 @@ class OpenSetNet(nn.Module):
         return ModelOutput(logits=self.head(z), z=z)
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
-        return self.forward_head(self.forward_features(x))
+        """Outputs leave the model in float32, also under bfloat16 autocast: losses, softmax and scorers
+        downstream stay float32."""
+        out = self.forward_head(self.forward_features(x))
+        return ModelOutput(out.logits.float(), out.z.float(), {k: v.float() for k, v in out.extras.items()})
 
 
 BackboneFactory = Callable[[int], tuple[nn.Module, int]]  # in_channels -> (backbone, width of z)

@@ -44,7 +44,7 @@ def train_logged(prep: Prepared, run_id: str, resume: bool = False, epoch_hook: 
     checkpoint = checkpoint_path(run_id)
     fitted = fit(prep, checkpoint, resume, on_epoch)
     mlflow.log_metrics(fitted.summary())
-    mlflow.set_tag("device", str(fitted.device))
+    mlflow.set_tags({"device": str(fitted.device), "precision": fitted.result.precision.removeprefix("torch.")})
     if serve:
         log_model(fitted.model, fitted.normalizer, fitted.example)
     else:

@@ -37,6 +37,23 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
+def bf16_native() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16: AMD Zen 4 on; AMX: Intel Sapphire Rapids on).
+    Elsewhere bfloat16 is emulated and slower than float32."""
+    checks = (getattr(torch.cpu, "_is_avx512_bf16_supported", None), getattr(torch.cpu, "_is_amx_tile_supported", None))
+    return any(check() for check in checks if check is not None)
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast precision of training: bfloat16 for amp=true, and for amp=auto on CUDA and on CPUs with
+    native bfloat16; None (float32) otherwise."""
+    if amp == "false":
+        return None
+    if amp == "true" or device.type == "cuda" or (device.type == "cpu" and bf16_native()):
+        return torch.bfloat16
+    return None
+
+
 def lr_factor(schedule: str, step: int, total: int) -> float:
     """Multiplier of the peak learning rate at optimiser step `step` of `total`."""
     progress = step / max(1, total)
@@ -62,6 +79,7 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)  # one row per finished epoch
     train_seconds: float = 0.0  # time in optimiser steps, validation excluded
     train_images: int = 0  # images seen in those steps
+    precision: str = "torch.float32"  # autocast precision of the steps (weights stay float32)
 
     @property
     def images_per_second(self) -> float:
@@ -91,12 +109,12 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
                                 momentum=cfg.momentum, nesterov=cfg.momentum > 0)
     total_steps = cfg.epochs * len(batches)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg.schedule, s, total_steps))
-    use_amp = cfg.amp and device.type == "cuda"
+    dtype = autocast_dtype(cfg.amp, device)
 
-    def autocast() -> torch.autocast:
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp)
+    def autocast() -> torch.autocast:  # the loss and the scorers stay float32: the model casts its outputs
+        return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
-    result = TrainResult(model, best_val_acc=-1.0, best_epoch=-1)
+    result = TrainResult(model, best_val_acc=-1.0, best_epoch=-1, precision=str(dtype or torch.float32))
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     start_epoch, stale = 1, 0
 

@@ -21,6 +21,7 @@ from anomaly_repr.runs import evaluate_logged, run_evaluate
 from anomaly_repr.scorers import SCORERS, FunctionScorer, register_scorer
 from anomaly_repr.study import Study, run_reproduce
 from anomaly_repr.tracking import log_model
+from anomaly_repr.train import bf16_native
 from anomaly_repr.workflow import new_model, prepare
 
 PACKAGE = Path(anomaly_repr.__file__).parent
@@ -176,6 +177,7 @@ def test_a_method_defined_in_the_tests_runs_through_reproduce_and_evaluate(toy_m
     [child] = client.search_runs([parent.info.experiment_id],
                                  f"tags.mlflow.parentRunId = '{parent_id}' and tags.method = 'toy_znorm'")
     assert child.data.params["method"] == "toy_znorm"
+    assert child.data.tags["precision"] == ("bfloat16" if bf16_native() else "float32")  # amp=auto
     evaluated = client.get_run(run_evaluate(child.info.run_id))
     assert evaluated.data.tags["method"] == "toy_znorm"
     assert evaluated.data.metrics["test/neg_z_norm/auroc"] == pytest.approx(child.data.metrics["test/neg_z_norm/auroc"])

@@ -91,3 +91,42 @@ def test_initial_weights_follow_the_seed(tracking):
     c = new_model(prep.__class__(**(vars(prep) | {"cfg": prep.cfg.replace(seed=1)})))
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert not torch.equal(a.head.weight, c.head.weight)
+
+
+# --- precision --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("native", [True, False])
+def test_amp_auto_follows_the_cpus_native_bfloat16(monkeypatch, native):
+    monkeypatch.setattr(train_module, "bf16_native", lambda: native)
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert train_module.autocast_dtype("auto", cpu) == (torch.bfloat16 if native else None)
+    assert train_module.autocast_dtype("true", cpu) == torch.bfloat16  # forced, emulated where not native
+    assert train_module.autocast_dtype("false", cpu) is None
+    assert train_module.autocast_dtype("auto", cuda) == torch.bfloat16
+    assert train_module.autocast_dtype("false", cuda) is None
+
+
+def test_bad_amp_values_are_one_line_errors():
+    from anomaly_repr.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown amp 'fp16'; choose one of auto, true, false"):
+        ExperimentConfig(amp="fp16")
+    assert ExperimentConfig(amp=True).amp == "true"  # configs logged when amp was a bool
+
+
+def test_a_bfloat16_run_keeps_float32_outputs_and_checkpoints(digits, tmp_path):
+    cfg = digits[0].replace(amp="true", epochs=1)
+    result = run(cfg, digits, tmp_path / "c.pt", on_epoch=lambda row: None)
+    assert result.precision == "torch.bfloat16"
+    saved = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert all(v.dtype == torch.float32 for v in saved["model"].values() if v.is_floating_point())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = result.model(digits[3][:8].float())
+    assert out.logits.dtype == out.z.dtype == torch.float32
+
+
+def test_bfloat16_and_float32_reach_nearly_the_same_accuracy(digits, tmp_path):
+    fp32 = run(digits[0].replace(amp="false"), digits, tmp_path / "a.pt")
+    bf16 = run(digits[0].replace(amp="true"), digits, tmp_path / "b.pt")
+    assert fp32.precision == "torch.float32" and bf16.precision == "torch.bfloat16"
+    assert bf16.best_val_acc > 0.8 and abs(bf16.best_val_acc - fp32.best_val_acc) < 0.05
