@@ -105,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "methods":
             print("\n".join(METHODS))
         elif args.command == "train":
+            given = [f"--{name}" for name in FIELDS if getattr(args, name) is not None]
+            if args.resume and given:  # a resumed run keeps the settings of its earlier epochs
+                raise ConfigError(f"--resume continues a run with its logged config; leave out {', '.join(given)}")
             print(runs.run_train(_config(args), resume_run_id=args.resume))
         elif args.command == "evaluate":
             print(runs.run_evaluate(args.train_run_id))

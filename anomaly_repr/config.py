@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, Literal, get_args
 
 from anomaly_repr.errors import ConfigError
 
-SCHEDULES = ("onecycle", "cosine")
-DEVICES = ("auto", "cpu", "cuda", "mps")
-AMPS = ("auto", "true", "false")
-HEADS = ("linear", "godin")
-GODIN_H = ("cosine", "inner", "euclidean")
+# Choice fields: their Literal types, and the allowed values checked at run time.
+Schedule = Literal["onecycle", "cosine"]
+Device = Literal["auto", "cpu", "cuda", "mps"]
+Amp = Literal["auto", "true", "false"]
+Head = Literal["linear", "godin"]
+GodinH = Literal["cosine", "inner", "euclidean"]
+SCHEDULES, DEVICES, AMPS, HEADS, GODIN_H = (get_args(t) for t in (Schedule, Device, Amp, Head, GodinH))
 DEFAULT_METHODS = ("classifier", "hybrid", "godin", "oracle_rep")  # the talk's four: what `reproduce` trains
 
 
@@ -36,8 +38,8 @@ class ExperimentConfig:
     method: str = ""  # registered method (`anomaly-repr methods`); '' = chosen by head / recon_weight, else classifier
     arch: str = "resnet8"  # registered architecture (see `anomaly-repr archs`)
     recon_weight: float = 0.0  # hybrid: loss = CE + recon_weight * per-pixel MSE (λ); > 0 selects the hybrid method
-    head: str = "linear"  # linear | godin (Generalized ODIN: logits h(z) / g(z)); godin selects the godin method
-    godin_h: str = "cosine"  # G-ODIN similarity h_i(z): cosine | inner | euclidean
+    head: Head = "linear"  # linear | godin (Generalized ODIN: logits h(z) / g(z)); godin selects the godin method
+    godin_h: GodinH = "cosine"  # G-ODIN similarity h_i(z): cosine | inner | euclidean
     godin_epsilons: str = "0,0.0025,0.005,0.01,0.02,0.04,0.08"  # G-ODIN input-perturbation grid, pixel units
     godin_h_weight_decay: float = 0.0  # L2 penalty on G-ODIN's class vectors h (Hsu et al. 2020 use none)
     # --- optimisation ---
@@ -46,15 +48,15 @@ class ExperimentConfig:
     lr: float = 0.1  # peak learning rate of the schedule
     momentum: float = 0.9  # SGD (Nesterov) momentum
     weight_decay: float = 5e-4  # L2 penalty on conv/linear weights (not on norms and biases)
-    schedule: str = "onecycle"  # learning-rate schedule: onecycle (linear warm-up 20 %, then linear decay) | cosine
+    schedule: Schedule = "onecycle"  # learning-rate schedule: onecycle (warm-up 20 %, then linear decay) | cosine
     patience: int = 10  # stop after this many epochs without a better validation accuracy; 0 = never stop early
     label_smoothing: float = 0.0  # cross-entropy label smoothing in [0, 1)
     # --- oracles (fit on validation z labelled nominal/anomaly) ---
     oracle_trees: int = 1000  # trees in the random-forest oracle
     oracle_neighbors: int = 10  # neighbours in the k-NN oracle
     # --- hardware ---
-    device: str = "auto"  # auto picks cuda, then mps, then cpu
-    amp: str = "auto"  # bfloat16 autocast in training: auto (CUDA, and CPUs with native bf16) | true | false
+    device: Device = "auto"  # auto picks cuda, then mps, then cpu
+    amp: Amp = "auto"  # bfloat16 autocast in training: auto (CUDA, and CPUs with native bf16) | true | false
 
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "oracle_trees", "oracle_neighbors"):

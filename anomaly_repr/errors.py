@@ -13,5 +13,9 @@ class DataError(AnomalyReprError):
     """A data source is missing, empty or holds unreadable files."""
 
 
+class DivergedError(AnomalyReprError):
+    """Training produced a non-finite loss (a learning rate or loss weight too large)."""
+
+
 class SealedError(AnomalyReprError):
     """Images of a part that this view of the data does not hold (the test split, during tuning)."""

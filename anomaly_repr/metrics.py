@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from anomaly_repr.errors import DataError
+
 
 def fpr_at_tpr(scores: np.ndarray, is_anomaly: np.ndarray, tpr: float = 0.95) -> float:
     """Fraction of nominal images flagged at the lowest threshold that flags `tpr` of the anomalies."""
@@ -15,7 +17,8 @@ def fpr_at_tpr(scores: np.ndarray, is_anomaly: np.ndarray, tpr: float = 0.95) ->
 def anomaly_metrics(scores: np.ndarray, is_anomaly: np.ndarray) -> dict[str, float]:
     """auroc; aupr_out (anomalies positive); aupr_in (nominals positive, scores negated); fpr95."""
     if is_anomaly.all() or not is_anomaly.any():
-        raise ValueError("detection metrics need both nominal and anomaly images")
+        raise DataError("detection metrics need both nominal and anomaly images; the split has "
+                        f"{int((~is_anomaly).sum())} nominal and {int(is_anomaly.sum())} anomaly images here")
     return {
         "auroc": float(roc_auc_score(is_anomaly, scores)),
         "aupr_in": float(average_precision_score(~is_anomaly, -scores)),

@@ -19,6 +19,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from anomaly_repr.errors import DataError
 from anomaly_repr.extract import Outputs
 from anomaly_repr.scorers import SCORERS, check_fitted, register_scorer
 
@@ -36,7 +37,9 @@ class ProbeOracle:
 
     def fit(self, reference: Outputs) -> ProbeOracle:
         if reference.is_anomaly.all() or not reference.is_anomaly.any():
-            raise ValueError("an oracle needs nominal and anomaly images in its reference outputs")
+            raise DataError(f"an oracle needs nominal and anomaly images in its reference outputs, got "
+                            f"{int((~reference.is_anomaly).sum())} nominal and {int(reference.is_anomaly.sum())} "
+                            "anomaly images")
         self.estimator_ = clone(self.estimator).fit(reference.z, reference.is_anomaly)
         self.fitted_ = True
         return self

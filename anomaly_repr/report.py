@@ -139,7 +139,9 @@ def auroc_bar_chart(results: dict[str, list[dict[str, float]]], title: str) -> F
     ax.bar(range(len(labels)), means, yerr=stds, color=colors, capsize=3)
     for i, m in enumerate(means):
         ax.text(i, m + 0.01, f"{m:.3f}", ha="center", fontsize=7)
+    ax.axhline(0.5, color="grey", linestyle=":", linewidth=1, label="chance")  # scores below it are drawn too
     ax.set_xticks(range(len(labels)), labels, fontsize=7)
-    ax.set(ylim=(0.5, 1.05), ylabel="test AUROC", title=title)
+    ax.set(ylim=(0, 1.05), ylabel="test AUROC", title=title)
+    ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     return fig

@@ -81,6 +81,14 @@ def _check_access() -> None:
         raise
 
 
+def run_url(experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI of an HTTP tracking server ('' for local stores, which have no UI address)."""
+    uri = mlflow.get_tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return ""
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
 def git_commit() -> str:
     here = Path(__file__).resolve().parent
     try:
@@ -156,7 +164,9 @@ def log_model(model: OpenSetNet, normalizer: Normalizer, example: torch.Tensor) 
     for serving, in MLflow's pt2 format (torch.export, no pickle) with a signature built from numpy
     arrays. Returns the LoggedModel's id.
     """
-    cpu_model = copy.deepcopy(model).to("cpu").eval()  # the caller's model stays on its device
+    # A copy: the caller's model stays as it is. Contiguous (not channels-last) weights: the pt2 writer
+    # takes a non-contiguous weight for a slice of a larger tensor and warns ("No complete tensor found").
+    cpu_model = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()
     log_weights(cpu_model, normalizer)
     served = _PixelsToLogits(cpu_model, normalizer).eval()
     pixels = example[:4].float().numpy()
@@ -204,6 +214,10 @@ def load_config(run_id: str) -> ExperimentConfig:
         raise TrackingError(f"cannot read the config of run {run_id!r}: {exc.message}") from None
     if "method" not in fields:
         fields["method"] = mlflow.get_run(run_id).data.tags.get("model", "")
+    unknown = sorted(set(fields) - {f.name for f in dataclasses.fields(ExperimentConfig)})
+    if unknown:
+        raise TrackingError(f"the config of run {run_id} has fields this version does not know: {', '.join(unknown)} "
+                            "(it was logged by a newer anomaly-repr, or edited)")
     return ExperimentConfig(**fields)
 
 

@@ -20,11 +20,13 @@ import torch
 from tqdm.auto import tqdm
 
 from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.errors import DivergedError
 from anomaly_repr.methods import method_for
 from anomaly_repr.models import OpenSetNet
 from anomaly_repr.pipeline import DeviceBatches, Normalizer, eval_batches
 
 log = logging.getLogger(__name__)
+CHECK_EVERY = 25  # optimiser steps between checks of the summed loss: divergence stops an epoch early
 
 
 def pick_device(name: str) -> torch.device:
@@ -139,18 +141,21 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
         # The loss is summed on the device and read once per epoch: a read per step would wait for the step.
         loss_sum, seen, began = torch.zeros((), device=device), 0, time.perf_counter()
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None, unit="batch")
-        for x, y in bar:
+        for step, (x, y) in enumerate(bar, 1):
             loss = method.train_step(model, optimizer, x.contiguous(memory_format=torch.channels_last), y, autocast)
             scheduler.step()
             loss_sum += loss * len(y)
             seen += len(y)
+            if step % CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
+                raise DivergedError(f"training diverged at epoch {epoch}, step {step} (the loss is not finite); "
+                                    "lower lr")
         total_loss = loss_sum.item()
+        if not math.isfinite(total_loss):
+            raise DivergedError(f"training diverged at epoch {epoch} (loss is {total_loss}); lower lr")
         seconds = time.perf_counter() - began
         result.train_seconds += seconds
         result.train_images += seen
         val_acc = accuracy(model, val_images, val_labels, normalizer, device)
-        if not math.isfinite(total_loss):
-            raise FloatingPointError(f"training diverged at epoch {epoch} (loss is {total_loss}); lower lr")
         if val_acc > result.best_val_acc:
             result.best_val_acc, result.best_epoch, stale = val_acc, epoch, 0
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow
 import numpy as np
 import pytest
 import requests
@@ -26,7 +27,26 @@ def tracking(tmp_path, monkeypatch) -> str:
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     monkeypatch.chdir(tmp_path)
+    # The client keeps a URI set by mlflow.set_tracking_uri (an earlier test's, or a stopped server's) over
+    # the environment: point it at this test's store.
+    mlflow.set_tracking_uri(uri)
     return uri
+
+
+def postgres_up() -> bool:
+    """Whether the PostgreSQL server of the distributed tests answers on 127.0.0.1:5432."""
+    try:
+        import psycopg2
+    except ImportError:
+        return False
+    try:
+        psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3).close()
+    except psycopg2.OperationalError:
+        return False
+    return True
+
+
+needs_postgres = pytest.mark.skipif(not postgres_up(), reason="no PostgreSQL server on 127.0.0.1:5432")
 
 
 def free_port() -> int:

@@ -67,7 +67,29 @@ def test_evaluate_of_an_unknown_run(tracking, capsys):
                          "cannot read the config", tracking)
 
 
-@pytest.mark.slow  # the e2e tests run train and evaluate through `mlflow run` in CI
+def test_divergence_stops_within_the_epoch_as_one_line(tracking, capsys):
+    proc = cli_in_process(capsys, "train", "--lr", "1e12", "--batch_size", "8", "--epochs", "3", "--device", "cpu")
+    assert_clean_failure(proc, "training diverged at epoch 1, step 25", tracking)
+    [run] = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    assert run.info.status == "FAILED" and "val/acc" not in run.data.metrics  # stopped before validation
+
+
+def test_a_config_with_an_unknown_field_is_one_line(tracking, capsys):
+    mlflow.set_tracking_uri(tracking)
+    with mlflow.start_run() as run:
+        mlflow.log_dict({"dataset": "digits", "warp_drive": 9}, "config.json")
+    proc = cli_in_process(capsys, "evaluate", "--train_run_id", run.info.run_id)
+    assert proc.returncode == 2 and "fields this version does not know: warp_drive" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_resume_refuses_other_options(tracking, capsys):
+    proc = cli_in_process(capsys, "train", "--resume", "0123456789abcdef", "--epochs", "50", "--lr", "0.01")
+    assert_clean_failure(proc, "--resume continues a run with its logged config; leave out --epochs, --lr", tracking)
+
+
+@pytest.mark.slow  # in CI: test_e2e.py runs evaluate through `mlflow run`, and the kill -9 test below runs train and
+# --resume through this CLI
 def test_train_evaluate_and_resume_from_the_cli(tracking, tmp_path):
     for i in range(5):
         for c in ("ant", "bee", "wasp"):

@@ -18,22 +18,13 @@ import optuna
 import pytest
 import requests
 
-from conftest import free_port, stop_process, wait_for_http
+from conftest import free_port, needs_postgres, stop_process, wait_for_http
 
 pytestmark = pytest.mark.distributed
 psycopg2 = pytest.importorskip("psycopg2")
 TrialState = optuna.trial.TrialState
 
 
-def postgres_up() -> bool:
-    try:
-        psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=3).close()
-    except psycopg2.OperationalError:
-        return False
-    return True
-
-
-needs_postgres = pytest.mark.skipif(not postgres_up(), reason="no PostgreSQL server on 127.0.0.1:5432")
 
 
 class Databases:

@@ -126,7 +126,7 @@ def test_bad_parameter_fails_the_run(mlflow_server, tmp_path):
     assert run.info.status == "FAILED"
 
 
-@pytest.mark.slow  # main on digits covers the entry point in CI; test_reproduce covers several seeds
+@pytest.mark.slow  # main on digits covers the entry point in CI; test_reproduce.py covers several seeds in process
 def test_reproduce_on_an_image_folder_with_several_seeds(mlflow_server, tmp_path):
     for c, name in enumerate(["beetle", "leaf", "moth", "rock", "wasp"]):
         for i in range(8):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.errors import DataError
 from anomaly_repr.extract import Outputs
 from anomaly_repr.metrics import anomaly_metrics
 from anomaly_repr.oracles import ORACLES
@@ -51,7 +52,7 @@ def test_linear_probe_on_a_linearly_separable_direction():
 def test_an_oracle_needs_anomalies_in_its_reference():
     nominal_only = Outputs(z=np.zeros((5, 2), np.float32), logits=np.zeros((5, 2), np.float32),
                            labels=np.zeros(5, int))
-    with pytest.raises(ValueError, match="nominal and anomaly"):
+    with pytest.raises(DataError, match="nominal and anomaly"):
         make_scorer("oracle_rf", CFG).fit(nominal_only)
 
 

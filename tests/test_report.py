@@ -38,3 +38,5 @@ def test_repeats_give_mean_and_std():
     assert md.splitlines()[0].startswith("| model | msp |") and "| oracle_rep |" in md
     fig = auroc_bar_chart(study(repeat(0.70, 0.80, 0.90), repeat(0.80, 0.90, 0.96)), "t")
     assert len(fig.axes[0].patches) == 6  # five classifier cells and one oracle_rep cell
+    assert fig.axes[0].get_ylim()[0] == 0  # AUROCs below chance are drawn, beside the chance line
+    assert [line.get_ydata()[0] for line in fig.axes[0].get_lines() if line.get_label() == "chance"] == [0.5]

@@ -3,6 +3,7 @@ import pytest
 from sklearn.exceptions import NotFittedError
 
 from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.errors import DataError
 from anomaly_repr.extract import Outputs
 from anomaly_repr.metrics import anomaly_metrics, closed_set_accuracy, fpr_at_tpr
 from anomaly_repr.scorers import CLASSIC_SCORERS, SCORERS, applies, energy, entropy, make_scorer, max_logit, msp
@@ -26,7 +27,7 @@ def test_fpr95_known_answer():
 
 
 def test_metrics_need_both_classes():
-    with pytest.raises(ValueError, match="both"):
+    with pytest.raises(DataError, match="both"):
         anomaly_metrics(np.ones(4), np.zeros(4, dtype=bool))
 
 

@@ -21,6 +21,8 @@ from tuning.config import TuneConfig
 from tuning.objective import Objective, ProtocolView
 from tuning.study import run_tune
 
+from conftest import needs_postgres
+
 FAST = ExperimentConfig(epochs=2, batch_size=64, oracle_trees=20, device="cpu")  # digits, resnet8
 
 
@@ -206,6 +208,8 @@ def postgres_url():
         admin.close()
 
 
+@pytest.mark.distributed
+@needs_postgres
 def test_postgresql_storage_with_heartbeats(tracking, postgres_url):
     started = time.time()
     parent_id = run_tune(FAST, tune_cfg(n_trials=2, storage=postgres_url, study_name="pg"))
@@ -219,6 +223,20 @@ def test_postgresql_storage_with_heartbeats(tracking, postgres_url):
     engine.dispose()
     assert mlflow.get_run(parent_id).data.tags["optuna_storage"] == postgres_url
     assert time.time() - started < 120
+
+
+def test_diverging_trials_fail_and_three_in_a_row_stop_the_search(tracking):
+    from anomaly_repr.errors import AnomalyReprError
+
+    diverging = FAST.replace(lr=1e12, batch_size=8, epochs=1)
+    with pytest.raises(AnomalyReprError, match="3 trials in a row failed"):
+        run_tune(diverging, tune_cfg(n_trials=5, study_name="diverging"))
+    study = optuna.load_study(study_name="diverging", storage="sqlite:///optuna.db")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 3  # then the process stopped
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    trials = [r for r in runs if r.data.tags.get("stage") == "trial"]
+    assert len(trials) == 3 and all(r.info.status == "FAILED" and r.data.tags["trial_state"] == "FAIL" for r in trials)
+    assert [r.info.status for r in runs if r.data.tags.get("stage") == "tune"] == ["FAILED"]
 
 
 def test_timeout_stops_starting_trials(tracking):

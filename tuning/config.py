@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
+from typing import Literal, get_args
 
 from anomaly_repr.errors import ConfigError
 
-PROTOCOLS = ("val-anomalies", "class-holdout")
-PRUNERS = ("median", "hyperband", "none")
-ROLES = ("driver", "worker")
+Protocol = Literal["val-anomalies", "class-holdout"]
+Pruner = Literal["median", "hyperband", "none"]
+Role = Literal["driver", "worker"]
+PROTOCOLS, PRUNERS, ROLES = (get_args(t) for t in (Protocol, Pruner, Role))
 # What the objective depends on: a resumed study must keep these, or its trials would not compare.
 OBJECTIVE_FIELDS = ("target", "protocol", "scorer", "lambda_low", "lambda_high", "holdout_fraction")
 
@@ -22,7 +24,7 @@ OBJECTIVE_FIELDS = ("target", "protocol", "scorer", "lambda_low", "lambda_high",
 @dataclass(frozen=True)
 class TuneConfig:
     target: str = "recon_weight"  # a method with searchable settings: hybrid (alias recon_weight): λ | godin: h, ε, ...
-    protocol: str = "val-anomalies"  # val-anomalies | class-holdout (anomaly classes split into tuning/test)
+    protocol: Protocol = "val-anomalies"  # val-anomalies | class-holdout (anomaly classes split into tuning/test)
     scorer: str = ""  # objective's scorer; '' = max_logit (λ) or godin (G-ODIN); a comma-separated list is searched
     n_trials: int = 20  # finished (complete or pruned) trials the study should hold, over all workers
     timeout: float = 0.0  # seconds after which this process starts no new trial; 0 = no limit
@@ -30,8 +32,8 @@ class TuneConfig:
     storage: str = ""  # '' = $ANOMALY_REPR_STORAGE, else optuna.db beside a SQLite MLflow store; journal:<file>;
     # or an RDB URL (postgresql+psycopg2://...)
     workers: int = 1  # processes on this machine that run trials of the study (this one included)
-    role: str = "driver"  # driver: runs trials, waits for all, tests the best | worker: runs trials only
-    pruner: str = "median"  # median | hyperband | none, on the per-epoch validation AUROC
+    role: Role = "driver"  # driver: runs trials, waits for all, tests the best | worker: runs trials only
+    pruner: Pruner = "median"  # median | hyperband | none, on the per-epoch validation AUROC
     startup_trials: int = 5  # TPE's random trials before it models, and trials before the median pruner acts
     lambda_low: float = 1e-4  # target=recon_weight: λ is searched on a log scale in [lambda_low, lambda_high]
     lambda_high: float = 10.0

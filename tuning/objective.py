@@ -27,7 +27,7 @@ from anomaly_repr.pipeline import Normalizer
 from anomaly_repr.runs import train_logged
 from anomaly_repr.scorers import make_scorer
 from anomaly_repr.split import OpenSetSplit
-from anomaly_repr.tracking import log_new_params, log_provenance
+from anomaly_repr.tracking import log_new_params, log_provenance, run_url
 from anomaly_repr.workflow import Prepared, checkpoint_path, extract_parts
 from tuning.config import TuneConfig
 from tuning.space import method_of, suggest
@@ -98,6 +98,9 @@ class Objective:
                     "retried_run_id": trial.user_attrs.get("mlflow_run_id", "")}
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
         trial.set_user_attr("trial_number", trial.number)
+        url = run_url(run.info.experiment_id, run.info.run_id)
+        if url:  # one click from the trial in optuna-dashboard to its run in the MLflow UI
+            trial.set_user_attr("mlflow_run_url", url)
         status = "FAILED"
         try:
             log_provenance(prep.cfg, prep.split, stage="trial")

@@ -33,7 +33,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from anomaly_repr.config import ExperimentConfig
-from anomaly_repr.errors import AnomalyReprError, ConfigError
+from anomaly_repr.errors import AnomalyReprError, ConfigError, DivergedError
 from anomaly_repr.runs import evaluate_logged
 from anomaly_repr.tracking import (
     git_commit,
@@ -123,6 +123,8 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: ExperimentC
         return study, mlflow.start_run(run_id=parent_id)
     parent = mlflow.start_run(run_name=f"tune {name}")  # under `mlflow run`, the run it made
     study.set_user_attr("identity", identity)
+    # optuna-dashboard labels the objective with this name instead of "Objective 0"
+    study.set_metric_names([f"val {'|'.join(tcfg.scorers)} AUROC"])
     study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
     study.set_user_attr("mlflow_experiment_id", parent.info.experiment_id)
     for params in method_of(tcfg.target, cfg).talk_values(tcfg)[:tcfg.n_trials]:
@@ -171,7 +173,7 @@ def work(study: optuna.Study, objective: Objective, tcfg: TuneConfig, heartbeats
         queued, running = counts[TrialState.WAITING], counts[TrialState.RUNNING]
         planned = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + running + queued
         if time.monotonic() < deadline and (queued or planned < tcfg.n_trials):
-            study.optimize(objective, n_trials=1, catch=(FloatingPointError,), callbacks=[record])
+            study.optimize(objective, n_trials=1, catch=(DivergedError,), callbacks=[record])
             if failures[-MAX_FAILURES_IN_A_ROW:] == [True] * MAX_FAILURES_IN_A_ROW:
                 raise AnomalyReprError(f"{MAX_FAILURES_IN_A_ROW} trials in a row failed; see their runs' logs")
         elif wait_for is not None and running and (heartbeats or any(p.poll() is None for p in wait_for)):
