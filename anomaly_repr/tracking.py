@@ -32,6 +32,9 @@ from anomaly_repr.workflow import Evaluation
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # a local SQLite store in the working directory
 DEFAULT_EXPERIMENT = "anomaly-repr"
 SERVER_WAIT_SECONDS = 10  # how long to wait for an HTTP tracking server before giving up
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, evaluation runs); with it,
+# a user's first click lands on the training runs.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 class TrackingError(AnomalyReprError):
@@ -45,11 +48,17 @@ def setup_tracking() -> str:
     if uri.startswith(("http://", "https://")):
         _wait_for_server(uri)
         _check_access()
-    if "MLFLOW_EXPERIMENT_ID" not in os.environ:  # `mlflow run` picks the experiment itself
-        experiment = mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+    if "MLFLOW_EXPERIMENT_ID" in os.environ:  # `mlflow run` picks the experiment itself
+        experiment_id = os.environ["MLFLOW_EXPERIMENT_ID"]
+    else:
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+        experiment_id = mlflow.set_experiment(name).experiment_id
         # When another process creates the experiment in the same instant, set_experiment returns it without
         # making it active; setting it by id always does.
-        mlflow.set_experiment(experiment_id=experiment.experiment_id)
+        mlflow.set_experiment(experiment_id=experiment_id)
+    client = mlflow.MlflowClient()
+    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:  # a user's own choice stays
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     return uri
 
 

@@ -1,6 +1,7 @@
 """Training throughput side by side: the compute bound, the plain torchvision loop, and the project's loop.
 
 Usage:  python bench/throughput.py [--archs resnet8,resnet20,resnet18] [--steps 20] [--precisions fp32,bf16]
+                                  [--rounds 3]
 
 For each architecture and precision, in one process on the same machine:
 - bound: forward/backward/SGD step on random in-memory tensors (batch 128, channels-last): what the
@@ -11,7 +12,9 @@ For each architecture and precision, in one process on the same machine:
   uint8 batches, batched crop and flip), images/s of the second epoch's optimiser steps (the first one
   warms up, as the bound's and the peer's untimed steps do);
 - augment: the project's batch pipeline alone (slice, normalise, crop, flip), as a share of a step.
-Then the ratios project/bound and project/peer. `bf16` means torch.autocast(bfloat16): native on CPUs
+The three are measured in turn, `rounds` times, and each figure is the median of its rounds: on a shared
+machine single measurements drift by 20 % and more. Then the ratios project/bound and project/peer of
+the medians. `bf16` means torch.autocast(bfloat16): native on CPUs
 with AVX512-BF16 or AMX, emulated (slower) elsewhere; the first line says which this CPU has.
 """
 
@@ -120,6 +123,7 @@ def main() -> None:
     parser.add_argument("--archs", default="resnet8,resnet20,resnet18")
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     root, tmp = cifar10_folder(), Path(__file__).resolve().parent / "out" / "throughput"
     tmp.mkdir(parents=True, exist_ok=True)
@@ -134,9 +138,9 @@ def main() -> None:
     for arch in args.archs.split(","):
         for precision in args.precisions.split(","):
             bf16 = precision == "bf16"
-            b = bound(arch, bf16, args.steps)
-            p = peer(arch, bf16, args.steps, root)
-            own = project(arch, bf16, args.steps, images, labels, tmp)
+            rounds = [(bound(arch, bf16, args.steps), peer(arch, bf16, args.steps, root),
+                       project(arch, bf16, args.steps, images, labels, tmp)) for _ in range(args.rounds)]
+            b, p, own = (float(np.median(column)) for column in zip(*rounds, strict=True))
             print(f"| {arch} | {precision} | {b:.0f} | {p:.0f} | {own:.0f} | {own / b:.2f} | {own / p:.2f} | "
                   f"{aug * own / BATCH:.1%} |", flush=True)
 

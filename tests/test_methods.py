@@ -181,6 +181,8 @@ def test_a_method_defined_in_the_tests_runs_through_reproduce_and_evaluate(toy_m
     [child] = client.search_runs([parent.info.experiment_id],
                                  f"tags.mlflow.parentRunId = '{parent_id}' and tags.method = 'toy_znorm'")
     assert child.data.params["method"] == "toy_znorm"
+    # MLflow's UI opens the experiment on its training runs, not its GenAI view
+    assert client.get_experiment(parent.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
     assert child.data.tags["precision"] == ("bfloat16" if bf16_native() else "float32")  # amp=auto
     evaluated = client.get_run(run_evaluate(child.info.run_id))
     assert evaluated.data.tags["method"] == "toy_znorm"
