@@ -28,8 +28,10 @@ def tracking(tmp_path, monkeypatch) -> str:
     monkeypatch.delenv("MLFLOW_EXPERIMENT_ID", raising=False)
     monkeypatch.chdir(tmp_path)
     # The client keeps a URI set by mlflow.set_tracking_uri (an earlier test's, or a stopped server's) over
-    # the environment: point it at this test's store.
+    # the environment, and an experiment made active by mlflow.set_experiment in another store: point it at
+    # this test's store, with no active experiment.
     mlflow.set_tracking_uri(uri)
+    monkeypatch.setattr(mlflow.tracking.fluent, "_active_experiment_id", None)
     return uri
 
 

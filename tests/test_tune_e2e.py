@@ -98,7 +98,7 @@ def test_optuna_dashboard_reads_the_study(lambda_study, tmp_path):
         [study] = [s for s in studies if s["study_name"] == "e2e-lambda"]
         detail = requests.get(f"http://127.0.0.1:{port}/api/studies/{study['study_id']}", timeout=10).json()
         assert len(detail["trials"]) == 3 and detail["directions"] == ["maximize"]
-        assert detail["metric_names"] == ["val max_logit AUROC"], detail.keys()  # not "Objective 0"
+        assert detail["objective_names"] == ["val max_logit AUROC"]  # not "Objective 0"
         for trial in detail["trials"]:
             attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
             assert attrs["mlflow_run_url"].endswith(f"/runs/{attrs['mlflow_run_id']}")

@@ -66,12 +66,8 @@ def searchable() -> list[str]:
     return [name for name, cls in METHODS.items() if cls.tune_scorer is not None]
 
 
-def role_of(name: str) -> str:
-    return METHODS[name].role if name in METHODS else VARIANT
-
-
 __all__ = ["METHODS", "ORACLE_REPRESENTATION", "REFERENCE", "VARIANT", "Calibration", "Method", "child_config",
-           "method_for", "register_method", "resolve", "role_of", "searchable"]
+           "method_for", "register_method", "resolve", "searchable"]
 
 # Each module registers its method (and its scorers) on import; order = the default order of a study.
 from anomaly_repr.methods import classifier, hybrid, godin, oracle_rep  # noqa: E402, F401, I001
