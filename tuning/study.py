@@ -39,6 +39,7 @@ from anomaly_repr.tracking import (
     git_commit,
     load_config,
     load_weights,
+    log_figures,
     log_json,
     log_model,
     log_new_params,
@@ -48,6 +49,7 @@ from anomaly_repr.tracking import (
 from anomaly_repr.workflow import Prepared, new_model, prepare, unseal
 from tuning.config import TuneConfig
 from tuning.objective import Objective, ProtocolView
+from tuning.report import study_figures, summarise_trials
 from tuning.space import method_of
 from tuning.storage import default_storage, open_storage
 
@@ -197,38 +199,6 @@ def spawn_workers(n: int, cfg: ExperimentConfig, tcfg: TuneConfig, tracking_uri:
 
 # --- after the search -------------------------------------------------------------------------------------
 
-def log_figures(study: optuna.Study, tcfg: TuneConfig) -> None:
-    """Optimisation history, parameter importances and the objective against each parameter (λ)."""
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as vis
-
-    logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # ε and decay are numeric categories
-
-    complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    figures = {"optimization_history": vis.plot_optimization_history, "objective_vs_params": vis.plot_slice}
-    # Importances need at least two complete trials that differ in some parameter.
-    if any(len({repr(t.params.get(k)) for t in complete}) > 1 for k in study.best_trial.params):
-        figures["param_importances"] = vis.plot_param_importances
-    objective = f"validation AUROC ({', '.join(tcfg.scorers)})"
-    for name, plot in figures.items():
-        axes = plot(study)
-        every = list(axes.flat) if hasattr(axes, "flat") else [axes]
-        if name != "param_importances":
-            every[0].set_ylabel(objective)
-        figure = every[0].figure
-        mlflow.log_figure(figure, f"figures/{name}.png")
-        plt.close(figure)
-
-
-def summarise_trials(study: optuna.Study) -> dict[str, float]:
-    trials = study.get_trials(deepcopy=False)
-    counts = Counter(t.state for t in trials)
-    return {"tune/trials_complete": counts[TrialState.COMPLETE], "tune/trials_pruned": counts[TrialState.PRUNED],
-            "tune/trials_failed": counts[TrialState.FAIL],
-            # one intermediate value per trained epoch: the compute the study spent, pruned trials included
-            "tune/epochs_trained": sum(len(t.intermediate_values) for t in trials)}
-
-
 def evaluate_best(study: optuna.Study, sealed: Prepared, view: ProtocolView, tcfg: TuneConfig) -> dict[str, float]:
     """Evaluate the best trial's model on the protocol's test images (read now, after the search) in a
     child run; log the best parameters, validation value, test metrics and their gap on the parent."""
@@ -292,7 +262,7 @@ def run_tune(cfg: ExperimentConfig, tcfg: TuneConfig) -> str:
         mlflow.log_metrics(summarise_trials(study))
         if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
             raise AnomalyReprError(f"study {name!r} has no complete trial; nothing to test")
-        log_figures(study, tcfg)
+        log_figures(study_figures(study, tcfg))
         evaluate_best(study, sealed, view, tcfg)
         status = "FINISHED"
         return active.info.run_id
