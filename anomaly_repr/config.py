@@ -18,7 +18,9 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 Amp = Literal["auto", "true", "false"]
 Head = Literal["linear", "godin"]
 GodinH = Literal["cosine", "inner", "euclidean"]
-SCHEDULES, DEVICES, AMPS, HEADS, GODIN_H = (get_args(t) for t in (Schedule, Device, Amp, Head, GodinH))
+BadImages = Literal["error", "skip"]
+SCHEDULES, DEVICES, AMPS, HEADS, GODIN_H, BAD_IMAGES = (get_args(t) for t in (Schedule, Device, Amp, Head, GodinH,
+                                                                               BadImages))
 DEFAULT_METHODS = ("classifier", "hybrid", "godin", "oracle_rep")  # the talk's four: what `reproduce` trains
 
 
@@ -33,6 +35,7 @@ class ExperimentConfig:
     unknown_classes: str = ""  # comma-separated; '' = every class that is not known
     num_known: int = 0  # known classes in a random draw; 0 = dataset default (60 % of classes, 80 for CIFAR-100)
     image_size: int = 32  # imagefolder only: images are resized to image_size x image_size pixels
+    bad_images: BadImages = "error"  # imagefolder only: unreadable images stop the run (error) or are left out (skip)
     seed: int = 0  # seeds the 60/20/20 partition, initialisation and augmentation
     # --- model ---
     method: str = ""  # registered method (`anomaly-repr methods`); '' = chosen by head / recon_weight, else classifier
@@ -79,6 +82,8 @@ class ExperimentConfig:
         if self.godin_h not in GODIN_H:
             raise ConfigError(f"unknown godin_h {self.godin_h!r}; choose one of {', '.join(GODIN_H)}")
         _ = self.epsilons  # parses and checks the grid
+        if self.bad_images not in BAD_IMAGES:
+            raise ConfigError(f"unknown bad_images {self.bad_images!r}; choose one of {', '.join(BAD_IMAGES)}")
         if self.schedule not in SCHEDULES:
             raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         object.__setattr__(self, "amp", str(self.amp).lower())  # True/False: configs logged when amp was a bool

@@ -71,7 +71,7 @@ def run_train(cfg: ExperimentConfig, resume_run_id: str = "") -> str:
     prep = prepare(cfg)
     with mlflow.start_run(run_id=resume_run_id or None) as run:
         if not resume_run_id:
-            log_provenance(cfg, prep.split, stage="train")
+            log_provenance(prep, stage="train", parts=("train", "val"))
         train_logged(prep, run.info.run_id, resume=bool(resume_run_id))
         return run.info.run_id
 
@@ -87,7 +87,7 @@ def run_evaluate(train_run_id: str) -> str:
         raise AnomalyReprError(f"the data no longer match train run {train_run_id}: split hash "
                                f"{prep.split.hash} != {stored_split.hash}")
     with mlflow.start_run() as run:
-        log_provenance(cfg, prep.split, stage="evaluate")
+        log_provenance(prep, stage="evaluate", parts=("val", "test"))
         mlflow.set_tag("train_run_id", train_run_id)
         evaluate_logged(prep, model, normalizer)
         return run.info.run_id

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from PIL import Image, UnidentifiedImageError
 
 from anomaly_repr.errors import DataError
 from anomaly_repr.registry import Registry
@@ -34,6 +35,9 @@ class ImageData:
     hflip: bool  # whether horizontal flips keep an image in its class (not so for digits)
     shape: tuple[int, int, int]  # (C, H, W) of every image
     reader: Callable[[np.ndarray], torch.Tensor]  # pooled indices -> their uint8 images (n, C, H, W)
+    skipped: tuple[str, ...] = ()  # files passed over as not images (by extension), relative to the source's root
+    left_out: tuple[str, ...] = ()  # unreadable images left out (bad_images=skip); recorded in the split manifest
+    origin: str = ""  # where the images come from (a folder or file), for the runs' dataset inputs
 
     def read(self, index: np.ndarray) -> torch.Tensor:
         """The uint8 images (n, C, H, W) of pooled indices `index`, in that order."""
@@ -43,9 +47,10 @@ class ImageData:
         return self.reader(index)
 
 
-def in_memory(images: torch.Tensor, labels: np.ndarray, classes: list[str], hflip: bool) -> ImageData:
+def in_memory(images: torch.Tensor, labels: np.ndarray, classes: list[str], hflip: bool, origin: str = "") -> ImageData:
     """An ImageData over images that are already decoded into one uint8 tensor (N, C, H, W)."""
-    return ImageData(labels, classes, hflip, tuple(images.shape[1:]), lambda index: images[torch.from_numpy(index)])
+    return ImageData(labels, classes, hflip, tuple(images.shape[1:]), lambda index: images[torch.from_numpy(index)],
+                     origin=origin)
 
 
 SOURCES: Registry[Callable[[ExperimentConfig], ImageData]] = Registry()
@@ -59,13 +64,15 @@ def load_source(cfg: ExperimentConfig) -> ImageData:
 @register_source("digits")
 def load_digits(cfg: ExperimentConfig) -> ImageData:
     """scikit-learn's bundled 8x8 handwritten digits (1,797 images, 10 classes): offline demos and tests."""
+    import sklearn.datasets
     from sklearn.datasets import load_digits as sk_digits
 
     bunch = sk_digits()
     # Pixel values are 0..16; scale to the 0..255 range every other source uses.
     pixels = np.round(bunch.images * (255.0 / 16.0)).astype(np.uint8)
     return in_memory(torch.from_numpy(pixels[:, None, :, :]), bunch.target.astype(np.int64),
-                     [str(d) for d in bunch.target_names], hflip=False)
+                     [str(d) for d in bunch.target_names], hflip=False,
+                     origin=str(Path(sklearn.datasets.__file__).parent / "data" / "digits.csv.gz"))
 
 
 def _cifar(cfg: ExperimentConfig, cls: type, title: str) -> ImageData:
@@ -81,7 +88,8 @@ def _cifar(cfg: ExperimentConfig, cls: type, title: str) -> ImageData:
             raise DataError(f"{title} not found under {root} and the download failed (offline?): {exc}") from None
     images = np.concatenate([p.data for p in parts]).transpose(0, 3, 1, 2)
     labels = np.concatenate([np.asarray(p.targets, dtype=np.int64) for p in parts])
-    return in_memory(torch.from_numpy(np.ascontiguousarray(images)), labels, list(parts[0].classes), hflip=True)
+    return in_memory(torch.from_numpy(np.ascontiguousarray(images)), labels, list(parts[0].classes), hflip=True,
+                     origin=str(root.resolve()))
 
 
 @register_source("cifar10")
@@ -100,59 +108,106 @@ def load_cifar100(cfg: ExperimentConfig) -> ImageData:
     return _cifar(cfg, CIFAR100, "CIFAR-100")
 
 
+# What counts as an image, by extension (any case), as torchvision's ImageFolder has it; other files are skipped.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+SHOWN = 10  # unreadable files named in an error message
+UNREADABLE = (UnidentifiedImageError, OSError, ValueError)  # what PIL raises on a file it cannot decode
 
 
 @register_source("imagefolder")
 def load_imagefolder(cfg: ExperimentConfig) -> ImageData:
     """A class-folder tree: root/<class>/*.jpg, or root/{train,test}/<class>/*.jpg (both parts pooled).
 
-    Every file in a class folder must be a readable image (hidden files are skipped); images are
-    converted to RGB and resized to image_size x image_size.
+    Hidden files and folders are ignored and files without an image extension are skipped (listed in
+    `ImageData.skipped`). Every image is decoded once here, in parallel, so that all unreadable ones are
+    found in one pass: `bad_images=error` names them in one error, `skip` leaves them out (`ImageData.left_out`).
+    The pixels checked are dropped; `read` decodes again only the images asked for. Images are converted
+    to RGB and resized to image_size x image_size.
     """
     if not cfg.data_root:
         raise DataError("dataset imagefolder needs data_root, the folder that holds one sub-folder per class")
-    root = Path(cfg.data_root)
+    root = Path(cfg.data_root).expanduser()
     if not root.is_dir():
         raise DataError(f"data_root {root} is not a folder")
-    parts = [root / p for p in ("train", "test") if (root / p).is_dir()] or [root]
-    files: dict[str, list[Path]] = {}
-    for part in parts:
-        for class_dir in sorted(d for d in part.iterdir() if d.is_dir() and not d.name.startswith(".")):
-            found = sorted(f for f in class_dir.rglob("*") if f.is_file() and not f.name.startswith("."))
-            files.setdefault(class_dir.name, []).extend(found)
-    if not files:
-        raise DataError(f"data_root {root} has no class folders")
-    for name, found in files.items():
-        if not found:
-            raise DataError(f"class folder {name!r} under {root} is empty")
-        for path in found:
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
-                raise DataError(f"not an image file: {path}")
+    files, skipped = _class_files(root)
+    size = cfg.image_size
+    bad = _unreadable([p for found in files.values() for p in found], size)
+    if bad and cfg.bad_images == "error":
+        names = ", ".join(str(p.relative_to(root)) for p in list(bad)[:SHOWN])
+        more = f" and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
+        first, why = next(iter(bad.items()))
+        raise DataError(f"{len(bad)} unreadable image(s) under {root}: {names}{more} ({first.name}: {why}); "
+                        "bad_images=skip leaves them out")
+    for name in files:
+        files[name] = [p for p in files[name] if p not in bad]
+        if not files[name]:
+            raise DataError(f"class folder {name!r} under {root} has no readable image")
     classes = sorted(files)
     paths = [p for c in classes for p in files[c]]
     labels = np.array([i for i, c in enumerate(classes) for _ in files[c]], dtype=np.int64)
-    size = cfg.image_size
 
     def read(index: np.ndarray) -> torch.Tensor:
-        # Decoding is I/O and C code that releases the GIL; threads keep all cores busy.
-        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
-            arrays = list(pool.map(lambda i: _read_image(paths[i], size), index, chunksize=256))
+        arrays = _decode_all([paths[i] for i in index], size)
         if not arrays:
             return torch.empty((0, 3, size, size), dtype=torch.uint8)
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
-    return ImageData(labels, classes, hflip=True, shape=(3, size, size), reader=read)
+    def relative(found: list[Path]) -> tuple[str, ...]:
+        return tuple(str(p.relative_to(root)) for p in found)
+
+    return ImageData(labels, classes, hflip=True, shape=(3, size, size), reader=read,
+                     skipped=relative(skipped), left_out=relative(sorted(bad)), origin=str(root.resolve()))
+
+
+def _class_files(root: Path) -> tuple[dict[str, list[Path]], list[Path]]:
+    """({class name: its image files}, the files skipped for their extension), hidden entries ignored."""
+    parts = [root / p for p in ("train", "test") if (root / p).is_dir()] or [root]
+    files: dict[str, list[Path]] = {}
+    skipped: list[Path] = []
+    for part in parts:
+        for class_dir in sorted(d for d in part.iterdir() if d.is_dir() and not d.name.startswith(".")):
+            found = sorted(f for f in class_dir.rglob("*") if f.is_file() and not f.name.startswith("."))
+            files.setdefault(class_dir.name, []).extend(f for f in found if f.suffix.lower() in IMAGE_SUFFIXES)
+            skipped.extend(f for f in found if f.suffix.lower() not in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"data_root {root} has no class folders")
+    for name, found in files.items():
+        if not found:
+            raise DataError(f"class folder {name!r} under {root} has no image file (extensions: "
+                            f"{' '.join(sorted(IMAGE_SUFFIXES))})")
+    return files, skipped
+
+
+def _decode_all(paths: list[Path], size: int) -> list[np.ndarray]:
+    # Decoding is I/O and C code that releases the GIL; threads keep all cores busy.
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        return list(pool.map(lambda p: _read_image(p, size), paths, chunksize=256))
+
+
+def _unreadable(paths: list[Path], size: int) -> dict[Path, str]:
+    """{path: why} for every file that does not decode, in `paths` order."""
+    def check(path: Path) -> str:
+        try:
+            _decode(path, size)
+            return ""
+        except UNREADABLE as exc:
+            return str(exc)
+
+    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+        reasons = list(pool.map(check, paths, chunksize=256))
+    return {p: why for p, why in zip(paths, reasons, strict=True) if why}
 
 
 def _read_image(path: Path, size: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     try:
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.BILINEAR)
-            return np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        return _decode(path, size)
+    except UNREADABLE as exc:
         raise DataError(f"cannot read image {path}: {exc}") from None
+
+
+def _decode(path: Path, size: int) -> np.ndarray:
+    with Image.open(path) as img:
+        img = img.convert("RGB")
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.BILINEAR)
+        return np.asarray(img, dtype=np.uint8)

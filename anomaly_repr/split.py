@@ -90,9 +90,11 @@ class OpenSetSplit:
     train: np.ndarray  # indices into the pooled source, sorted
     val: np.ndarray
     test: np.ndarray
+    left_out: tuple[str, ...] = ()  # source files left out as unreadable; indices count without them
 
     @classmethod
-    def make(cls, cfg: ExperimentConfig, labels: np.ndarray, classes: list[str]) -> OpenSetSplit:
+    def make(cls, cfg: ExperimentConfig, labels: np.ndarray, classes: list[str],
+             left_out: tuple[str, ...] = ()) -> OpenSetSplit:
         known, unknown = choose_classes(cfg, classes)
         rng = np.random.default_rng(cfg.seed)
         parts: tuple[list, list, list] = ([], [], [])
@@ -107,7 +109,7 @@ class OpenSetSplit:
             for part, chunk in zip(parts, chunks, strict=True):
                 part.append(chunk)
         train, val, test = (np.sort(np.concatenate(p)).astype(np.int64) for p in parts)
-        return cls(cfg.dataset, list(classes), known, unknown, cfg.seed, train, val, test)
+        return cls(cfg.dataset, list(classes), known, unknown, cfg.seed, train, val, test, tuple(left_out))
 
     def _relabel(self, labels: np.ndarray, order: list[str]) -> np.ndarray:
         """Source labels -> position in `order`; classes not in it -> UNKNOWN."""
@@ -136,8 +138,10 @@ class OpenSetSplit:
         return digest.hexdigest()[:16]
 
     def _header(self) -> dict[str, Any]:
-        return {"dataset": self.dataset, "classes": self.classes, "known": self.known,
-                "unknown": self.unknown, "seed": self.seed, "fractions": list(FRACTIONS)}
+        header = {"dataset": self.dataset, "classes": self.classes, "known": self.known,
+                  "unknown": self.unknown, "seed": self.seed, "fractions": list(FRACTIONS)}
+        # Only when files were left out: the hash of a source without bad files stays what it always was.
+        return header | ({"left_out": list(self.left_out)} if self.left_out else {})
 
     def to_dict(self) -> dict[str, Any]:
         return {**self._header(), "hash": self.hash, "train": self.train.tolist(),
@@ -146,7 +150,8 @@ class OpenSetSplit:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OpenSetSplit:
         parts = (np.asarray(d[k], dtype=np.int64) for k in ("train", "val", "test"))
-        split = cls(d["dataset"], d["classes"], d["known"], d["unknown"], d["seed"], *parts)
+        split = cls(d["dataset"], d["classes"], d["known"], d["unknown"], d["seed"], *parts,
+                    left_out=tuple(d.get("left_out", ())))
         if split.hash != d["hash"]:
             raise ConfigError(f"split manifest hash mismatch: stored {d['hash']}, computed {split.hash}")
         return split

@@ -70,7 +70,7 @@ def run_reproduce(study: Study) -> str:
                 for name, cfg in configs.items():
                     child = dataclasses.replace(prep, cfg=cfg.replace(split=split_index, seed=seed))
                     with mlflow.start_run(run_name=f"{name} split={split_index} seed={seed}", nested=True) as run:
-                        log_provenance(child.cfg, child.split, stage=name)
+                        log_provenance(child, stage=name)
                         fitted = train_logged(child, run.info.run_id)
                         results[name].append(evaluate_logged(child, fitted.model, fitted.normalizer))
         summary = summarise(results)

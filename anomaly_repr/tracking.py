@@ -11,6 +11,8 @@ import platform
 import subprocess
 import tempfile
 import time
+import warnings
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ import mlflow
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from mlflow.data.dataset_source_registry import resolve_dataset_source
+from mlflow.data.meta_dataset import MetaDataset
 from mlflow.models import infer_signature
 
 from anomaly_repr.config import ExperimentConfig
@@ -27,7 +31,7 @@ from anomaly_repr.errors import AnomalyReprError
 from anomaly_repr.models import OpenSetNet
 from anomaly_repr.pipeline import Normalizer
 from anomaly_repr.split import OpenSetSplit
-from anomaly_repr.workflow import Evaluation
+from anomaly_repr.workflow import Evaluation, Prepared
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # a local SQLite store in the working directory
 DEFAULT_EXPERIMENT = "anomaly-repr"
@@ -35,6 +39,7 @@ SERVER_WAIT_SECONDS = 10  # how long to wait for an HTTP tracking server before 
 # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, evaluation runs); with it,
 # a user's first click lands on the training runs.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+CONTEXTS = {"train": "training", "val": "validation", "test": "test"}  # split part -> MLflow dataset context
 
 
 class TrackingError(AnomalyReprError):
@@ -128,12 +133,14 @@ def log_new_params(params: dict[str, str]) -> None:
     mlflow.log_params({k: v for k, v in params.items() if k not in existing})
 
 
-def log_provenance(cfg: ExperimentConfig, split: OpenSetSplit, stage: str) -> None:
-    """Config as params and as `config.json`, split manifest and versions as artifacts, compare-view tags.
+def log_provenance(prep: Prepared, stage: str, parts: Sequence[str] = ("train", "val", "test")) -> None:
+    """Config as params and as `config.json`, split manifest and versions as artifacts, compare-view tags,
+    the split `parts` the run reads as dataset inputs, and the files the source passed over.
 
     `mlflow run` logs the entry point's parameters itself, shell-quoted (an empty string becomes "''"),
     so params it already logged are left as they are; `config.json` is the exact config.
     """
+    cfg, split = prep.cfg, prep.split
     log_new_params(cfg.to_params())
     log_json(dataclasses.asdict(cfg), "config.json")
     mlflow.set_tags({
@@ -144,6 +151,29 @@ def log_provenance(cfg: ExperimentConfig, split: OpenSetSplit, stage: str) -> No
     })
     log_json(split.to_dict(), "split/manifest.json")
     log_json(package_versions(), "environment/versions.json")
+    log_dataset_inputs(prep, parts)
+    mlflow.log_metrics({"data/skipped_files": len(prep.data.skipped), "data/bad_images": len(prep.data.left_out)})
+    if prep.data.skipped:
+        mlflow.log_text("\n".join(prep.data.skipped) + "\n", "split/skipped_files.txt")
+    if prep.data.left_out:
+        mlflow.log_text("\n".join(prep.data.left_out) + "\n", "split/bad_images.txt")
+
+
+def log_dataset_inputs(prep: Prepared, parts: Sequence[str]) -> None:
+    """One MLflow dataset input per split part, `<dataset or folder>-split<k>-<part>`, digest the split hash.
+
+    One input per part, not one dataset with three contexts: MLflow keeps a single input for each
+    (name, digest) of a run, so a second context of the same dataset would be dropped.
+    """
+    cfg = prep.cfg
+    base = Path(cfg.data_root).expanduser().name if cfg.dataset == "imagefolder" else cfg.dataset
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source twice and then warns that a path "can be interpreted in multiple
+        # ways: LocalArtifactDatasetSource, LocalArtifactDatasetSource": the same class, nothing to choose.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        source = resolve_dataset_source(prep.data.origin or cfg.dataset)
+    datasets = [MetaDataset(source, name=f"{base}-split{cfg.split}-{part}", digest=prep.split.hash) for part in parts]
+    mlflow.log_inputs(datasets=datasets, contexts=[CONTEXTS[part] for part in parts], tags_list=[None] * len(parts))
 
 
 class _PixelsToLogits(torch.nn.Module):

@@ -81,7 +81,7 @@ def prepare(cfg: ExperimentConfig, parts: tuple[str, ...] = PARTS) -> Prepared:
     if not set(parts) <= set(PARTS):
         raise ConfigError(f"unknown parts {sorted(set(parts) - set(PARTS))}; parts are {', '.join(PARTS)}")
     data = load_source(cfg)
-    split = OpenSetSplit.make(cfg, data.labels, data.classes)
+    split = OpenSetSplit.make(cfg, data.labels, data.classes, data.left_out)
     index = np.sort(np.concatenate([getattr(split, part) for part in parts]))
     rows = np.full(len(data.labels), -1, dtype=np.int64)
     rows[index] = np.arange(len(index))

@@ -108,6 +108,22 @@ def write_image(path: Path, size: tuple[int, int], value: int, fmt: str | None =
     Image.fromarray(pixels).save(path, format=fmt)
 
 
+def messy_folder(root: Path, bad: int) -> Path:
+    """A photo dump as people keep one: mixed-case and spaced class names, upper-case extensions, a hidden
+    folder, a notes file, and `bad` truncated or fake JPEGs."""
+    for c, name in enumerate(["Beetle", "green leaf", "moth", "Rock"]):
+        for i, suffix in enumerate([".jpg", ".JPG", ".jpeg", ".png", ".PNG"]):
+            write_image(root / name / f"img{i}{suffix}", (24 + 3 * i, 30), value=40 + 50 * c,
+                        fmt="PNG" if suffix.lower() == ".png" else "JPEG")
+    write_image(root / ".thumbnails" / "x.jpg", (8, 8), 0)
+    (root / "Rock" / "notes.txt").write_text("collected 2019")
+    (root / "moth" / ".DS_Store").write_bytes(b"\0\0")
+    for i in range(bad):
+        full = (root / "Beetle" / "img0.jpg").read_bytes()
+        (root / ["moth", "Rock"][i % 2] / f"broken{i}.jpg").write_bytes(full[: len(full) // 3] if i % 2 else b"junk")
+    return root
+
+
 @pytest.fixture
 def image_folder(tmp_path) -> Path:
     """Four classes of five images each, mixed formats and sizes, in train/ and test/ parts."""

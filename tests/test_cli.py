@@ -1,5 +1,6 @@
 """Bad input: one clear line naming the problem, a non-zero exit, and no run marked FINISHED."""
 
+import json
 import subprocess
 import sys
 
@@ -8,7 +9,7 @@ import pytest
 
 from anomaly_repr import cli as cli_module
 
-from conftest import write_image
+from conftest import messy_folder, write_image
 
 
 def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -60,6 +61,35 @@ def test_bad_image_folders(tracking, capsys, image_folder):
     (image_folder / "train" / "empty").rmdir()
     (image_folder / "test" / "leaf" / "scan.png").write_bytes(b"\x89PNG truncated")
     assert_clean_failure(cli_in_process(capsys, *base), "scan.png", tracking)
+
+
+def test_a_messy_folder_trains_with_bad_images_skipped_and_evaluates(tracking, capsys, tmp_path):
+    root = messy_folder(tmp_path / "dump", bad=3)
+    base = ["--dataset", "imagefolder", "--data_root", str(root), "--known_classes", "Beetle,green leaf,moth",
+            "--image_size", "8", "--epochs", "1", "--batch_size", "4", "--device", "cpu"]
+    assert_clean_failure(cli_in_process(capsys, "train", *base), "3 unreadable image(s)", tracking)
+    train = cli_in_process(capsys, "train", *base, "--bad_images", "skip")
+    assert train.returncode == 0, train.stderr
+    run_id = train.stdout.strip().splitlines()[-1]
+    client = mlflow.MlflowClient(tracking)
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["data/skipped_files"] == 1 and run.data.metrics["data/bad_images"] == 3
+    text = lambda path: mlflow.artifacts.load_text(f"runs:/{run_id}/{path}")  # noqa: E731
+    assert text("split/skipped_files.txt") == "Rock/notes.txt\n"
+    assert text("split/bad_images.txt").split() == ["Rock/broken1.jpg", "moth/broken0.jpg", "moth/broken2.jpg"]
+    manifest = mlflow.artifacts.load_dict(f"runs:/{run_id}/split/manifest.json")
+    assert manifest["left_out"] == text("split/bad_images.txt").split()
+    inputs = {(i.dataset.name, i.dataset.digest, i.tags[0].value) for i in run.inputs.dataset_inputs}
+    split_hash = run.data.tags["split_hash"]
+    assert inputs == {("dump-split0-train", split_hash, "training"), ("dump-split0-val", split_hash, "validation")}
+    assert all(i.dataset.source == json.dumps({"uri": str(root)}) for i in run.inputs.dataset_inputs)
+    # The same files are left out again, so the evaluation rebuilds the split with the same hash.
+    evaluate = cli_in_process(capsys, "evaluate", "--train_run_id", run_id)
+    assert evaluate.returncode == 0, evaluate.stderr
+    run = client.get_run(evaluate.stdout.strip().splitlines()[-1])
+    assert run.info.status == "FINISHED" and run.data.tags["split_hash"] == split_hash
+    assert {i.tags[0].value for i in run.inputs.dataset_inputs} == {"validation", "test"}
 
 
 def test_evaluate_of_an_unknown_run(tracking, capsys):

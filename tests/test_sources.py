@@ -12,7 +12,7 @@ from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import DataError
 from anomaly_repr.sources import load_source
 
-from conftest import write_image
+from conftest import messy_folder, write_image
 
 
 def _dump(path: Path, obj) -> None:
@@ -102,18 +102,35 @@ def test_imagefolder_errors(tmp_path, image_folder):
     with pytest.raises(DataError, match="is not a folder"):
         load_source(cfg.replace(data_root=str(tmp_path / "missing")))
     (image_folder / "train" / "empty").mkdir()
-    with pytest.raises(DataError, match="class folder 'empty' .* is empty"):
+    (image_folder / "train" / "empty" / "readme.md").write_text("no images here")
+    with pytest.raises(DataError, match="class folder 'empty' .* has no image file"):
         load_source(cfg)
-    (image_folder / "train" / "empty").rmdir()
-    bad = image_folder / "train" / "leaf" / "broken.jpg"
-    bad.write_bytes(b"\xff\xd8 not really a jpeg")
-    data = load_source(cfg)  # files are decoded when their images are read
-    with pytest.raises(DataError, match=r"cannot read image .*broken\.jpg"):
-        data.read(np.arange(len(data.labels)))
-    bad.unlink()
-    (image_folder / "test" / "moth" / "notes.txt").write_text("hello")
-    with pytest.raises(DataError, match=r"not an image file: .*notes\.txt"):
+
+
+def test_a_messy_folder_loads_with_its_non_images_skipped(tmp_path):
+    data = load_source(ExperimentConfig(dataset="imagefolder", data_root=str(messy_folder(tmp_path, 0))))
+    assert data.classes == ["Beetle", "Rock", "green leaf", "moth"]
+    assert np.bincount(data.labels).tolist() == [5, 5, 5, 5]
+    assert data.skipped == ("Rock/notes.txt",) and data.left_out == ()
+    assert data.read(np.arange(20)).shape == (20, 3, 32, 32)
+
+
+def test_every_unreadable_image_is_named_in_one_error(tmp_path):
+    cfg = ExperimentConfig(dataset="imagefolder", data_root=str(messy_folder(tmp_path, 12)))
+    with pytest.raises(DataError) as error:
         load_source(cfg)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"12 unreadable image(s) under {tmp_path}: ")
+    listed, rest = message.split(": ", 1)[1].split(" and 2 more ")
+    assert len(listed.split(", ")) == 10 and "broken" in rest and rest.endswith("; bad_images=skip leaves them out")
+
+
+def test_bad_images_skip_leaves_them_out(tmp_path):
+    cfg = ExperimentConfig(dataset="imagefolder", data_root=str(messy_folder(tmp_path, 3)), bad_images="skip")
+    data = load_source(cfg)
+    assert data.left_out == ("Rock/broken1.jpg", "moth/broken0.jpg", "moth/broken2.jpg")
+    assert np.bincount(data.labels).tolist() == [5, 5, 5, 5]
+    assert data.read(np.arange(20)).shape == (20, 3, 32, 32)
 
 
 def test_imagefolder_opens_only_the_files_asked_for(image_folder, monkeypatch):
@@ -123,7 +140,7 @@ def test_imagefolder_opens_only_the_files_asked_for(image_folder, monkeypatch):
     real = sources._read_image
     monkeypatch.setattr(sources, "_read_image", lambda path, size: opened.append(path.name) or real(path, size))
     data = load_source(ExperimentConfig(dataset="imagefolder", data_root=str(image_folder)))
-    assert opened == []  # listing a folder decodes nothing
+    assert opened == []  # the load-time check decodes every file but hands out no pixels
     images = data.read(np.array([3, 0]))
     assert images.shape == (2, 3, 32, 32) and len(opened) == 2
     np.testing.assert_array_equal(images[1].numpy(), data.read(np.array([0]))[0].numpy())

@@ -89,6 +89,18 @@ def test_standard_split_out_of_range():
         choose_classes(ExperimentConfig(dataset="cifar10", split=5), CIFAR10)
 
 
+def test_the_hash_of_a_split_without_left_out_files_is_unchanged():
+    # Values logged by the project before files could be left out: existing runs must stay comparable.
+    assert make().hash == "63ee257c6d0a76b7" and make(seed=3, split=2).hash == "ed4d6486e658e1a5"
+    assert "left_out" not in make().to_dict()
+
+
+def test_left_out_files_are_in_the_manifest_and_the_hash():
+    s = OpenSetSplit.make(ExperimentConfig(), LABELS, DIGITS, left_out=("moth/broken.jpg",))
+    assert s.to_dict()["left_out"] == ["moth/broken.jpg"] and s.hash != make().hash
+    assert OpenSetSplit.from_dict(s.to_dict()).left_out == ("moth/broken.jpg",)
+
+
 def test_manifest_round_trip_checks_its_hash():
     s = make(seed=2)
     again = OpenSetSplit.from_dict(s.to_dict())

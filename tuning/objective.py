@@ -103,7 +103,7 @@ class Objective:
             trial.set_user_attr("mlflow_run_url", url)
         status = "FAILED"
         try:
-            log_provenance(prep.cfg, prep.split, stage="trial")
+            log_provenance(prep, stage="trial", parts=("train", "val"))
             log_new_params({"objective_scorer": scorer, "target": tcfg.target})
             mlflow.set_tags({"trial_number": str(trial.number), "optuna_study": self.study_name,
                              "worker": f"{socket.gethostname()}:{os.getpid()}", **retry_of, **self.view.tags()})

@@ -218,7 +218,7 @@ def evaluate_best(study: optuna.Study, sealed: Prepared, view: ProtocolView, tcf
     if split.hash != prep.split.hash:
         raise AnomalyReprError(f"trial run {trial_run} was trained on split {split.hash}, not {prep.split.hash}")
     with mlflow.start_run(run_name=f"test: best trial {best.number}", nested=True):
-        log_provenance(prep.cfg, prep.split, stage="test")
+        log_provenance(prep, stage="test", parts=("val", "test"))
         mlflow.set_tags({"trial_run_id": trial_run, "trial_number": str(best.number),
                          "optuna_study": study.study_name, **view.tags()})
         metrics = evaluate_logged(prep, model, normalizer, view.val, view.test)
