@@ -47,7 +47,7 @@ class Outputs:
         return {"z": self.z, "logits": self.logits, "labels": self.labels, **self.extras}
 
     def save(self, path: Path) -> None:
-        np.savez_compressed(path, **self.arrays())
+        np.savez_compressed(path, **self.arrays())  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
 
     @classmethod
     def load(cls, path: Path) -> Outputs:

@@ -9,7 +9,7 @@ starts with `oracle_`. Three probes: a 1000-tree random forest (the talk's oracl
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Self
 
 import numpy as np
 from sklearn.base import BaseEstimator, clone
@@ -30,12 +30,12 @@ if TYPE_CHECKING:
 class ProbeOracle:
     """Fits `estimator` on (z, is_anomaly) of the reference outputs; scores P(anomaly | z)."""
 
-    requires = ("z",)
+    requires: tuple[str, ...] = ("z",)
 
     def __init__(self, estimator: BaseEstimator):
         self.estimator = estimator
 
-    def fit(self, reference: Outputs) -> ProbeOracle:
+    def fit(self, reference: Outputs) -> Self:
         if reference.is_anomaly.all() or not reference.is_anomaly.any():
             raise DataError(f"an oracle needs nominal and anomaly images in its reference outputs, got "
                             f"{int((~reference.is_anomaly).sum())} nominal and {int(reference.is_anomaly.sum())} "
@@ -66,7 +66,7 @@ class KNNOracle(ProbeOracle):
         super().__init__(make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors, weights="distance")))
         self.n_neighbors = n_neighbors
 
-    def fit(self, reference: Outputs) -> KNNOracle:
+    def fit(self, reference: Outputs) -> Self:
         self.estimator.set_params(kneighborsclassifier__n_neighbors=min(self.n_neighbors, len(reference.z)))
         return super().fit(reference)
 

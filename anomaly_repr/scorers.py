@@ -85,8 +85,12 @@ SCORERS: Registry[ScorerFactory] = Registry()
 register_scorer = SCORERS.register
 
 
+def _of_logits(fn: Callable[[np.ndarray], np.ndarray]) -> ScorerFactory:
+    return lambda cfg: FunctionScorer(lambda outputs: fn(outputs.logits))
+
+
 for _fn in (msp, entropy, max_logit, energy):
-    register_scorer(_fn.__name__)(lambda cfg, fn=_fn: FunctionScorer(lambda o: fn(o.logits)))
+    register_scorer(_fn.__name__)(_of_logits(_fn))
 
 CLASSIC_SCORERS = ("msp", "entropy", "max_logit", "energy")
 

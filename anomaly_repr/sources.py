@@ -49,7 +49,8 @@ class ImageData:
 
 def in_memory(images: torch.Tensor, labels: np.ndarray, classes: list[str], hflip: bool, origin: str = "") -> ImageData:
     """An ImageData over images that are already decoded into one uint8 tensor (N, C, H, W)."""
-    return ImageData(labels, classes, hflip, tuple(images.shape[1:]), lambda index: images[torch.from_numpy(index)],
+    _, c, h, w = images.shape
+    return ImageData(labels, classes, hflip, (c, h, w), lambda index: images[torch.from_numpy(index)],
                      origin=origin)
 
 
@@ -207,7 +208,7 @@ def _read_image(path: Path, size: int) -> np.ndarray:
 
 def _decode(path: Path, size: int) -> np.ndarray:
     with Image.open(path) as img:
-        img = img.convert("RGB")
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR)
-        return np.asarray(img, dtype=np.uint8)
+        rgb = img.convert("RGB")
+    if rgb.size != (size, size):
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    return np.asarray(rgb, dtype=np.uint8)

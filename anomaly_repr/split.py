@@ -149,9 +149,9 @@ class OpenSetSplit:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OpenSetSplit:
-        parts = (np.asarray(d[k], dtype=np.int64) for k in ("train", "val", "test"))
-        split = cls(d["dataset"], d["classes"], d["known"], d["unknown"], d["seed"], *parts,
-                    left_out=tuple(d.get("left_out", ())))
+        train, val, test = (np.asarray(d[k], dtype=np.int64) for k in ("train", "val", "test"))
+        split = cls(d["dataset"], d["classes"], d["known"], d["unknown"], d["seed"], train, val, test,
+                    tuple(d.get("left_out", ())))
         if split.hash != d["hash"]:
             raise ConfigError(f"split manifest hash mismatch: stored {d['hash']}, computed {split.hash}")
         return split

@@ -22,6 +22,7 @@ import mlflow
 import numpy as np
 import torch
 from matplotlib.figure import Figure
+from mlflow.data.dataset import Dataset
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.models import infer_signature
@@ -129,7 +130,10 @@ def log_json(obj: Any, artifact_file: str) -> None:
 
 def log_new_params(params: dict[str, str]) -> None:
     """Log the params the active run does not have yet: `mlflow run` logs its own, shell-quoted."""
-    existing = mlflow.get_run(mlflow.active_run().info.run_id).data.params
+    run = mlflow.active_run()
+    if run is None:
+        raise AnomalyReprError("log_new_params needs an active MLflow run")
+    existing = mlflow.get_run(run.info.run_id).data.params
     mlflow.log_params({k: v for k, v in params.items() if k not in existing})
 
 
@@ -172,7 +176,9 @@ def log_dataset_inputs(prep: Prepared, parts: Sequence[str]) -> None:
         # ways: LocalArtifactDatasetSource, LocalArtifactDatasetSource": the same class, nothing to choose.
         warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
         source = resolve_dataset_source(prep.data.origin or cfg.dataset)
-    datasets = [MetaDataset(source, name=f"{base}-split{cfg.split}-{part}", digest=prep.split.hash) for part in parts]
+    # MetaDataset leaves `profile` abstract in MLflow's base class but defines it; mypy reads the base.
+    datasets: list[Dataset | None] = [MetaDataset(source, name=f"{base}-split{cfg.split}-{part}",  # type: ignore[abstract]
+                                                  digest=prep.split.hash) for part in parts]
     mlflow.log_inputs(datasets=datasets, contexts=[CONTEXTS[part] for part in parts], tags_list=[None] * len(parts))
 
 
@@ -182,6 +188,8 @@ class _PixelsToLogits(torch.nn.Module):
     def __init__(self, model: OpenSetNet, normalizer: Normalizer):
         super().__init__()
         self.model = model
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", normalizer.mean.view(1, -1, 1, 1) * 255.0)
         self.register_buffer("std", normalizer.std.view(1, -1, 1, 1) * 255.0)
 
@@ -205,7 +213,7 @@ def log_model(model: OpenSetNet, normalizer: Normalizer, example: torch.Tensor) 
     """
     # A copy: the caller's model stays as it is. Contiguous (not channels-last) weights: the pt2 writer
     # takes a non-contiguous weight for a slice of a larger tensor and warns ("No complete tensor found").
-    cpu_model = copy.deepcopy(model).to("cpu", memory_format=torch.contiguous_format).eval()
+    cpu_model = copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format).eval()
     log_weights(cpu_model, normalizer)
     served = _PixelsToLogits(cpu_model, normalizer).eval()
     pixels = example[:4].float().numpy()
@@ -239,7 +247,8 @@ def log_evaluation(evaluation: Evaluation) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for part, out in evaluation.outputs.items():
             out.save(Path(tmp) / f"{part}.npz")
-        np.savez_compressed(Path(tmp) / "test_scores.npz", is_anomaly=test.is_anomaly, **evaluation.scores)
+        np.savez_compressed(Path(tmp) / "test_scores.npz", is_anomaly=test.is_anomaly,
+                            **evaluation.scores)  # type: ignore[arg-type]  # numpy's stub: **kwds as allow_pickle
         mlflow.log_artifacts(tmp, "outputs")
     log_figures(evaluation.figures)
 

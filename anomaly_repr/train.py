@@ -103,7 +103,7 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
     epoch's metrics row."""
     method = method_for(cfg)
     torch.manual_seed(cfg.seed)
-    model.to(device=device, memory_format=torch.channels_last)
+    model.to(device).to(memory_format=torch.channels_last)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     batches = DeviceBatches(train_images.to(device), train_labels.to(device), normalizer, cfg.batch_size,
                             hflip, generator)

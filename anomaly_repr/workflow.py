@@ -145,7 +145,7 @@ def extract_parts(prep: Prepared, model: OpenSetNet, normalizer: Normalizer,
     """Outputs of `model` on each named index set, once each, with its method's extras; a method that
     calibrates (G-ODIN's ε) does so on nominal validation images only, before its extra passes."""
     method, device = method_for(prep.cfg), pick_device(prep.cfg.device)
-    model.to(device=device, memory_format=torch.channels_last)
+    model.to(device).to(memory_format=torch.channels_last)
     outputs = {part: extract(model, prep.images(index), prep.open_labels[index], normalizer, device,
                              method.batch_extras) for part, index in parts.items()}
     nominal_val = prep.split.nominal(prep.split.val, prep.data.labels)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from anomaly_repr.errors import ConfigError
 
@@ -74,7 +74,7 @@ class TuneConfig:
     def objective_fields(self) -> dict[str, str]:
         return {name: str(getattr(self, name)) for name in OBJECTIVE_FIELDS}
 
-    def replace(self, **changes: object) -> TuneConfig:
+    def replace(self, **changes: Any) -> TuneConfig:
         return dataclasses.replace(self, **changes)
 
 

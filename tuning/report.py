@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
+from typing import Any
 
 import optuna
 from matplotlib.figure import Figure
@@ -20,7 +22,8 @@ def study_figures(study: optuna.Study, tcfg: TuneConfig) -> dict[str, Figure]:
     logging.getLogger("matplotlib.category").setLevel(logging.WARNING)  # ε and decay are numeric categories
 
     complete = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
-    plots = {"optimization_history": vis.plot_optimization_history, "objective_vs_params": vis.plot_slice}
+    plots: dict[str, Callable[[optuna.Study], Any]] = {
+        "optimization_history": vis.plot_optimization_history, "objective_vs_params": vis.plot_slice}
     # Importances need at least two complete trials that differ in some parameter.
     if any(len({repr(t.params.get(k)) for t in complete}) > 1 for k in study.best_trial.params):
         plots["param_importances"] = vis.plot_param_importances

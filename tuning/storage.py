@@ -13,6 +13,7 @@ from pathlib import Path
 import mlflow
 import optuna
 import sqlalchemy
+from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial
 
 from anomaly_repr.errors import ConfigError
@@ -51,7 +52,7 @@ def open_storage(spec: str, tcfg: TuneConfig) -> tuple[optuna.storages.BaseStora
     if spec.startswith("journal:"):
         path = spec.removeprefix("journal:")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(path)), False
+        return optuna.storages.JournalStorage(JournalFileBackend(path)), False
     if "://" not in spec:
         raise ConfigError(f"storage must be journal:<file> or a database URL (sqlite:///..., postgresql://...), "
                           f"got {spec!r}")

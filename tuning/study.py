@@ -203,12 +203,15 @@ def evaluate_best(study: optuna.Study, sealed: Prepared, view: ProtocolView, tcf
     """Evaluate the best trial's model on the protocol's test images (read now, after the search) in a
     child run; log the best parameters, validation value, test metrics and their gap on the parent."""
     best = study.best_trial
+    if best.value is None:  # the best trial is COMPLETE, so it has its value
+        raise AnomalyReprError(f"the best trial {best.number} of study {study.study_name!r} has no value")
+    value: float = best.value
     scorer = best.params.get("scorer", tcfg.scorers[0])
-    log_json({"number": best.number, "value": best.value, "params": best.params, "scorer": scorer},
+    log_json({"number": best.number, "value": value, "params": best.params, "scorer": scorer},
              "results/best_trial.json")
     mlflow.set_tags({f"best_params.{k}": str(v) for k, v in best.params.items()} | {"best_trial": str(best.number)})
     mlflow.log_metrics({f"best/{k}": v for k, v in best.params.items() if isinstance(v, int | float)}
-                       | {"tune/best_value": best.value, f"val/{scorer}/auroc": best.value})
+                       | {"tune/best_value": value, f"val/{scorer}/auroc": value})
     trial_run = best.user_attrs["mlflow_run_id"]
     full = unseal(sealed)
     # The trial's settings, on this machine's data and device (a worker elsewhere may have had other paths).
@@ -223,9 +226,9 @@ def evaluate_best(study: optuna.Study, sealed: Prepared, view: ProtocolView, tcf
                          "optuna_study": study.study_name, **view.tags()})
         metrics = evaluate_logged(prep, model, normalizer, view.val, view.test)
         log_model(model, normalizer, prep.images(prep.split.train[:4]))
-    gap = {"tune/val_test_gap": best.value - metrics[f"test/{scorer}/auroc"]}
+    gap = {"tune/val_test_gap": value - metrics[f"test/{scorer}/auroc"]}
     mlflow.log_metrics(metrics | gap)
-    log.info("best trial %d %s: validation AUROC %.4f, test AUROC %.4f", best.number, best.params, best.value,
+    log.info("best trial %d %s: validation AUROC %.4f, test AUROC %.4f", best.number, best.params, value,
              metrics[f"test/{scorer}/auroc"])
     return metrics | gap
 

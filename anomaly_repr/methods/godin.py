@@ -118,14 +118,14 @@ class Godin(Method):
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         """The default groups without the class vectors h, which get `godin_h_weight_decay`."""
-        h = model.head.h.weight
+        h = model.get_parameter("head.h.weight")
         groups = super().param_groups(model)
         for group in groups:
             group["params"] = [p for p in group["params"] if p is not h]
         return [*groups, {"params": [h], "weight_decay": self.cfg.godin_h_weight_decay}]
 
     def batch_extras(self, out: ModelOutput, x: torch.Tensor) -> Mapping[str, torch.Tensor]:
-        return {"godin_h": out.h, "godin_g": out.g}
+        return {"godin_h": out.extras["h"], "godin_g": out.extras["g"]}
 
     def calibrate(self, model: OpenSetNet, nominal_val: torch.Tensor, normalizer: Normalizer,
                   device: torch.device) -> Calibration:

@@ -85,10 +85,10 @@ class Hybrid(Method):
 
     def loss(self, out: ModelOutput, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """CE + λ * per-pixel squared error of the (augmented, normalised) input the network saw."""
-        return super().loss(out, x, y) + self.cfg.recon_weight * F.mse_loss(out.recon.float(), x)
+        return super().loss(out, x, y) + self.cfg.recon_weight * F.mse_loss(out.extras["recon"].float(), x)
 
     def batch_extras(self, out: ModelOutput, x: torch.Tensor) -> Mapping[str, torch.Tensor]:
-        return {"recon_error": (out.recon.float() - x).pow(2).mean(dim=(1, 2, 3))}
+        return {"recon_error": (out.extras["recon"].float() - x).pow(2).mean(dim=(1, 2, 3))}
 
     def suggest(self, trial: optuna.Trial, tcfg: TuneConfig) -> dict[str, Any]:
         return {"recon_weight": trial.suggest_float("recon_weight", tcfg.lambda_low, tcfg.lambda_high, log=True)}
