@@ -19,8 +19,9 @@ Amp = Literal["auto", "true", "false"]
 Head = Literal["linear", "godin"]
 GodinH = Literal["cosine", "inner", "euclidean"]
 BadImages = Literal["error", "skip"]
-SCHEDULES, DEVICES, AMPS, HEADS, GODIN_H, BAD_IMAGES = (get_args(t) for t in (Schedule, Device, Amp, Head, GodinH,
-                                                                               BadImages))
+ScorerReference = Literal["train", "val_nominal"]
+SCHEDULES, DEVICES, AMPS, HEADS, GODIN_H, BAD_IMAGES, SCORER_REFERENCES = (
+    get_args(t) for t in (Schedule, Device, Amp, Head, GodinH, BadImages, ScorerReference))
 DEFAULT_METHODS = ("classifier", "hybrid", "godin", "oracle_rep")  # the talk's four: what `reproduce` trains
 
 
@@ -54,6 +55,13 @@ class ExperimentConfig:
     schedule: Schedule = "onecycle"  # learning-rate schedule: onecycle (warm-up 20 %, then linear decay) | cosine
     patience: int = 10  # stop after this many epochs without a better validation accuracy; 0 = never stop early
     label_smoothing: float = 0.0  # cross-entropy label smoothing in [0, 1)
+    # --- feature-space scorers (fit on nominal images only; see anomaly_repr/features.py) ---
+    scorer_reference: ScorerReference = "train"  # what they learn from: train (nominal training images) | val_nominal
+    knn_k: int = 50  # knn: the k-th nearest nominal feature (Sun et al. 2022; OpenOOD's CIFAR-10 value)
+    vim_dim: int = 0  # vim: principal-subspace dimension; 0 = Wang et al.'s rule for the feature width
+    react_percentile: float = 90.0  # react: clip z at this percentile of nominal activations
+    gen_gamma: float = 0.1  # gen: the generalised entropy's exponent
+    gen_top: int = 0  # gen: the top-M probabilities it sums; 0 = every class
     # --- oracles (fit on validation z labelled nominal/anomaly) ---
     oracle_trees: int = 1000  # trees in the random-forest oracle
     oracle_neighbors: int = 10  # neighbours in the k-NN oracle
@@ -82,6 +90,14 @@ class ExperimentConfig:
         if self.godin_h not in GODIN_H:
             raise ConfigError(f"unknown godin_h {self.godin_h!r}; choose one of {', '.join(GODIN_H)}")
         _ = self.epsilons  # parses and checks the grid
+        if self.knn_k <= 0 or self.vim_dim < 0 or self.gen_top < 0:
+            raise ConfigError("knn_k must be positive; vim_dim and gen_top must not be negative")
+        if not 0 < self.react_percentile <= 100 or not self.gen_gamma > 0:
+            raise ConfigError(f"react_percentile must be in (0, 100] and gen_gamma positive, got "
+                              f"{self.react_percentile} and {self.gen_gamma}")
+        if self.scorer_reference not in SCORER_REFERENCES:
+            raise ConfigError(f"unknown scorer_reference {self.scorer_reference!r}; choose one of "
+                              f"{', '.join(SCORER_REFERENCES)}")
         if self.bad_images not in BAD_IMAGES:
             raise ConfigError(f"unknown bad_images {self.bad_images!r}; choose one of {', '.join(BAD_IMAGES)}")
         if self.schedule not in SCHEDULES:

@@ -19,14 +19,24 @@ from anomaly_repr.pipeline import Normalizer, eval_batches
 from anomaly_repr.split import UNKNOWN
 
 CORE = ("z", "logits", "labels")
+FinalLayer = tuple[np.ndarray, np.ndarray]  # (weight (K, D), bias (K,)) of a linear head: logits = z W^T + b
 
 
 class Outputs:
-    """z (N, D), logits (N, K), labels (N,: 0..K-1 known, -1 anomaly) and named extras (N, ...), as numpy."""
+    """z (N, D), logits (N, K), labels (N,: 0..K-1 known, -1 anomaly) and named extras (N, ...), as numpy;
+    `final_layer`, the model's linear head, where it has one (scorers that recompute logits read it)."""
 
-    def __init__(self, z: np.ndarray, logits: np.ndarray, labels: np.ndarray, **extras: np.ndarray):
+    def __init__(self, z: np.ndarray, logits: np.ndarray, labels: np.ndarray, final_layer: FinalLayer | None = None,
+                 **extras: np.ndarray):
         self.z, self.logits, self.labels = z, logits, np.asarray(labels)
+        self._final_layer = final_layer
         self.extras: dict[str, np.ndarray] = dict(extras)
+
+    @property
+    def final_layer(self) -> FinalLayer:
+        if self._final_layer is None:
+            raise AttributeError("these outputs come from a model without a linear final layer")
+        return self._final_layer
 
     def __getattr__(self, name: str) -> np.ndarray:
         if not name.startswith("_") and name != "extras" and name in self.extras:
@@ -34,10 +44,17 @@ class Outputs:
         raise AttributeError(f"these outputs have no {name!r}")
 
     def has(self, name: str) -> bool:
+        if name == "final_layer":
+            return self._final_layer is not None
         return name in CORE or name in self.extras
 
     def with_extras(self, **extras: np.ndarray) -> Outputs:
-        return Outputs(self.z, self.logits, self.labels, **(self.extras | extras))
+        return Outputs(self.z, self.logits, self.labels, self._final_layer, **(self.extras | extras))
+
+    def rows(self, mask: np.ndarray) -> Outputs:
+        """The outputs of the rows `mask` selects (a boolean mask or indices)."""
+        return Outputs(self.z[mask], self.logits[mask], self.labels[mask], self._final_layer,
+                       **{k: v[mask] for k, v in self.extras.items()})
 
     @property
     def is_anomaly(self) -> np.ndarray:
@@ -47,12 +64,18 @@ class Outputs:
         return {"z": self.z, "logits": self.logits, "labels": self.labels, **self.extras}
 
     def save(self, path: Path) -> None:
-        np.savez_compressed(path, **self.arrays())  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
+        layer = dict(zip(LAYER_KEYS, self._final_layer, strict=True)) if self._final_layer is not None else {}
+        np.savez_compressed(path, **self.arrays(), **layer)  # type: ignore[arg-type]  # numpy's stub: **kwds
 
     @classmethod
     def load(cls, path: Path) -> Outputs:
         with np.load(path, allow_pickle=False) as data:
-            return cls(**{name: data[name] for name in data.files})
+            arrays = {name: data[name] for name in data.files}
+        layer = tuple(arrays.pop(k) for k in LAYER_KEYS) if LAYER_KEYS[0] in arrays else None
+        return cls(final_layer=layer, **arrays)  # type: ignore[arg-type]
+
+
+LAYER_KEYS = ("final_layer_weight", "final_layer_bias")  # how `save` stores the final layer
 
 
 BatchExtras = Callable[[ModelOutput, torch.Tensor], Mapping[str, torch.Tensor]]  # (model output, input) -> extras
@@ -69,6 +92,15 @@ def batches(images: torch.Tensor, normalizer: Normalizer, device: torch.device,
         yield channels_last(x)
 
 
+def final_layer(model: OpenSetNet) -> FinalLayer | None:
+    """The model's head as (weight, bias) when it is one linear layer (not G-ODIN's, say)."""
+    head = model.head
+    if not isinstance(head, torch.nn.Linear):
+        return None
+    bias = head.bias if head.bias is not None else torch.zeros(head.out_features)
+    return head.weight.detach().float().cpu().numpy(), bias.detach().float().cpu().numpy()
+
+
 @torch.no_grad()
 def extract(model: OpenSetNet, images: torch.Tensor, labels: np.ndarray, normalizer: Normalizer,
             device: torch.device, batch_extras: BatchExtras | None = None, batch_size: int = 512) -> Outputs:
@@ -82,4 +114,4 @@ def extract(model: OpenSetNet, images: torch.Tensor, labels: np.ndarray, normali
         for name, value in named.items():
             parts.setdefault(name, []).append(value.detach())
     arrays = {k: torch.cat(v).float().cpu().numpy() for k, v in parts.items()}
-    return Outputs(labels=np.asarray(labels), **arrays)
+    return Outputs(labels=np.asarray(labels), final_layer=final_layer(model), **arrays)

@@ -31,6 +31,7 @@ class ProbeOracle:
     """Fits `estimator` on (z, is_anomaly) of the reference outputs; scores P(anomaly | z)."""
 
     requires: tuple[str, ...] = ("z",)
+    fits_reference = True
 
     def __init__(self, estimator: BaseEstimator):
         self.estimator = estimator

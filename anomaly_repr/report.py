@@ -10,10 +10,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
+from anomaly_repr.features import FEATURE_SCORERS  # noqa: E402
 from anomaly_repr.methods import METHODS, ORACLE_REPRESENTATION, REFERENCE, VARIANT  # noqa: E402
 from anomaly_repr.scorers import CLASSIC_SCORERS, is_oracle  # noqa: E402
+
+TIERS = ("classic", "feature", "method", "oracle")  # the table's column groups, left to right
+
+
+def tier(scorer: str) -> str:
+    """classic (functions of the logits), feature (feature-space detectors fitted on nominal data), method
+    (a method's own scores) or oracle (fitted with anomaly labels: not deployable)."""
+    if is_oracle(scorer):
+        return "oracle"
+    return "classic" if scorer in CLASSIC_SCORERS else "feature" if scorer in FEATURE_SCORERS else "method"
 
 
 def roc_figure(scores: dict[str, np.ndarray], is_anomaly: np.ndarray, aurocs: dict[str, float]) -> Figure:
@@ -52,6 +64,8 @@ def summarise(results: dict[str, list[dict[str, float]]]) -> dict[str, float]:
 
     Gaps are defined by the methods' roles, measured against the reference method (the classifier):
     q1_gap: its oracle_rf AUROC minus its best classic-score AUROC (what z holds that the scores miss);
+    q1_best_deployable: its best non-oracle AUROC, and q1_closed: the fraction of the q1 gap that it closes,
+    (best deployable - best classic) / (oracle_rf - best classic);
     q2_gap: the oracle representation's oracle_rf AUROC minus the reference's (what a network of this
     architecture could hold). For every other method, `test/gain/<method>/oracle_rf` (its oracle minus the
     reference's: does it put more anomaly information into z?) and `test/gain/<method>/best_score` (its
@@ -66,12 +80,17 @@ def summarise(results: dict[str, list[dict[str, float]]]) -> dict[str, float]:
             summary[name] = float(values.mean())
             if len(values) > 1:
                 summary[name + "_std"] = float(values.std(ddof=1))
-    reference = next((m for m in results if METHODS[m].role == REFERENCE), None)
+    reference = reference_method(results)
     if reference is None:
         return summary
     rf = summary[f"test/{reference}/oracle_rf/auroc"]
     classic = max(summary[f"test/{reference}/{s}/auroc"] for s in CLASSIC_SCORERS)
     summary["test/q1_gap"] = rf - classic
+    best = best_deployable(summary, reference)
+    if best is not None:
+        summary["test/q1_best_deployable"] = summary[f"test/{reference}/{best}/auroc"]
+        if rf > classic:
+            summary["test/q1_closed"] = (summary["test/q1_best_deployable"] - classic) / (rf - classic)
     for method in results:
         cls = METHODS[method]
         their_rf = summary.get(f"test/{method}/oracle_rf/auroc")
@@ -89,14 +108,28 @@ def summarise(results: dict[str, list[dict[str, float]]]) -> dict[str, float]:
     return summary
 
 
+def reference_method(results: dict[str, list[dict[str, float]]]) -> str | None:
+    """The study's method in the reference role (the classifier), if it has one."""
+    return next((m for m in results if METHODS[m].role == REFERENCE), None)
+
+
+def best_deployable(summary: dict[str, float], method: str) -> str | None:
+    """The name of `method`'s non-oracle scorer with the highest mean test AUROC in `summary`."""
+    aurocs = {k.split("/")[2]: v for k, v in summary.items()
+              if k.startswith(f"test/{method}/") and k.endswith("/auroc") and k.count("/") == 3}
+    deployable = {name: v for name, v in aurocs.items() if not is_oracle(name)}
+    return max(deployable, key=lambda name: deployable[name]) if deployable else None
+
+
 def _scorer_names(results: dict[str, list[dict[str, float]]]) -> list[str]:
+    """Every scorer with a test AUROC, grouped by tier (classic, feature, method, oracle)."""
     names: list[str] = []
     for repeats in results.values():
         for key in repeats[0] if repeats else []:
             parts = key.split("/")
             if len(parts) == 3 and parts[2] == "auroc" and parts[1] not in names:
                 names.append(parts[1])
-    return names
+    return sorted(names, key=lambda name: TIERS.index(tier(name)))  # stable: registry order within a tier
 
 
 def auroc_table(results: dict[str, list[dict[str, float]]]) -> pd.DataFrame:
@@ -135,13 +168,15 @@ def auroc_bar_chart(results: dict[str, list[dict[str, float]]], title: str) -> F
                 means.append(values.mean())
                 stds.append(values.std(ddof=1) if len(values) > 1 else 0.0)
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels)), 4))
-    colors = ["tab:orange" if "oracle" in label else "tab:blue" for label in labels]
+    palette = {"classic": "tab:blue", "feature": "tab:green", "method": "tab:purple", "oracle": "tab:orange"}
+    colors = [palette[tier(label.split("\n")[1])] for label in labels]
     ax.bar(range(len(labels)), means, yerr=stds, color=colors, capsize=3)
     for i, m in enumerate(means):
         ax.text(i, m + 0.01, f"{m:.3f}", ha="center", fontsize=7)
     ax.axhline(0.5, color="grey", linestyle=":", linewidth=1, label="chance")  # scores below it are drawn too
     ax.set_xticks(range(len(labels)), labels, fontsize=7)
     ax.set(ylim=(0, 1.05), ylabel="test AUROC", title=title)
-    ax.legend(loc="lower right", fontsize=7)
+    handles = [Patch(color=palette[t], label=t) for t in TIERS if palette[t] in colors]
+    ax.legend(handles=[*handles, *ax.get_legend_handles_labels()[0]], loc="lower right", fontsize=7)
     fig.tight_layout()
     return fig

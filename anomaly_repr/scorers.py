@@ -2,9 +2,10 @@
 
 Simple scores are plain functions of the logits. The registry holds estimators (scikit-learn style:
 the constructor stores parameters, `fit` returns self, learned state ends in `_`, scoring before
-fitting raises `NotFittedError`), so that scorers which learn from the validation outputs (the oracles
-in `oracles.py`) sit beside the plain ones; `FunctionScorer` adapts a plain function. Every scorer reads
-cached `Outputs`: eight scorers cost one forward pass.
+fitting raises `NotFittedError`), so that scorers which learn sit beside the plain ones: the feature-space
+detectors (`features.py`) learn from nominal outputs only and stay deployable; the oracles (`oracles.py`)
+learn from validation outputs labelled nominal/anomaly and are upper references. `FunctionScorer` adapts
+a plain function. Every scorer reads cached `Outputs`: a dozen scorers cost one forward pass.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def energy(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
 
 class Scorer(Protocol):
     requires: tuple[str, ...]  # the Outputs fields it reads; a scorer applies where they are present
+    fits_reference: bool  # does `fit` learn anything from its reference outputs?
 
     def fit(self, reference: Outputs) -> Scorer: ...
 
@@ -63,6 +65,8 @@ def applies(scorer: Scorer, outputs: Outputs) -> bool:
 
 class FunctionScorer:
     """A fixed function of the outputs as an estimator: nothing to learn."""
+
+    fits_reference = False
 
     def __init__(self, fn: Callable[[Outputs], np.ndarray], requires: tuple[str, ...] = ("logits",)):
         self.fn = fn
@@ -105,4 +109,4 @@ def is_oracle(name: str) -> bool:
 
 # The oracles and each method's own scorers register themselves on import; importing them here makes
 # every registry user see them.
-from anomaly_repr import methods, oracles  # noqa: E402, F401
+from anomaly_repr import features, methods, oracles  # noqa: E402, F401

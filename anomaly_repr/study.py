@@ -21,7 +21,14 @@ import mlflow
 from anomaly_repr.config import DEFAULT_METHODS, ExperimentConfig
 from anomaly_repr.errors import ConfigError
 from anomaly_repr.methods import METHODS, child_config
-from anomaly_repr.report import auroc_bar_chart, auroc_table, summarise, to_markdown
+from anomaly_repr.report import (
+    auroc_bar_chart,
+    auroc_table,
+    best_deployable,
+    reference_method,
+    summarise,
+    to_markdown,
+)
 from anomaly_repr.runs import evaluate_logged, train_logged
 from anomaly_repr.tracking import git_commit, log_figures, log_new_params, log_provenance, setup_tracking
 from anomaly_repr.workflow import prepare
@@ -75,6 +82,10 @@ def run_reproduce(study: Study) -> str:
                         results[name].append(evaluate_logged(child, fitted.model, fitted.normalizer))
         summary = summarise(results)
         mlflow.log_metrics(summary)
+        reference = reference_method(results)
+        best = best_deployable(summary, reference) if reference else None
+        if best:
+            mlflow.set_tag("q1_best_deployable", best)
         table = auroc_table(results)
         mlflow.log_text(table.to_csv(), "results/auroc_table.csv")
         mlflow.log_text(to_markdown(table), "results/auroc_table.md")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,7 +144,9 @@ def fit(prep: Prepared, checkpoint: Path, resume: bool = False, on_epoch: EpochH
 def extract_parts(prep: Prepared, model: OpenSetNet, normalizer: Normalizer,
                   parts: dict[str, np.ndarray]) -> tuple[dict[str, Outputs], Calibration]:
     """Outputs of `model` on each named index set, once each, with its method's extras; a method that
-    calibrates (G-ODIN's ε) does so on nominal validation images only, before its extra passes."""
+    calibrates (G-ODIN's ε) does so on nominal validation images only, before its extra passes. The
+    `train` part (the nominal reference of the feature scorers) gets no extra passes: no scorer of a
+    method's own extras learns from a reference."""
     method, device = method_for(prep.cfg), pick_device(prep.cfg.device)
     model.to(device).to(memory_format=torch.channels_last)
     outputs = {part: extract(model, prep.images(index), prep.open_labels[index], normalizer, device,
@@ -151,8 +154,17 @@ def extract_parts(prep: Prepared, model: OpenSetNet, normalizer: Normalizer,
     nominal_val = prep.split.nominal(prep.split.val, prep.data.labels)
     calibration = method.calibrate(model, prep.images(nominal_val), normalizer, device)
     extras = {part: method.extra_passes(model, prep.images(parts[part]), normalizer, device, calibration)
-              for part in parts}
-    return {part: out.with_extras(**extras[part]) for part, out in outputs.items()}, calibration
+              for part in parts if part != "train"}
+    return {part: out.with_extras(**extras.get(part, {})) for part, out in outputs.items()}, calibration
+
+
+def nominal_reference(prep: Prepared, outputs: dict[str, Outputs]) -> Outputs:
+    """What deployable scorers learn from (`scorer_reference`): the outputs of the nominal training images,
+    or the nominal rows of the validation outputs. Never an anomaly."""
+    if prep.cfg.scorer_reference == "train":
+        return outputs["train"]
+    val = outputs["val"]
+    return val.rows(~val.is_anomaly)
 
 
 @dataclass
@@ -169,24 +181,35 @@ class Evaluation:
 
 def evaluate(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, val_index: np.ndarray | None = None,
              test_index: np.ndarray | None = None) -> Evaluation:
-    """Extract outputs once per split, fit every applicable scorer on validation, score the test split.
+    """Extract outputs once per split, fit every applicable scorer, score the test split.
 
-    `val_index` and `test_index` default to the split's validation and test parts (tuning's class-holdout
-    protocol narrows them). A method whose logits cover the anomaly classes (the oracle representation)
-    gets the oracles only: its logit scores mean nothing.
+    Deployable scorers fit on the nominal reference (`nominal_reference`: the nominal training images by
+    default), the oracles on the validation outputs with their anomaly labels. `val_index` and
+    `test_index` default to the split's validation and test parts (tuning's class-holdout protocol
+    narrows them). A method whose logits cover the anomaly classes (the oracle representation) gets the
+    oracles only: its logit and feature scores mean nothing.
     """
     method = method_for(prep.cfg)
     parts = {"val": prep.split.val if val_index is None else val_index,
              "test": prep.split.test if test_index is None else test_index}
+    if method.scores_logits:
+        parts["train"] = prep.split.nominal(prep.split.train, prep.data.labels)
     outputs, calibration = extract_parts(prep, model, normalizer, parts)
     test = outputs["test"]
     metrics = {"test/acc": closed_set_accuracy(test.logits, test.labels)} if method.scores_logits else {}
+    nominal = nominal_reference(prep, outputs) if method.scores_logits else None
     scores = {}
     for name in SCORERS:
         scorer = make_scorer(name, prep.cfg)
         if applies(scorer, test) and (method.scores_logits or is_oracle(name)):
-            scores[name] = scorer.fit(outputs["val"]).score(test)
+            reference = outputs["val"] if is_oracle(name) or nominal is None else nominal
+            began = time.perf_counter()
+            scorer.fit(reference)
+            fitted = time.perf_counter()
+            scores[name] = scorer.score(test)
             metrics.update({f"test/{name}/{k}": v for k, v in anomaly_metrics(scores[name], test.is_anomaly).items()})
+            metrics.update({f"test/{name}/fit_seconds": fitted - began,
+                            f"test/{name}/score_seconds": time.perf_counter() - fitted})
     aurocs = {name: metrics[f"test/{name}/auroc"] for name in scores}
     log.info("%s test AUROC: %s", method.name, "  ".join(f"{k} {v:.4f}" for k, v in aurocs.items()))
     figures = {"figures/roc.png": roc_figure(scores, test.is_anomaly, aurocs),

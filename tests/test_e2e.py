@@ -53,12 +53,24 @@ def test_main_is_a_study_with_a_child_per_model(study):
     assert m["test/q1_gap"] == pytest.approx(m["test/classifier/oracle_rf/auroc"] - best_classic)
     rf = m["test/classifier/oracle_rf/auroc"]
     assert m["test/q2_gap"] == pytest.approx(m["test/oracle_rep/oracle_rf/auroc"] - rf)
+    # Q1 with today's detectors: every feature scorer on the classifier, the best deployable, the gap closed.
+    feature = ("knn", "mahalanobis", "rmds", "vim", "fdbd", "react", "gen")
+    assert all(f"test/classifier/{s}/auroc" in m and f"test/hybrid/{s}/auroc" in m for s in feature)
+    best = parent.data.tags["q1_best_deployable"]
+    assert m["test/q1_best_deployable"] == m[f"test/classifier/{best}/auroc"] >= best_classic
+    assert m["test/q1_best_deployable"] == max(v for k, v in m.items() if k.startswith("test/classifier/")
+                                               and k.endswith("/auroc") and "oracle" not in k)
+    if rf > best_classic:
+        assert m["test/q1_closed"] == pytest.approx((m["test/q1_best_deployable"] - best_classic) / (rf - best_classic))
     run_id = parent.info.run_id
     listed = {a.path for folder in ("", "results", "figures") for a in client.list_artifacts(run_id, folder)}
     assert {"results/auroc_table.csv", "results/auroc_table.md", "figures/auroc_by_method.png"} <= listed
     table = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/results/auroc_table.md")
     assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == [
         "classifier", "hybrid", "godin", "oracle_rep"]
+    columns = [c.strip() for c in table.splitlines()[0].split("|")[2:-1]]  # classic, feature, own, oracle
+    assert columns[:4] == ["msp", "entropy", "max_logit", "energy"] and columns[4:11] == list(feature)
+    assert columns[-3:] == ["oracle_rf", "oracle_linear", "oracle_knn"]
 
 
 def test_main_logs_metrics_params_and_tags(main_run):
@@ -84,7 +96,8 @@ def test_main_logs_artifacts(main_run, tmp_path):
     run_id = run.info.run_id
     listed = {a.path for folder in ("", "model", "outputs", "figures", "split", "environment")
               for a in client.list_artifacts(run_id, folder)}
-    assert {"config.json", "split/manifest.json", "outputs/val.npz", "outputs/test.npz", "figures/roc.png",
+    assert {"config.json", "split/manifest.json", "outputs/train.npz", "outputs/val.npz", "outputs/test.npz",
+            "figures/roc.png",
             "figures/score_histograms.png", "model/weights.pt", "environment/versions.json"} <= listed
     manifest = mlflow.artifacts.load_dict(f"runs:/{run_id}/split/manifest.json")
     assert manifest["hash"] == run.data.tags["split_hash"]

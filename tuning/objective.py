@@ -28,7 +28,7 @@ from anomaly_repr.runs import train_logged
 from anomaly_repr.scorers import make_scorer
 from anomaly_repr.split import OpenSetSplit
 from anomaly_repr.tracking import log_new_params, log_provenance, run_url
-from anomaly_repr.workflow import Prepared, checkpoint_path, extract_parts
+from anomaly_repr.workflow import Prepared, checkpoint_path, extract_parts, nominal_reference
 from tuning.config import TuneConfig
 from tuning.space import method_of, suggest
 
@@ -73,10 +73,15 @@ class ProtocolView:
 
 def validation_auroc(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, scorer_name: str,
                      val_index: np.ndarray) -> float:
-    """AUROC of `scorer_name` on the protocol's validation images (none of its scorers learns from labels)."""
-    outputs = extract_parts(prep, model, normalizer, {"val": val_index})[0]["val"]
-    scores = make_scorer(scorer_name, prep.cfg).fit(outputs).score(outputs)
-    return anomaly_metrics(scores, outputs.is_anomaly)["auroc"]
+    """AUROC of `scorer_name` on the protocol's validation images. The objective's scorers are deployable:
+    one that learns does so from the nominal reference (`nominal_reference`), never from an anomaly."""
+    scorer = make_scorer(scorer_name, prep.cfg)
+    parts = {"val": val_index}
+    if scorer.fits_reference and prep.cfg.scorer_reference == "train":
+        parts["train"] = prep.split.nominal(prep.split.train, prep.data.labels)
+    outputs = extract_parts(prep, model, normalizer, parts)[0]
+    scores = scorer.fit(nominal_reference(prep, outputs)).score(outputs["val"])
+    return anomaly_metrics(scores, outputs["val"].is_anomaly)["auroc"]
 
 
 class Objective:
