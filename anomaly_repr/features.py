@@ -138,7 +138,7 @@ class ViM(NominalScorer):
     alpha = mean max logit / mean residual norm on the reference, is a virtual logit; the score is that
     virtual logit minus the energy of [logits, virtual logit], i.e. -log softmax of the virtual class."""
 
-    requires = ("z", "logits", "final_layer")
+    requires: tuple[str, ...] = ("z", "logits", "final_layer")
 
     def __init__(self, dim: int = 0):
         self.dim = dim  # 0: `vim_dim` of the feature width
@@ -168,7 +168,7 @@ class FDBD(NominalScorer):
     |logit_c - logit_max| / ||w_c - w_max||, divided by z's distance to the mean nominal feature; a small
     value (close to a boundary, far from the data) means anomalous, so the score is its negative."""
 
-    requires = ("z", "logits", "final_layer")
+    requires: tuple[str, ...] = ("z", "logits", "final_layer")
 
     def _learn(self, reference: Outputs) -> None:
         weight, _ = reference.final_layer
@@ -190,7 +190,7 @@ class ReAct(NominalScorer):
     `percentile` of the nominal reference's activations (OpenOOD: 90), recompute the logits with the final
     layer, score by energy (negative log-sum-exp)."""
 
-    requires = ("z", "final_layer")
+    requires: tuple[str, ...] = ("z", "final_layer")
 
     def __init__(self, percentile: float = 90.0):
         self.percentile = percentile

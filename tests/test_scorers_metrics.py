@@ -6,7 +6,17 @@ from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import DataError
 from anomaly_repr.extract import Outputs
 from anomaly_repr.metrics import anomaly_metrics, closed_set_accuracy, fpr_at_tpr
-from anomaly_repr.scorers import CLASSIC_SCORERS, SCORERS, applies, energy, entropy, make_scorer, max_logit, msp
+from anomaly_repr.scorers import (
+    CLASSIC_SCORERS,
+    SCORERS,
+    applies,
+    energy,
+    entropy,
+    is_oracle,
+    make_scorer,
+    max_logit,
+    msp,
+)
 
 
 def test_perfectly_separated_scores_give_auroc_one_and_reversed_zero():
@@ -51,12 +61,14 @@ def test_every_registered_scorer_is_an_estimator(name):
     rng = np.random.default_rng(0)
     out = Outputs(z=rng.normal(size=(40, 4)).astype(np.float32), logits=rng.normal(size=(40, 3)).astype(np.float32),
                   labels=np.array([0, 1, 2, -1] * 10), recon_error=rng.random(40), godin_h=rng.normal(size=(40, 3)),
-                  godin_g=rng.random(40) + 0.1, godin_h_perturbed=rng.normal(size=40))
-    scorer = make_scorer(name, ExperimentConfig(oracle_trees=10, oracle_neighbors=3))
+                  godin_g=rng.random(40) + 0.1, godin_h_perturbed=rng.normal(size=40),
+                  final_layer=(rng.normal(size=(3, 4)).astype(np.float32), np.zeros(3, dtype=np.float32)))
+    scorer = make_scorer(name, ExperimentConfig(oracle_trees=10, oracle_neighbors=3, knn_k=5))
+    reference = out if is_oracle(name) else out.rows(~out.is_anomaly)  # only oracles learn from anomalies
     assert not [k for k in vars(scorer) if k.endswith("_")]  # the constructor stores parameters only
     with pytest.raises(NotFittedError, match="fit"):
         scorer.score(out)
-    assert scorer.fit(out) is scorer
+    assert scorer.fit(reference) is scorer
     scores = scorer.score(out)
     assert scores.shape == (40,) and np.isfinite(scores).all()
     assert set(CLASSIC_SCORERS) <= set(SCORERS)
