@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from anomaly_repr.config import ExperimentConfig
-from anomaly_repr.errors import DataError
+from anomaly_repr.errors import ConfigError, DataError
 from anomaly_repr.extract import Outputs
 from anomaly_repr.features import (
     FDBD,
@@ -222,3 +222,17 @@ def test_godin_gets_the_feature_scorers_that_need_no_linear_head(trained):
     metrics = evaluate(prep, fitted.model, fitted.normalizer).metrics
     assert {"test/knn/auroc", "test/mahalanobis/auroc", "test/rmds/auroc", "test/gen/auroc"} <= set(metrics)
     assert not {"test/vim/auroc", "test/fdbd/auroc", "test/react/auroc"} & set(metrics)
+
+
+def test_a_feature_scorer_can_be_the_tuning_objective(trained, monkeypatch):
+    import tuning.objective as objective
+    from tuning.space import check_scorers
+
+    check_scorers("recon_weight", ["knn", "vim"])  # deployable, so allowed as objectives
+    with pytest.raises(ConfigError, match="vim"):
+        check_scorers("godin", ["vim"])  # G-ODIN's head is not one linear layer
+    real = objective.make_scorer
+    monkeypatch.setattr(objective, "make_scorer", lambda name, cfg: Spy(real(name, cfg)))
+    prep, fitted = trained["classifier"]
+    value = objective.validation_auroc(prep, fitted.model, fitted.normalizer, "knn", prep.split.val)
+    assert 0 <= value <= 1

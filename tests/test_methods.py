@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 import anomaly_repr
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import ConfigError
+from anomaly_repr.extract import final_layer
 from anomaly_repr.methods import METHODS, Method, child_config, method_for, register_method
 from anomaly_repr.models import ModelOutput
 from anomaly_repr.pipeline import Normalizer
@@ -51,6 +52,7 @@ def test_every_method_builds_trains_and_names_its_extras(name):
     extras = method.batch_extras(out, x)
     assert set(extras) <= method.extra_outputs and all(len(v) == 8 for v in extras.values())
     assert method.role in ("reference", "oracle_representation", "variant")
+    assert (final_layer(model) is not None) == method.linear_head  # what vim, fdbd and react need
 
 
 def test_roles_of_the_talks_methods():

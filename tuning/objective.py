@@ -80,8 +80,10 @@ def validation_auroc(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, 
     if scorer.fits_reference and prep.cfg.scorer_reference == "train":
         parts["train"] = prep.split.nominal(prep.split.train, prep.data.labels)
     outputs = extract_parts(prep, model, normalizer, parts)[0]
-    scores = scorer.fit(nominal_reference(prep, outputs)).score(outputs["val"])
-    return anomaly_metrics(scores, outputs["val"].is_anomaly)["auroc"]
+    val = outputs["val"]
+    reference = nominal_reference(prep, outputs) if scorer.fits_reference else val.rows(~val.is_anomaly)
+    scores = scorer.fit(reference).score(val)
+    return anomaly_metrics(scores, val.is_anomaly)["auroc"]
 
 
 class Objective:

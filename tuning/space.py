@@ -42,7 +42,8 @@ def default_scorer(target: str) -> str:
 
 
 def check_scorers(target: str, names: list[str]) -> None:
-    outputs = set(CORE) | METHODS[target_method(target)].extra_outputs
+    method = METHODS[target_method(target)]
+    outputs = set(CORE) | method.extra_outputs | ({"final_layer"} if method.linear_head else set())
     for name in names:
         if name not in SCORERS:
             raise ConfigError(f"unknown scorer {name!r}; choose one of {', '.join(sorted(SCORERS))}")

@@ -54,6 +54,7 @@ class Method:
     all_classes: ClassVar[bool] = False  # train on every class of the split (anomalies included)?
     scores_logits: ClassVar[bool] = True  # do scores of the logits mean anything (not for all-class models)?
     extra_outputs: ClassVar[frozenset[str]] = frozenset()  # the Outputs extras its extraction adds
+    linear_head: ClassVar[bool] = True  # is the model's head one linear layer (Outputs.final_layer)?
     # Config fields whose non-default values select this method when `method` is not given.
     selectors: ClassVar[tuple[str, ...]] = ()
     # Tuning: the scorer of the objective by default; None = nothing to search.

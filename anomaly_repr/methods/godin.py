@@ -100,6 +100,7 @@ def select_epsilon(model: OpenSetNet, nominal_images: torch.Tensor, normalizer: 
 @register_method("godin")
 class Godin(Method):
     extra_outputs = frozenset({"godin_h", "godin_g", "godin_h_perturbed"})
+    linear_head = False  # logits = h(z) / g(z)
     selectors = ("head",)
     tune_scorer = "godin"
 
