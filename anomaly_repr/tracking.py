@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -34,12 +35,15 @@ from anomaly_repr.pipeline import Normalizer
 from anomaly_repr.split import OpenSetSplit
 from anomaly_repr.workflow import Evaluation, Prepared
 
+log = logging.getLogger(__name__)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # a local SQLite store in the working directory
 DEFAULT_EXPERIMENT = "anomaly-repr"
 SERVER_WAIT_SECONDS = 10  # how long to wait for an HTTP tracking server before giving up
-# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, evaluation runs); with it,
-# a user's first click lands on the training runs.
+# The experiment's kind, as MLflow 3 records it: custom model development (training runs), not GenAI.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+# MLflow 3.17's UI still opens an experiment in its GenAI view (traces) unless the link asks for the model
+# training view (seen in a browser: the tag alone does not switch it); the links the project gives ask.
+TRAINING_VIEW = "workflowType=machine_learning"
 CONTEXTS = {"train": "training", "val": "validation", "test": "test"}  # split part -> MLflow dataset context
 
 
@@ -65,6 +69,8 @@ def setup_tracking() -> str:
     client = mlflow.MlflowClient()
     if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:  # a user's own choice stays
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    if ui := experiment_url(experiment_id):
+        log.info("MLflow UI, this experiment's training runs: %s", ui)
     return uri
 
 
@@ -96,12 +102,19 @@ def _check_access() -> None:
         raise
 
 
-def run_url(experiment_id: str, run_id: str) -> str:
-    """The run's page in the MLflow UI of an HTTP tracking server ('' for local stores, which have no UI address)."""
+def experiment_url(experiment_id: str) -> str:
+    """The experiment's training-runs table in the MLflow UI of an HTTP tracking server ('' for local stores,
+    which have no UI address)."""
     uri = mlflow.get_tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return ""
-    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
+
+
+def run_url(experiment_id: str, run_id: str) -> str:
+    """The run's page in the MLflow UI's model-training view ('' for local stores)."""
+    base = experiment_url(experiment_id)
+    return base.replace(f"/runs?{TRAINING_VIEW}", f"/runs/{run_id}?{TRAINING_VIEW}") if base else ""
 
 
 def git_commit() -> str:

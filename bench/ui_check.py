@@ -28,6 +28,8 @@ import mlflow
 import requests
 from playwright.sync_api import Page, expect, sync_playwright
 
+from anomaly_repr.tracking import TRAINING_VIEW
+
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 TIMEOUT_MS = 60_000
 
@@ -53,10 +55,20 @@ def start_ui(store: str, port: int, workdir: Path) -> subprocess.Popen:
     raise SystemExit(f"mlflow ui did not start: {(workdir / 'ui.log').read_text()[-2000:]}")
 
 
+def dismiss_guidance(page: Page) -> None:
+    """Close MLflow's first-visit popovers ("Got it"), which would cover the table."""
+    for name in ("Got it", "Close guidance"):
+        button = page.get_by_role("button", name=name)
+        if button.count():
+            button.first.click()
+
+
 def check_runs_table(page: Page, base: str, experiment_id: str, children: list[str]) -> None:
-    page.goto(f"{base}/#/experiments/{experiment_id}")
-    # The experiment opens on its training runs (not the GenAI traces view): the parent is listed.
+    # The link the project logs for an HTTP tracking server (tracking.experiment_url).
+    page.goto(f"{base}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}")
     expect(page.get_by_text("reproduce", exact=True).first).to_be_visible(timeout=TIMEOUT_MS)
+    dismiss_guidance(page)
+    assert "workflowType=machine_learning" in page.url and "/runs" in page.url, page.url
     expand = page.get_by_role("button", name="Expand")  # the parent's +, listing its children
     if expand.count():
         expand.first.click()
@@ -68,8 +80,9 @@ def check_runs_table(page: Page, base: str, experiment_id: str, children: list[s
 
 def check_compare_view(page: Page, base: str, experiment_id: str, run_ids: list[str]) -> None:
     ids = ",".join(f'"{r}"' for r in run_ids)
-    page.goto(f'{base}/#/compare-runs?runs=[{ids}]&experiments=["{experiment_id}"]')
+    page.goto(f'{base}/#/compare-runs?runs=[{ids}]&experiments=["{experiment_id}"]&{TRAINING_VIEW}')
     expect(page.get_by_text("test/max_logit/auroc").first).to_be_visible(timeout=TIMEOUT_MS)
+    dismiss_guidance(page)
     page.screenshot(path=str(DOCS / "mlflow-compare.png"), full_page=True)
 
 

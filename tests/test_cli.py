@@ -176,3 +176,14 @@ def test_resume_after_kill_9_reaches_the_uninterrupted_result(tracking, tmp_path
     assert accuracies(run_id) == accuracies(reference)  # every epoch, bit for bit
     assert run.data.metrics["val/best_acc"] == client.get_run(reference).data.metrics["val/best_acc"]
     assert not checkpoint.exists()
+
+
+def test_ui_links_open_the_model_training_view(monkeypatch):
+    from anomaly_repr import tracking
+
+    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: "http://127.0.0.1:5000/")
+    view = "workflowType=machine_learning"  # MLflow 3.17's UI opens the GenAI view without it
+    assert tracking.experiment_url("3") == f"http://127.0.0.1:5000/#/experiments/3/runs?{view}"
+    assert tracking.run_url("3", "abc") == f"http://127.0.0.1:5000/#/experiments/3/runs/abc?{view}"
+    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: "sqlite:///mlflow.db")
+    assert tracking.experiment_url("3") == tracking.run_url("3", "abc") == ""

@@ -101,7 +101,7 @@ def test_optuna_dashboard_reads_the_study(lambda_study, tmp_path):
         assert detail["objective_names"] == ["val max_logit AUROC"]  # not "Objective 0"
         for trial in detail["trials"]:
             attrs = {a["key"]: a["value"] for a in trial["user_attrs"]}
-            assert attrs["mlflow_run_url"].endswith(f"/runs/{attrs['mlflow_run_id']}")
+            assert attrs["mlflow_run_url"].endswith(f"/runs/{attrs['mlflow_run_id']}?workflowType=machine_learning")
             assert requests.get(attrs["mlflow_run_url"].split("#")[0], timeout=10).ok  # the MLflow UI answers
     finally:
         stop_process(proc)
