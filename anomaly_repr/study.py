@@ -90,6 +90,6 @@ def run_reproduce(study: Study) -> str:
         mlflow.log_text(table.to_csv(), "results/auroc_table.csv")
         mlflow.log_text(to_markdown(table), "results/auroc_table.md")
         log_figures({"figures/auroc_by_method.png": auroc_bar_chart(results, title=f"{study.base.dataset} AUROC")})
-        log.info("gaps: %s\n%s", "  ".join(f"{k} {v:+.4f}" for k, v in summary.items()
-                                           if k.endswith("_gap") or k.startswith("test/gain/")), to_markdown(table))
+        gaps = {k: v for k, v in summary.items() if k.endswith("_gap") or k.startswith(("test/gain/", "test/q1_"))}
+        log.info("gaps: %s\n%s", "  ".join(f"{k} {v:+.4f}" for k, v in gaps.items()), to_markdown(table))
         return parent.info.run_id
