@@ -136,7 +136,7 @@ class ViM(NominalScorer):
     """Wang et al. 2022, "ViM: out-of-distribution with virtual-logit matching": the norm of z's residual
     off the principal subspace of the nominal features (about the origin u = -pinv(W) b), scaled by
     alpha = mean max logit / mean residual norm on the reference, is a virtual logit; the score is that
-    virtual logit minus the energy of [logits, virtual logit], i.e. -log softmax of the virtual class."""
+    virtual logit minus logsumexp of the real logits (OpenOOD's ViM score, negated)."""
 
     requires: tuple[str, ...] = ("z", "logits", "final_layer")
 
@@ -174,7 +174,8 @@ class FDBD(NominalScorer):
         weight, _ = reference.final_layer
         self.mean_ = reference.z.astype(np.float64).mean(axis=0)
         w = weight.astype(np.float64)
-        self.gaps_ = np.linalg.norm(w[:, None, :] - w[None, :, :], axis=2)  # (K, K) ||w_i - w_j||
+        norms = (w * w).sum(axis=1)  # ||w_i - w_j||^2 = |w_i|^2 + |w_j|^2 - 2 w_i.w_j: no (K, K, D) tensor
+        self.gaps_ = np.sqrt(np.clip(norms[:, None] + norms[None, :] - 2.0 * w @ w.T, 0.0, None))
         np.fill_diagonal(self.gaps_, 1.0)  # the predicted class's own term is 0 / 1
 
     def _score(self, outputs: Outputs) -> np.ndarray:

@@ -26,7 +26,17 @@ from anomaly_repr.tracking import (
     log_weights,
     setup_tracking,
 )
-from anomaly_repr.workflow import EpochHook, Fitted, Prepared, checkpoint_path, evaluate, fit, new_model, prepare
+from anomaly_repr.workflow import (
+    EpochHook,
+    Fitted,
+    Prepared,
+    checkpoint_path,
+    evaluate,
+    evaluated_parts,
+    fit,
+    new_model,
+    prepare,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +97,7 @@ def run_evaluate(train_run_id: str) -> str:
         raise AnomalyReprError(f"the data no longer match train run {train_run_id}: split hash "
                                f"{prep.split.hash} != {stored_split.hash}")
     with mlflow.start_run() as run:
-        log_provenance(prep, stage="evaluate", parts=("val", "test"))
+        log_provenance(prep, stage="evaluate", parts=evaluated_parts(prep))
         mlflow.set_tag("train_run_id", train_run_id)
         evaluate_logged(prep, model, normalizer)
         return run.info.run_id

@@ -112,18 +112,20 @@ def load_cifar100(cfg: ExperimentConfig) -> ImageData:
 # What counts as an image, by extension (any case), as torchvision's ImageFolder has it; other files are skipped.
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 SHOWN = 10  # unreadable files named in an error message
-UNREADABLE = (UnidentifiedImageError, OSError, ValueError)  # what PIL raises on a file it cannot decode
+# What PIL raises on a file it cannot decode (a decompression bomb is an image too large to trust).
+UNREADABLE = (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError)
 
 
 @register_source("imagefolder")
 def load_imagefolder(cfg: ExperimentConfig) -> ImageData:
     """A class-folder tree: root/<class>/*.jpg, or root/{train,test}/<class>/*.jpg (both parts pooled).
 
-    Hidden files and folders are ignored and files without an image extension are skipped (listed in
-    `ImageData.skipped`). Every image is decoded once here, in parallel, so that all unreadable ones are
-    found in one pass: `bad_images=error` names them in one error, `skip` leaves them out (`ImageData.left_out`).
-    The pixels checked are dropped; `read` decodes again only the images asked for. Images are converted
-    to RGB and resized to image_size x image_size.
+    Hidden class folders and hidden files are ignored (files in hidden sub-folders of a class are read, as
+    they always were, so the split hash of an existing folder stays the same); files without an image
+    extension are skipped (listed in `ImageData.skipped`). Every image is decoded once here, in parallel,
+    so that all unreadable ones are found in one pass: `bad_images=error` names them in one error, `skip`
+    leaves them out (`ImageData.left_out`). The pixels checked are dropped; `read` decodes again only the
+    images asked for. Images are converted to RGB and resized to image_size x image_size.
     """
     if not cfg.data_root:
         raise DataError("dataset imagefolder needs data_root, the folder that holds one sub-folder per class")
@@ -154,7 +156,7 @@ def load_imagefolder(cfg: ExperimentConfig) -> ImageData:
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
     def relative(found: list[Path]) -> tuple[str, ...]:
-        return tuple(str(p.relative_to(root)) for p in found)
+        return tuple(p.relative_to(root).as_posix() for p in found)  # the same in the manifest on every OS
 
     return ImageData(labels, classes, hflip=True, shape=(3, size, size), reader=read,
                      skipped=relative(skipped), left_out=relative(sorted(bad)), origin=str(root.resolve()))

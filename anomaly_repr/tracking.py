@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import matplotlib.pyplot as plt
 import mlflow
@@ -108,7 +109,9 @@ def experiment_url(experiment_id: str) -> str:
     uri = mlflow.get_tracking_uri()
     if not uri.startswith(("http://", "https://")):
         return ""
-    return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
+    parts = urlsplit(uri)  # a user:password@ in the tracking URI stays out of logs and trial attributes
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return f"{parts.scheme}://{host}{parts.path.rstrip('/')}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
 
 
 def run_url(experiment_id: str, run_id: str) -> str:
@@ -183,7 +186,7 @@ def log_dataset_inputs(prep: Prepared, parts: Sequence[str]) -> None:
     (name, digest) of a run, so a second context of the same dataset would be dropped.
     """
     cfg = prep.cfg
-    base = Path(cfg.data_root).expanduser().name if cfg.dataset == "imagefolder" else cfg.dataset
+    base = Path(prep.data.origin).name if cfg.dataset == "imagefolder" else cfg.dataset  # resolved: never "."
     with warnings.catch_warnings():
         # MLflow registers its local-file source twice and then warns that a path "can be interpreted in multiple
         # ways: LocalArtifactDatasetSource, LocalArtifactDatasetSource": the same class, nothing to choose.

@@ -158,6 +158,11 @@ def extract_parts(prep: Prepared, model: OpenSetNet, normalizer: Normalizer,
     return {part: out.with_extras(**extras.get(part, {})) for part, out in outputs.items()}, calibration
 
 
+def evaluated_parts(prep: Prepared) -> tuple[str, ...]:
+    """The split parts `evaluate` reads: the nominal training images too where feature scorers learn."""
+    return ("train", "val", "test") if method_for(prep.cfg).scores_logits else ("val", "test")
+
+
 def nominal_reference(prep: Prepared, outputs: dict[str, Outputs]) -> Outputs:
     """What deployable scorers learn from (`scorer_reference`): the outputs of the nominal training images,
     or the nominal rows of the validation outputs. Never an anomaly."""

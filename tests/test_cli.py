@@ -89,7 +89,8 @@ def test_a_messy_folder_trains_with_bad_images_skipped_and_evaluates(tracking, c
     assert evaluate.returncode == 0, evaluate.stderr
     run = client.get_run(evaluate.stdout.strip().splitlines()[-1])
     assert run.info.status == "FINISHED" and run.data.tags["split_hash"] == split_hash
-    assert {i.tags[0].value for i in run.inputs.dataset_inputs} == {"validation", "test"}
+    # evaluate fits the feature scorers on the nominal training images: it reads all three parts
+    assert {i.tags[0].value for i in run.inputs.dataset_inputs} == {"training", "validation", "test"}
 
 
 def test_evaluate_of_an_unknown_run(tracking, capsys):
@@ -185,5 +186,7 @@ def test_ui_links_open_the_model_training_view(monkeypatch):
     view = "workflowType=machine_learning"  # MLflow 3.17's UI opens the GenAI view without it
     assert tracking.experiment_url("3") == f"http://127.0.0.1:5000/#/experiments/3/runs?{view}"
     assert tracking.run_url("3", "abc") == f"http://127.0.0.1:5000/#/experiments/3/runs/abc?{view}"
+    monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: "https://ann:secret@mlflow.example/base/")
+    assert tracking.experiment_url("3") == f"https://mlflow.example/base/#/experiments/3/runs?{view}"
     monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: "sqlite:///mlflow.db")
     assert tracking.experiment_url("3") == tracking.run_url("3", "abc") == ""

@@ -28,7 +28,7 @@ from anomaly_repr.runs import train_logged
 from anomaly_repr.scorers import make_scorer
 from anomaly_repr.split import OpenSetSplit
 from anomaly_repr.tracking import log_new_params, log_provenance, run_url
-from anomaly_repr.workflow import Prepared, checkpoint_path, extract_parts, nominal_reference
+from anomaly_repr.workflow import Prepared, checkpoint_path, extract_parts
 from tuning.config import TuneConfig
 from tuning.space import method_of, suggest
 
@@ -74,14 +74,16 @@ class ProtocolView:
 def validation_auroc(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, scorer_name: str,
                      val_index: np.ndarray) -> float:
     """AUROC of `scorer_name` on the protocol's validation images. The objective's scorers are deployable:
-    one that learns does so from the nominal reference (`nominal_reference`), never from an anomaly."""
+    one that learns does so from the nominal training images, whatever `scorer_reference` says, because
+    fitted on the nominal validation images it would score the very rows it learnt (a k-NN finds each
+    one at distance 0) and flatter the objective."""
     scorer = make_scorer(scorer_name, prep.cfg)
     parts = {"val": val_index}
-    if scorer.fits_reference and prep.cfg.scorer_reference == "train":
+    if scorer.fits_reference:
         parts["train"] = prep.split.nominal(prep.split.train, prep.data.labels)
     outputs = extract_parts(prep, model, normalizer, parts)[0]
     val = outputs["val"]
-    reference = nominal_reference(prep, outputs) if scorer.fits_reference else val.rows(~val.is_anomaly)
+    reference = outputs["train"] if scorer.fits_reference else val.rows(~val.is_anomaly)
     scores = scorer.fit(reference).score(val)
     return anomaly_metrics(scores, val.is_anomaly)["auroc"]
 

@@ -46,7 +46,7 @@ from anomaly_repr.tracking import (
     log_provenance,
     setup_tracking,
 )
-from anomaly_repr.workflow import Prepared, new_model, prepare, unseal
+from anomaly_repr.workflow import Prepared, evaluated_parts, new_model, prepare, unseal
 from tuning.config import TuneConfig
 from tuning.objective import Objective, ProtocolView
 from tuning.report import study_figures, summarise_trials
@@ -221,7 +221,7 @@ def evaluate_best(study: optuna.Study, sealed: Prepared, view: ProtocolView, tcf
     if split.hash != prep.split.hash:
         raise AnomalyReprError(f"trial run {trial_run} was trained on split {split.hash}, not {prep.split.hash}")
     with mlflow.start_run(run_name=f"test: best trial {best.number}", nested=True):
-        log_provenance(prep, stage="test", parts=("val", "test"))
+        log_provenance(prep, stage="test", parts=evaluated_parts(prep))
         mlflow.set_tags({"trial_run_id": trial_run, "trial_number": str(best.number),
                          "optuna_study": study.study_name, **view.tags()})
         metrics = evaluate_logged(prep, model, normalizer, view.val, view.test)
