@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -32,6 +33,7 @@ from anomaly_repr.tracking import TRAINING_VIEW
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 TIMEOUT_MS = 60_000
+METRICS = ("test/max_logit/auroc", "test/knn/auroc", "test/oracle_rf/auroc")  # the columns the check adds
 
 
 def finished_study(store: str, workdir: Path) -> None:
@@ -56,9 +58,9 @@ def start_ui(store: str, port: int, workdir: Path) -> subprocess.Popen:
 
 
 def dismiss_guidance(page: Page) -> None:
-    """Close MLflow's first-visit popovers ("Got it"), which would cover the table."""
-    for name in ("Got it", "Close guidance"):
-        button = page.get_by_role("button", name=name)
+    """Close MLflow's first-visit popovers ("Got it") and its assistant panel, which cover the table."""
+    for name in ("Got it", "Close guidance", "Close"):
+        button = page.get_by_role("button", name=name, exact=True)
         if button.count():
             button.first.click()
 
@@ -69,21 +71,31 @@ def check_runs_table(page: Page, base: str, experiment_id: str, children: list[s
     expect(page.get_by_text("reproduce", exact=True).first).to_be_visible(timeout=TIMEOUT_MS)
     dismiss_guidance(page)
     assert "workflowType=machine_learning" in page.url and "/runs" in page.url, page.url
-    expand = page.get_by_role("button", name="Expand")  # the parent's +, listing its children
-    if expand.count():
-        expand.first.click()
+    # The parent's row starts with a toggle that lists its children under it.
+    page.get_by_role("gridcell", name=re.compile(r"\breproduce$")).get_by_role("button").first.click()
     for name in children:
         expect(page.get_by_text(name, exact=True).first).to_be_visible(timeout=TIMEOUT_MS)
-    expect(page.get_by_text("test/max_logit/auroc").first).to_be_visible(timeout=TIMEOUT_MS)
+    # The table shows no metric column until one is chosen, as a user does, under "Columns".
+    page.get_by_role("button", name="Columns").click()
+    search = page.get_by_role("textbox", name="Search columns")
+    for metric in METRICS:
+        search.fill(metric)
+        page.get_by_text(metric, exact=True).first.click()
+    page.keyboard.press("Escape")
+    for metric in METRICS:
+        expect(page.get_by_role("columnheader", name=metric).first).to_be_visible(timeout=TIMEOUT_MS)
     page.screenshot(path=str(DOCS / "mlflow-runs.png"))
 
 
-def check_compare_view(page: Page, base: str, experiment_id: str, run_ids: list[str]) -> None:
+def check_compare_view(page: Page, base: str, experiment_id: str, run_ids: list[str], names: list[str]) -> None:
     ids = ",".join(f'"{r}"' for r in run_ids)
     page.goto(f'{base}/#/compare-runs?runs=[{ids}]&experiments=["{experiment_id}"]&{TRAINING_VIEW}')
-    expect(page.get_by_text("test/max_logit/auroc").first).to_be_visible(timeout=TIMEOUT_MS)
+    expect(page.get_by_text("Metrics", exact=True).first).to_be_visible(timeout=TIMEOUT_MS)
     dismiss_guidance(page)
-    page.screenshot(path=str(DOCS / "mlflow-compare.png"), full_page=True)
+    for name in names:
+        expect(page.get_by_text(name).first).to_be_visible(timeout=TIMEOUT_MS)
+    page.wait_for_timeout(5000)  # the parallel-coordinates plot draws after the page has loaded
+    page.screenshot(path=str(DOCS / "mlflow-compare.png"))
 
 
 def main() -> None:
@@ -105,9 +117,10 @@ def main() -> None:
         base = f"http://127.0.0.1:{port}"
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1600, "height": 900})
+            page = browser.new_page(viewport={"width": 1500, "height": 800})
             check_runs_table(page, base, experiment.experiment_id, [r.info.run_name for r in children])
-            check_compare_view(page, base, experiment.experiment_id, [r.info.run_id for r in children])
+            check_compare_view(page, base, experiment.experiment_id, [r.info.run_id for r in children],
+                               [r.info.run_name for r in children])
             browser.close()
         print(f"ok: runs table and compare view; screenshots in {DOCS}")
     finally:
