@@ -2,7 +2,6 @@
 claim, and the proof that no deployable scorer learns from an anomaly."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,14 +183,15 @@ class Spy:
 
 
 @pytest.fixture(scope="module")
-def trained():
+def trained(tmp_path_factory):
     """A classifier and a G-ODIN model on digits, two epochs each: (prep, fitted) by method."""
     from anomaly_repr.workflow import fit, prepare
 
+    checkpoints = tmp_path_factory.mktemp("checkpoints")
     models = {}
     for method in ("classifier", "godin"):
         prep = prepare(ExperimentConfig(method=method, epochs=2, oracle_trees=20, device="cpu"))
-        models[method] = prep, fit(prep, Path("unused.pt"))
+        models[method] = prep, fit(prep, checkpoints / f"{method}.pt")
     return models
 
 
