@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import tempfile
 import time
@@ -27,6 +28,7 @@ from matplotlib.figure import Figure
 from mlflow.data.dataset import Dataset
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
+from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from anomaly_repr.config import ExperimentConfig
@@ -46,6 +48,7 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 # training view (seen in a browser: the tag alone does not switch it); the links the project gives ask.
 TRAINING_VIEW = "workflowType=machine_learning"
 CONTEXTS = {"train": "training", "val": "validation", "test": "test"}  # split part -> MLflow dataset context
+INPUT_ATTEMPTS = 3  # tries to log a run's dataset inputs when another process creates the same dataset at once
 
 
 class TrackingError(AnomalyReprError):
@@ -195,7 +198,18 @@ def log_dataset_inputs(prep: Prepared, parts: Sequence[str]) -> None:
     # MetaDataset leaves `profile` abstract in MLflow's base class but defines it; mypy reads the base.
     datasets: list[Dataset | None] = [MetaDataset(source, name=f"{base}-split{cfg.split}-{part}",  # type: ignore[abstract]
                                                   digest=prep.split.hash) for part in parts]
-    mlflow.log_inputs(datasets=datasets, contexts=[CONTEXTS[part] for part in parts], tags_list=[None] * len(parts))
+    for attempt in range(INPUT_ATTEMPTS):
+        try:
+            mlflow.log_inputs(datasets=datasets, contexts=[CONTEXTS[part] for part in parts],
+                              tags_list=[None] * len(parts))
+            return
+        except MlflowException as exc:
+            # Workers of one study log the same split at the same moment: both find no dataset row, both insert
+            # it, and the store refuses the second (a unique-key violation). The row exists then, so the next
+            # attempt links this run to it; logging inputs is idempotent.
+            if attempt == INPUT_ATTEMPTS - 1 or not re.search("unique|duplicate", str(exc), re.IGNORECASE):
+                raise
+            time.sleep(0.5)
 
 
 class _PixelsToLogits(torch.nn.Module):

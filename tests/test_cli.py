@@ -8,6 +8,7 @@ import mlflow
 import pytest
 
 from anomaly_repr import cli as cli_module
+from anomaly_repr.config import ExperimentConfig
 
 from conftest import messy_folder, write_image
 
@@ -190,3 +191,31 @@ def test_ui_links_open_the_model_training_view(monkeypatch):
     assert tracking.experiment_url("3") == f"https://mlflow.example/base/#/experiments/3/runs?{view}"
     monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: "sqlite:///mlflow.db")
     assert tracking.experiment_url("3") == tracking.run_url("3", "abc") == ""
+
+
+def test_dataset_inputs_survive_a_second_process_creating_the_same_dataset(tracking, monkeypatch):
+    """Two workers of one study log the same split at once; the store refuses the second insert of the
+    dataset row (seen on PostgreSQL as a UniqueViolation on dataset_pk). The run still gets its inputs."""
+    from mlflow.exceptions import MlflowException
+
+    from anomaly_repr.tracking import log_dataset_inputs
+    from anomaly_repr.workflow import prepare
+
+    real, calls = mlflow.log_inputs, []
+
+    def racing(**kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MlflowException('duplicate key value violates unique constraint "dataset_pk"')
+        return real(**kwargs)
+
+    monkeypatch.setattr(mlflow, "log_inputs", racing)
+    prep = prepare(ExperimentConfig())
+    mlflow.set_tracking_uri(tracking)
+    with mlflow.start_run() as run:
+        log_dataset_inputs(prep, ("train", "val"))
+    inputs = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+    assert len(calls) == 2 and sorted(i.dataset.name for i in inputs) == ["digits-split0-train", "digits-split0-val"]
+    monkeypatch.setattr(mlflow, "log_inputs", lambda **kwargs: (_ for _ in ()).throw(MlflowException("denied")))
+    with mlflow.start_run(), pytest.raises(MlflowException, match="denied"):  # other errors are not retried
+        log_dataset_inputs(prep, ("train",))
