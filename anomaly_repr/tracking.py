@@ -9,11 +9,9 @@ import json
 import logging
 import os
 import platform
-import re
 import subprocess
 import tempfile
 import time
-import warnings
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
@@ -25,14 +23,11 @@ import mlflow
 import numpy as np
 import torch
 from matplotlib.figure import Figure
-from mlflow.data.dataset import Dataset
-from mlflow.data.dataset_source_registry import resolve_dataset_source
-from mlflow.data.meta_dataset import MetaDataset
-from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import AnomalyReprError
+from anomaly_repr.lineage import log_dataset_inputs
 from anomaly_repr.models import OpenSetNet
 from anomaly_repr.pipeline import Normalizer
 from anomaly_repr.split import OpenSetSplit
@@ -47,8 +42,6 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 # MLflow 3.17's UI still opens an experiment in its GenAI view (traces) unless the link asks for the model
 # training view (seen in a browser: the tag alone does not switch it); the links the project gives ask.
 TRAINING_VIEW = "workflowType=machine_learning"
-CONTEXTS = {"train": "training", "val": "validation", "test": "test"}  # split part -> MLflow dataset context
-INPUT_ATTEMPTS = 3  # tries to log a run's dataset inputs when another process creates the same dataset at once
 
 
 class TrackingError(AnomalyReprError):
@@ -180,36 +173,6 @@ def log_provenance(prep: Prepared, stage: str, parts: Sequence[str] = ("train", 
         mlflow.log_text("\n".join(prep.data.skipped) + "\n", "split/skipped_files.txt")
     if prep.data.left_out:
         mlflow.log_text("\n".join(prep.data.left_out) + "\n", "split/bad_images.txt")
-
-
-def log_dataset_inputs(prep: Prepared, parts: Sequence[str]) -> None:
-    """One MLflow dataset input per split part, `<dataset or folder>-split<k>-<part>`, digest the split hash.
-
-    One input per part, not one dataset with three contexts: MLflow keeps a single input for each
-    (name, digest) of a run, so a second context of the same dataset would be dropped.
-    """
-    cfg = prep.cfg
-    base = Path(prep.data.origin).name if cfg.dataset == "imagefolder" else cfg.dataset  # resolved: never "."
-    with warnings.catch_warnings():
-        # MLflow registers its local-file source twice and then warns that a path "can be interpreted in multiple
-        # ways: LocalArtifactDatasetSource, LocalArtifactDatasetSource": the same class, nothing to choose.
-        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
-        source = resolve_dataset_source(prep.data.origin or cfg.dataset)
-    # MetaDataset leaves `profile` abstract in MLflow's base class but defines it; mypy reads the base.
-    datasets: list[Dataset | None] = [MetaDataset(source, name=f"{base}-split{cfg.split}-{part}",  # type: ignore[abstract]
-                                                  digest=prep.split.hash) for part in parts]
-    for attempt in range(INPUT_ATTEMPTS):
-        try:
-            mlflow.log_inputs(datasets=datasets, contexts=[CONTEXTS[part] for part in parts],
-                              tags_list=[None] * len(parts))
-            return
-        except MlflowException as exc:
-            # Workers of one study log the same split at the same moment: both find no dataset row, both insert
-            # it, and the store refuses the second (a unique-key violation). The row exists then, so the next
-            # attempt links this run to it; logging inputs is idempotent.
-            if attempt == INPUT_ATTEMPTS - 1 or not re.search("unique|duplicate", str(exc), re.IGNORECASE):
-                raise
-            time.sleep(0.5)
 
 
 class _PixelsToLogits(torch.nn.Module):

@@ -198,7 +198,7 @@ def test_dataset_inputs_survive_a_second_process_creating_the_same_dataset(track
     dataset row (seen on PostgreSQL as a UniqueViolation on dataset_pk). The run still gets its inputs."""
     from mlflow.exceptions import MlflowException
 
-    from anomaly_repr.tracking import log_dataset_inputs
+    from anomaly_repr.lineage import log_dataset_inputs
     from anomaly_repr.workflow import prepare
 
     real, calls = mlflow.log_inputs, []
