@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from anomaly_repr.config import DEFAULT_METHODS, FIELDS, ExperimentConfig, parse_bool, parse_value
 from anomaly_repr.errors import AnomalyReprError, ConfigError
+from anomaly_repr.pool import POOL_FIELDS, PoolConfig
 from tuning.config import TUNE_FIELDS, TuneConfig
 
 if TYPE_CHECKING:
@@ -39,11 +40,19 @@ def _tune_config(args: argparse.Namespace) -> TuneConfig:
 
 def _study(args: argparse.Namespace) -> Study:
     """A study: `seed` and `split` may be comma-separated lists (one child run per value), `methods` the
-    methods to train. Two shorthands of earlier versions remain: `recon_weight` is the hybrid child's λ
+    methods to train; `split=all` is every standard split of the dataset. Two shorthands of earlier versions
+    remain: `recon_weight` is the hybrid child's λ
     ('auto' = the talk's value for the dataset, 0 = no hybrid child) and `godin=false` drops the G-ODIN child."""
+    from anomaly_repr.split import STANDARD_SPLITS
     from anomaly_repr.study import Study
 
     lists = {}
+    if (args.split or "").strip() == "all":
+        dataset = args.dataset or FIELDS["dataset"].default
+        if dataset not in STANDARD_SPLITS:
+            raise ConfigError(f"split=all needs a dataset with standard splits ({', '.join(STANDARD_SPLITS)}), "
+                              f"not {dataset}")
+        args.split = ",".join(map(str, range(len(STANDARD_SPLITS[dataset]))))
     for name in ("seed", "split"):
         text = getattr(args, name) or "0"
         try:
@@ -59,7 +68,7 @@ def _study(args: argparse.Namespace) -> Study:
             methods = [m for m in methods if m != "hybrid"]
     if not parse_bool("godin", args.godin):
         methods = [m for m in methods if m != "godin"]
-    return Study(_config(args), lists["seed"], lists["split"], tuple(methods))
+    return Study(_config(args), lists["seed"], lists["split"], tuple(methods), PoolConfig(**_given(args, POOL_FIELDS)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         study.add_argument("--methods", "--method", dest="methods", default=",".join(DEFAULT_METHODS),
                            help=f"comma-separated methods, one child each (default: {','.join(DEFAULT_METHODS)})")
         study.add_argument("--seeds", dest="seed", help="alias of --seed: e.g. 0,1,2")
-        study.add_argument("--splits", dest="split", help="alias of --split: e.g. 0,1,2,3,4")
+        study.add_argument("--splits", dest="split", help="alias of --split: e.g. 0,1,2,3,4, or all")
         study.add_argument("--godin", default="true", metavar="BOOL", help="train the G-ODIN child (default: true)")
+        _add_config_options(study, POOL_FIELDS)
     tune = sub.add_parser("tune", help="an Optuna study of λ or G-ODIN settings on validation data, a child run "
                                        "per trial, then one test of the best")
     _add_config_options(tune)

@@ -55,6 +55,7 @@ class ExperimentConfig:
     schedule: Schedule = "onecycle"  # learning-rate schedule: onecycle (warm-up 20 %, then linear decay) | cosine
     patience: int = 10  # stop after this many epochs without a better validation accuracy; 0 = never stop early
     label_smoothing: float = 0.0  # cross-entropy label smoothing in [0, 1)
+    val_auroc_every: int = 1  # log val/<classic scorer>/auroc every N epochs (analysis only, never selection); 0 = off
     # --- feature-space scorers (fit on nominal images only; see anomaly_repr/features.py) ---
     scorer_reference: ScorerReference = "train"  # what they learn from: train (nominal training images) | val_nominal
     knn_k: int = 50  # knn: the k-th nearest nominal feature (Sun et al. 2022; OpenOOD's CIFAR-10 value)
@@ -65,6 +66,8 @@ class ExperimentConfig:
     # --- oracles (fit on validation z labelled nominal/anomaly) ---
     oracle_trees: int = 1000  # trees in the random-forest oracle
     oracle_neighbors: int = 10  # neighbours in the k-NN oracle
+    # --- uncertainty ---
+    bootstrap: int = 1000  # stratified bootstrap resamples of the test images behind every interval; 0 = none
     # --- hardware ---
     device: Device = "auto"  # auto picks cuda, then mps, then cpu
     amp: Amp = "auto"  # bfloat16 autocast in training: auto (CUDA, and CPUs with native bf16) | true | false
@@ -77,8 +80,8 @@ class ExperimentConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.momentum < 0 or self.weight_decay < 0 or self.godin_h_weight_decay < 0:
             raise ConfigError("momentum, weight_decay and godin_h_weight_decay must not be negative")
-        if self.patience < 0 or self.num_known < 0 or self.split < 0:
-            raise ConfigError("patience, num_known and split must not be negative")
+        if min(self.patience, self.num_known, self.split, self.bootstrap, self.val_auroc_every) < 0:
+            raise ConfigError("patience, num_known, split, bootstrap and val_auroc_every must not be negative")
         if self.image_size < 8:
             raise ConfigError(f"image_size must be at least 8 pixels, got {self.image_size}")
         if not 0 <= self.label_smoothing < 1:

@@ -1,4 +1,5 @@
-"""Figures and tables: ROC curves and score histograms per evaluation; AUROC table, bar chart and gaps per study."""
+"""Figures and tables: ROC curves and score histograms per evaluation; per study, the AUROC table with its
+intervals, the gap table, the per-split table and the bar chart (the numbers come from `summary`)."""
 
 from __future__ import annotations
 
@@ -14,8 +15,8 @@ from matplotlib.patches import Patch  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from anomaly_repr.features import FEATURE_SCORERS  # noqa: E402
-from anomaly_repr.methods import METHODS, ORACLE_REPRESENTATION, REFERENCE, VARIANT  # noqa: E402
 from anomaly_repr.scorers import CLASSIC_SCORERS, is_oracle  # noqa: E402
+from anomaly_repr.summary import Results, gap_names, significant  # noqa: E402
 
 TIERS = ("classic", "feature", "method", "oracle")  # the table's column groups, left to right
 
@@ -53,126 +54,102 @@ def histogram_figure(scores: dict[str, np.ndarray], is_anomaly: np.ndarray) -> F
     return fig
 
 
-# --- study summaries: one row per model, one column per scorer ---
+# --- study tables and charts: one row per model, one column per scorer ---
 
-def _per_repeat(results: dict[str, list[dict[str, float]]], method: str, key: str) -> np.ndarray:
-    return np.array([r[key] for r in results[method] if key in r])
-
-
-def summarise(results: dict[str, list[dict[str, float]]]) -> dict[str, float]:
-    """Parent-run metrics: `test/<method>/<name>` means (`_std` too over several repeats), the gaps and gains.
-
-    Gaps are defined by the methods' roles, measured against the reference method (the classifier):
-    q1_gap: its oracle_rf AUROC minus its best classic-score AUROC (what z holds that the scores miss);
-    q1_best_deployable: its best non-oracle AUROC, and q1_closed: the fraction of the q1 gap that it closes,
-    (best deployable - best classic) / (oracle_rf - best classic). Like the best classic score, the best
-    deployable one is picked on the test AUROCs: a reading of the table, not a model selection;
-    q2_gap: the oracle representation's oracle_rf AUROC minus the reference's (what a network of this
-    architecture could hold). For every other method, `test/gain/<method>/oracle_rf` (its oracle minus the
-    reference's: does it put more anomaly information into z?) and `test/gain/<method>/best_score` (its
-    best deployable score minus the reference's best deployable score, classic and feature-space scorers
-    alike: does a user gain anything over the classifier with today's detectors?); a method
-    may name an older alias of its oracle gain (the hybrid's `test/q3_gap`).
-    """
-    summary = {}
-    for method, repeats in results.items():
-        for key in repeats[0] if repeats else []:
-            values = _per_repeat(results, method, key)
-            name = f"test/{method}/{key.removeprefix('test/')}"
-            summary[name] = float(values.mean())
-            if len(values) > 1:
-                summary[name + "_std"] = float(values.std(ddof=1))
-    reference = reference_method(results)
-    if reference is None:
-        return summary
-    rf = summary[f"test/{reference}/oracle_rf/auroc"]
-    classic = max(summary[f"test/{reference}/{s}/auroc"] for s in CLASSIC_SCORERS)
-    summary["test/q1_gap"] = rf - classic
-    best = best_deployable(summary, reference)
-    if best is not None:
-        summary["test/q1_best_deployable"] = summary[f"test/{reference}/{best}/auroc"]
-        if rf > classic:
-            summary["test/q1_closed"] = (summary["test/q1_best_deployable"] - classic) / (rf - classic)
-    for method in results:
-        cls = METHODS[method]
-        their_rf = summary.get(f"test/{method}/oracle_rf/auroc")
-        if cls.role == ORACLE_REPRESENTATION and their_rf is not None:
-            summary["test/q2_gap"] = their_rf - rf
-        elif cls.role == VARIANT:
-            deployable = [v for k, v in summary.items() if k.startswith(f"test/{method}/") and k.endswith("/auroc")
-                          and not is_oracle(k.split("/")[2])]
-            if their_rf is not None:
-                summary[f"test/gain/{method}/oracle_rf"] = their_rf - rf
-                if cls.oracle_gain_alias:
-                    summary[cls.oracle_gain_alias] = their_rf - rf
-            if deployable and "test/q1_best_deployable" in summary:
-                summary[f"test/gain/{method}/best_score"] = max(deployable) - summary["test/q1_best_deployable"]
-    return summary
-
-
-def reference_method(results: dict[str, list[dict[str, float]]]) -> str | None:
-    """The study's method in the reference role (the classifier), if it has one."""
-    return next((m for m in results if METHODS[m].role == REFERENCE), None)
-
-
-def best_deployable(summary: dict[str, float], method: str) -> str | None:
-    """The name of `method`'s non-oracle scorer with the highest mean test AUROC in `summary`."""
-    aurocs = {k.split("/")[2]: v for k, v in summary.items()
-              if k.startswith(f"test/{method}/") and k.endswith("/auroc") and k.count("/") == 3}
-    deployable = {name: v for name, v in aurocs.items() if not is_oracle(name)}
-    return max(deployable, key=lambda name: deployable[name]) if deployable else None
-
-
-def _scorer_names(results: dict[str, list[dict[str, float]]]) -> list[str]:
+def _scorer_names(results: Results) -> list[str]:
     """Every scorer with a test AUROC, grouped by tier (classic, feature, method, oracle)."""
     names: list[str] = []
-    for repeats in results.values():
-        for key in repeats[0] if repeats else []:
+    for cells in results.values():
+        for key in cells[0].metrics if cells else []:
             parts = key.split("/")
             if len(parts) == 3 and parts[2] == "auroc" and parts[1] not in names:
                 names.append(parts[1])
     return sorted(names, key=lambda name: TIERS.index(tier(name)))  # stable: registry order within a tier
 
 
-def auroc_table(results: dict[str, list[dict[str, float]]]) -> pd.DataFrame:
-    """Test AUROC, rows = models, columns = scorers; 'mean +- std' over repeats when there are several."""
+def _cell(summary: dict[str, float], key: str, runs: int) -> str:
+    """'0.867 [0.858, 0.876]': the mean, '+- std' over several runs, and the bootstrap interval."""
+    if key not in summary:
+        return ""
+    text = f"{summary[key]:.3f}" + (f" +- {summary[key + '_std']:.3f}" if runs > 1 else "")
+    if key + "_ci_low" in summary:
+        text += f" [{summary[key + '_ci_low']:.3f}, {summary[key + '_ci_high']:.3f}]"
+    return text
+
+
+def auroc_table(results: Results, summary: dict[str, float]) -> pd.DataFrame:
+    """Test AUROC, rows = models, columns = scorers."""
+    return pd.DataFrame.from_dict(
+        {method: {s: _cell(summary, f"test/{method}/{s}/auroc", len(cells)) for s in _scorer_names(results)}
+         for method, cells in results.items()}, orient="index")
+
+
+def gap_table(summary: dict[str, float]) -> pd.DataFrame:
+    """Every gap and gain: value, paired bootstrap interval, p-value, and '*' where the interval excludes 0."""
     rows = {}
-    for method in results:
-        row = {}
-        for scorer in _scorer_names(results):
-            values = _per_repeat(results, method, f"test/{scorer}/auroc")
-            if len(values) == 1:
-                row[scorer] = f"{values[0]:.3f}"
-            elif len(values) > 1:
-                row[scorer] = f"{values.mean():.3f} +- {values.std(ddof=1):.3f}"
-            else:
-                row[scorer] = ""
-        rows[method] = row
+    for name in gap_names(summary):
+        interval = (f"[{summary[name + '_ci_low']:+.3f}, {summary[name + '_ci_high']:+.3f}]"
+                    if name + "_ci_low" in summary else "")
+        p = f"{summary[name + '_p']:.3f}" if name + "_p" in summary else ""
+        rows[name] = {"AUROC difference": f"{summary[name]:+.3f}", "95 % interval": interval, "p": p,
+                      "interval excludes 0": "*" if significant(summary, name) else ""}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-def to_markdown(table: pd.DataFrame) -> str:
-    header = "| model | " + " | ".join(table.columns) + " |"
+def by_split_table(results: Results) -> pd.DataFrame:
+    """Test AUROC per (model, split), averaged over that split's seeds."""
+    rows = {}
+    for method, cells in results.items():
+        for split in sorted({c.split for c in cells}):
+            mine = [c for c in cells if c.split == split]
+            rows[(method, split)] = {s: np.mean([c.metrics[f"test/{s}/auroc"] for c in mine])
+                                     for s in _scorer_names(results) if f"test/{s}/auroc" in mine[0].metrics}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table.index.names = ["model", "split"]
+    return table
+
+
+def to_markdown(table: pd.DataFrame, first: str = "model") -> str:
+    header = f"| {first} | " + " | ".join(table.columns) + " |"
     rule = "|---" * (len(table.columns) + 1) + "|"
     body = ["| " + " | ".join([str(i), *map(str, row)]) + " |"
             for i, row in zip(table.index, table.values, strict=True)]
     return "\n".join([header, rule, *body]) + "\n"
 
 
-def auroc_bar_chart(results: dict[str, list[dict[str, float]]], title: str) -> Figure:
-    """AUROC by method, one bar per (model, scorer) with a cell; error bars are std over repeats."""
-    labels, means, stds = [], [], []
+def markdown_report(about: dict[str, str], results: Results, summary: dict[str, float]) -> str:
+    """The parent's results/auroc_table.md: a header that says what was run, the AUROC table, the gaps."""
+    runs = max(len(cells) for cells in results.values())
+    lines = [f"**{key}**: {value}  " for key, value in about.items()]
+    lines.append(f"Cells: test AUROC{' mean +- std over ' + str(runs) + ' runs' if runs > 1 else ''}, "
+                 "[95 % stratified bootstrap interval over test images"
+                 f"{', of the mean over runs' if runs > 1 else ''}]. Gaps: paired bootstrap (the same resampled "
+                 "images on both sides); * = the interval excludes 0.")
+    parts = ["\n".join(lines), to_markdown(auroc_table(results, summary))]
+    gaps = gap_table(summary)
+    if len(gaps):
+        parts.append(to_markdown(gaps, first="gap"))
+    return "\n".join(parts)
+
+
+def auroc_bar_chart(results: Results, summary: dict[str, float], title: str) -> Figure:
+    """AUROC by method, one bar per (model, scorer) with a cell; error bars are the bootstrap intervals
+    (or +- std over repeats where no interval was computed)."""
+    labels, means, errors = [], [], []
     for method in results:
         for scorer in _scorer_names(results):
-            values = _per_repeat(results, method, f"test/{scorer}/auroc")
-            if len(values):
+            key = f"test/{method}/{scorer}/auroc"
+            if key in summary:
                 labels.append(f"{method}\n{scorer}")
-                means.append(values.mean())
-                stds.append(values.std(ddof=1) if len(values) > 1 else 0.0)
+                means.append(summary[key])
+                low, high = summary.get(key + "_ci_low"), summary.get(key + "_ci_high")
+                std = summary.get(key + "_std", 0.0)
+                errors.append((summary[key] - low, high - summary[key]) if low is not None and high is not None
+                              else (std, std))
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels)), 4))
     palette = {"classic": "tab:blue", "feature": "tab:green", "method": "tab:purple", "oracle": "tab:orange"}
     colors = [palette[tier(label.split("\n")[1])] for label in labels]
-    ax.bar(range(len(labels)), means, yerr=stds, color=colors, capsize=3)
+    ax.bar(range(len(labels)), means, yerr=np.array(errors).T.reshape(2, -1), color=colors, capsize=3)
     for i, m in enumerate(means):
         ax.text(i, m + 0.01, f"{m:.3f}", ha="center", fontsize=7)
     ax.axhline(0.5, color="grey", linestyle=":", linewidth=1, label="chance")  # scores below it are drawn too

@@ -14,6 +14,7 @@ import numpy as np
 
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import AnomalyReprError
+from anomaly_repr.methods import method_for
 from anomaly_repr.models import OpenSetNet
 from anomaly_repr.pipeline import Normalizer
 from anomaly_repr.tracking import (
@@ -28,9 +29,11 @@ from anomaly_repr.tracking import (
 )
 from anomaly_repr.workflow import (
     EpochHook,
+    Evaluation,
     Fitted,
     Prepared,
     checkpoint_path,
+    classic_val_aurocs,
     evaluate,
     evaluated_parts,
     fit,
@@ -42,11 +45,16 @@ log = logging.getLogger(__name__)
 
 
 def train_logged(prep: Prepared, run_id: str, resume: bool = False, epoch_hook: EpochHook | None = None,
-                 serve: bool = True) -> Fitted:
+                 serve: bool = True, analyse: bool = True) -> Fitted:
     """Train the config's method in the active run: per-epoch metrics as they come, then the summary, and the
     model (the servable LoggedModel, or with `serve=False` the weights alone). `epoch_hook` runs after each
-    epoch's metrics are logged."""
+    epoch's metrics are logged. With `analyse`, every `val_auroc_every` epochs the classic scorers'
+    validation AUROC is logged beside them (analysis only; a tuning trial logs its own objective instead)."""
+    every = prep.cfg.val_auroc_every if analyse and method_for(prep.cfg).scores_logits else 0
+
     def on_epoch(model: OpenSetNet, normalizer: Normalizer, row: dict[str, float]) -> None:
+        if every and int(row["epoch"]) % every == 0:
+            row = row | classic_val_aurocs(prep, model, normalizer)
         log_epoch(row)
         if epoch_hook:
             epoch_hook(model, normalizer, row)
@@ -64,11 +72,11 @@ def train_logged(prep: Prepared, run_id: str, resume: bool = False, epoch_hook: 
 
 
 def evaluate_logged(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, val_index: np.ndarray | None = None,
-                    test_index: np.ndarray | None = None) -> dict[str, float]:
-    """`workflow.evaluate`, logged to the active run; returns the metrics."""
+                    test_index: np.ndarray | None = None) -> Evaluation:
+    """`workflow.evaluate`, logged to the active run."""
     evaluation = evaluate(prep, model, normalizer, val_index, test_index)
     log_evaluation(evaluation)
-    return evaluation.metrics
+    return evaluation
 
 
 def run_train(cfg: ExperimentConfig, resume_run_id: str = "") -> str:

@@ -1,39 +1,55 @@
-"""The `reproduce` study (also `main`): one parent run, a nested child run per method, seed and split.
+"""The `reproduce` study (also `main`): one parent run, a nested child run per cell (method, split, seed).
 
 Methods are trained in the order given (rows of the AUROC table); the default is the talk's four:
 - `classifier`: trained on the known classes, the detector under study (Q1) and the reference;
 - `hybrid`: the same with a reconstruction decoder, loss CE + λ MSE (Q3);
 - `godin`: the same with a Generalized-ODIN head;
 - `oracle_rep`: trained on every class of the split, the oracle representation (Q2).
-Each child's config is the study's base config as a config of its method (`methods.child_config`). The
-parent gathers `test/<method>/<scorer>/<metric>` (mean, and `_std` over several repeats), the gaps and
-gains (`report.summarise`), the AUROC table (CSV, Markdown) and the bar chart.
+Each child's config is the study's base config as a config of its method (`methods.child_config`).
+
+The cells are the grid split x seed x method, each a trial of an Optuna study on the worker pool's storage
+(`pool.py`, shared with `tune`): the driver enqueues every cell as a trial with fixed parameters, and each
+worker (the driver, `workers - 1` local processes, and `reproduce --role worker` on other machines) pops
+the next queued cell (an atomic step of every Optuna storage, so no cell runs twice), trains and evaluates
+it in a child run of the parent. Optuna's `GridSampler` is not used: it picks among unvisited grid points
+at random once trials outnumber the grid, and counts a failed point as visited, so a failed cell could
+never run again. On an RDB storage a killed worker's cell goes stale by heartbeats and is queued again; a
+cell that fails leaves the parent FAILED with its error, and running the same command again (the study
+name follows the settings) reruns only the cells without a result. When every cell has one, the driver
+assembles the parent (`parent.py`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
-from dataclasses import dataclass
+import os
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 
 import mlflow
+import optuna
+from optuna.trial import FrozenTrial, TrialState
 
+from anomaly_repr import pool
 from anomaly_repr.config import DEFAULT_METHODS, ExperimentConfig
-from anomaly_repr.errors import ConfigError
+from anomaly_repr.errors import AnomalyReprError, ConfigError
 from anomaly_repr.methods import METHODS, child_config
-from anomaly_repr.report import (
-    auroc_bar_chart,
-    auroc_table,
-    best_deployable,
-    reference_method,
-    summarise,
-    to_markdown,
-)
+from anomaly_repr.parent import load_cell, log_parent
+from anomaly_repr.pool import MACHINE_FIELDS, POLL_SECONDS, PoolConfig, check_identity, open_storage
 from anomaly_repr.runs import evaluate_logged, train_logged
-from anomaly_repr.tracking import git_commit, log_figures, log_new_params, log_provenance, setup_tracking
-from anomaly_repr.workflow import prepare
+from anomaly_repr.split import STANDARD_SPLITS
+from anomaly_repr.summary import Results
+from anomaly_repr.tracking import git_commit, log_new_params, log_provenance, run_url, setup_tracking
+from anomaly_repr.workflow import Prepared, checkpoint_path, prepare
 
 log = logging.getLogger(__name__)
+
+CellKey = tuple[int, int, str]  # (split, seed, method)
 
 
 @dataclass(frozen=True)
@@ -42,6 +58,7 @@ class Study:
     seeds: tuple[int, ...] = (0,)
     splits: tuple[int, ...] = (0,)
     methods: tuple[str, ...] = DEFAULT_METHODS
+    pool: PoolConfig = field(default_factory=PoolConfig)
 
     def __post_init__(self) -> None:
         if not self.seeds or not self.splits:
@@ -51,45 +68,211 @@ class Study:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ConfigError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-        if len(set(self.methods)) != len(self.methods):
-            raise ConfigError(f"methods lists a method twice: {','.join(self.methods)}")
+        for name, values in (("methods", self.methods), ("seeds", self.seeds), ("splits", self.splits)):
+            if len(set(values)) != len(values):
+                raise ConfigError(f"{name} lists a value twice: {','.join(map(str, values))}")
 
     def configs(self) -> dict[str, ExperimentConfig]:
-        """Method -> its child's config (seed and split are set per repeat)."""
+        """Method -> its child's config (seed and split are set per cell)."""
         return {name: child_config(self.base, name) for name in self.methods}
+
+    def cells(self) -> list[CellKey]:
+        """Every (split, seed, method), in the order a single worker runs them."""
+        return [(split, seed, method) for split in self.splits for seed in self.seeds for method in self.methods]
+
+    def identity(self) -> dict[str, str]:
+        """What the cells depend on; stored with the study and checked on resume and join."""
+        experiment = {k: v for k, v in self.base.to_params().items() if k not in MACHINE_FIELDS and k != "method"}
+        return experiment | {"seeds": ",".join(map(str, self.seeds)), "splits": ",".join(map(str, self.splits)),
+                             "methods": ",".join(self.methods)}
+
+    def name(self) -> str:
+        digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]
+        return self.pool.study_name or f"reproduce-{self.base.dataset}-{digest}"
+
+    def shared_class_sets(self) -> list[tuple[int, ...]]:
+        """Groups of requested standard splits that hold the same known classes (CIFAR-10's 0 and 1)."""
+        table = STANDARD_SPLITS.get(self.base.dataset)
+        if table is None or self.base.known_classes or self.base.num_known:
+            return []
+        groups: dict[frozenset[int], list[int]] = {}
+        for split in self.splits:
+            if split < len(table):
+                groups.setdefault(frozenset(table[split]), []).append(split)
+        return [tuple(g) for g in groups.values() if len(g) > 1]
+
+
+def cell_of(trial: FrozenTrial | optuna.Trial) -> CellKey | None:
+    params = trial.params or trial.system_attrs.get("fixed_params", {})
+    return (params["split"], params["seed"], params["method"]) if "method" in params else None
+
+
+class CellObjective:
+    """One cell per trial: train and evaluate its method in a child run of the parent; the trial's value
+    is the child's best validation accuracy (what its training selected on; nothing is searched)."""
+
+    def __init__(self, study: Study, parent: mlflow.entities.Run, study_name: str):
+        self.study, self.parent, self.study_name = study, parent, study_name
+        self._prepared: tuple[tuple[int, int], Prepared] | None = None  # the last (split, seed)'s data
+
+    def prepared(self, split: int, seed: int) -> Prepared:
+        if self._prepared is None or self._prepared[0] != (split, seed):
+            self._prepared = None  # release the previous images first
+            self._prepared = ((split, seed), prepare(self.study.base.replace(split=split, seed=seed)))
+        return self._prepared[1]
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        split = trial.suggest_categorical("split", list(self.study.splits))
+        seed = trial.suggest_categorical("seed", list(self.study.seeds))
+        method = trial.suggest_categorical("method", list(self.study.methods))
+        assert isinstance(split, int) and isinstance(seed, int) and isinstance(method, str)
+        prep = self.prepared(split, seed)
+        child = dataclasses.replace(prep, cfg=self.study.configs()[method].replace(split=split, seed=seed))
+        run = mlflow.start_run(run_name=f"{method} split={split} seed={seed}", parent_run_id=self.parent.info.run_id,
+                               experiment_id=self.parent.info.experiment_id, nested=mlflow.active_run() is not None)
+        retry_of = trial.user_attrs.get("mlflow_run_id", "")  # a retried cell inherits its stale trial's attributes
+        trial.set_user_attr("mlflow_run_id", run.info.run_id)
+        url = run_url(run.info.experiment_id, run.info.run_id)
+        if url:
+            trial.set_user_attr("mlflow_run_url", url)
+        status = "FAILED"
+        try:
+            log_provenance(child, stage=method)
+            mlflow.set_tags({"optuna_study": self.study_name, "trial_number": str(trial.number),
+                             "worker": f"{socket.gethostname()}:{os.getpid()}", "retried_run_id": retry_of})
+            fitted = train_logged(child, run.info.run_id)
+            evaluate_logged(child, fitted.model, fitted.normalizer)
+            status = "FINISHED"
+            return fitted.result.best_val_acc
+        except Exception as exc:
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}".splitlines()[0])
+            raise
+        finally:
+            checkpoint_path(run.info.run_id).unlink(missing_ok=True)
+            mlflow.end_run(status)
+
+
+def work(optuna_study: optuna.Study, objective: CellObjective, heartbeats: bool,
+         wait_for: list | None = None) -> None:
+    """Run queued cells until none is left; the driver (`wait_for`: its local workers) then waits for the
+    cells other workers run: on a heartbeat storage until each ends or goes stale, else while a local
+    worker lives. A failing cell fails its trial and child run; the worker goes on to the next."""
+    while True:
+        optuna.storages.fail_stale_trials(optuna_study)
+        counts = Counter(t.state for t in optuna_study.get_trials(deepcopy=False))
+        if counts[TrialState.WAITING]:
+            optuna_study.optimize(objective, n_trials=1, catch=(Exception,))
+        elif wait_for is not None and counts[TrialState.RUNNING] and (
+                heartbeats or any(p.poll() is None for p in wait_for)):
+            time.sleep(POLL_SECONDS)
+        else:
+            return
+
+
+def enqueue_missing(optuna_study: optuna.Study, study: Study) -> int:
+    """Queue every cell that has no finished, running or queued trial (all of them in a new study)."""
+    taken = {cell_of(t) for t in optuna_study.get_trials(deepcopy=False)
+             if t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)}
+    missing = [cell for cell in study.cells() if cell not in taken]
+    for split, seed, method in missing:
+        optuna_study.enqueue_trial({"split": split, "seed": seed, "method": method})
+    return len(missing)
+
+
+def open_study(study: Study, storage: optuna.storages.BaseStorage) -> tuple[optuna.Study, mlflow.ActiveRun]:
+    """Driver: create the study and its parent run, or resume both; queue the cells without a result."""
+    name = study.name()
+    try:
+        optuna_study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
+    except optuna.exceptions.DuplicatedStudyError:
+        optuna_study = optuna.load_study(study_name=name, storage=storage)
+        check_identity(optuna_study, study.identity())
+        os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run` made a run for this call; the study has its own
+        active = mlflow.start_run(run_id=optuna_study.user_attrs["mlflow_parent_run_id"])
+        log.info("resuming study %s (parent run %s): %d cell(s) queued again", name, active.info.run_id,
+                 enqueue_missing(optuna_study, study))
+        return optuna_study, active
+    active = mlflow.start_run(run_name="reproduce")  # under `mlflow run`, the run it made
+    optuna_study.set_user_attr("identity", study.identity())
+    optuna_study.set_metric_names(["val accuracy"])
+    enqueue_missing(optuna_study, study)
+    optuna_study.set_user_attr("mlflow_experiment_id", active.info.experiment_id)
+    optuna_study.set_user_attr("mlflow_parent_run_id", active.info.run_id)  # last: workers join once it is set
+    return optuna_study, active
+
+
+def collect_cells(study: Study, optuna_study: optuna.Study) -> Results:
+    """Every cell's first finished child run, read back; a cell without one stops the study with its error."""
+    trials = optuna_study.get_trials(deepcopy=False)
+    done: dict[CellKey | None, FrozenTrial] = {}
+    for trial in trials:
+        if trial.state == TrialState.COMPLETE:
+            done.setdefault(cell_of(trial), trial)
+    missing = [cell for cell in study.cells() if cell not in done]
+    if missing:
+        errors = {cell_of(t): t.user_attrs.get("error", "") for t in trials if t.state == TrialState.FAIL}
+        split, seed, method = missing[0]
+        why = f" ({errors[missing[0]]})" if errors.get(missing[0]) else ""
+        raise AnomalyReprError(f"{len(missing)} of {len(study.cells())} cells have no result, first {method} split "
+                               f"{split} seed {seed}{why}; run the same command again to retry only those")
+    results: Results = {method: [] for method in study.methods}
+    for split, seed, method in study.cells():
+        results[method].append(load_cell(done[split, seed, method].user_attrs["mlflow_run_id"], split, seed))
+    return results
 
 
 def run_reproduce(study: Study) -> str:
-    setup_tracking()
-    configs = study.configs()
-    results: dict[str, list[dict[str, float]]] = {name: [] for name in configs}
-    with mlflow.start_run(run_name="reproduce") as parent:
-        params = {k: v for k, v in study.base.to_params().items() if k != "method"} | {
-            "seed": ",".join(map(str, study.seeds)), "split": ",".join(map(str, study.splits)),
-            "methods": ",".join(study.methods)}
-        log_new_params(params)
-        mlflow.set_tags({"stage": "reproduce", "dataset": study.base.dataset, "arch": study.base.arch,
-                         "git_commit": git_commit(), "seeds": params["seed"], "splits": params["split"],
-                         "methods": params["methods"]})
-        for split_index in study.splits:
-            for seed in study.seeds:
-                prep = prepare(study.base.replace(split=split_index, seed=seed))
-                for name, cfg in configs.items():
-                    child = dataclasses.replace(prep, cfg=cfg.replace(split=split_index, seed=seed))
-                    with mlflow.start_run(run_name=f"{name} split={split_index} seed={seed}", nested=True) as run:
-                        log_provenance(child, stage=name)
-                        fitted = train_logged(child, run.info.run_id)
-                        results[name].append(evaluate_logged(child, fitted.model, fitted.normalizer))
-        summary = summarise(results)
-        mlflow.log_metrics(summary)
-        reference = reference_method(results)
-        best = best_deployable(summary, reference) if reference else None
-        if best:
-            mlflow.set_tag("q1_best_deployable", best)
-        table = auroc_table(results)
-        mlflow.log_text(table.to_csv(), "results/auroc_table.csv")
-        mlflow.log_text(to_markdown(table), "results/auroc_table.md")
-        log_figures({"figures/auroc_by_method.png": auroc_bar_chart(results, title=f"{study.base.dataset} AUROC")})
-        gaps = {k: v for k, v in summary.items() if k.endswith("_gap") or k.startswith(("test/gain/", "test/q1_"))}
-        log.info("gaps: %s\n%s", "  ".join(f"{k} {v:+.4f}" for k, v in gaps.items()), to_markdown(table))
+    """`reproduce`: the driver runs cells, waits for all, and assembles the parent; a worker runs cells.
+    Returns the parent run id."""
+    tracking_uri = setup_tracking()
+    spec = study.pool.storage_spec(tracking_uri)
+    storage, heartbeats = open_storage(spec, study.pool)
+    name = study.name()
+    if study.pool.role == "worker":
+        optuna_study, parent = pool.join_study(name, storage, study.identity(), "reproduce")
+        work(optuna_study, CellObjective(study, parent, name), heartbeats)
         return parent.info.run_id
+
+    optuna_study, active = open_study(study, storage)
+    status, helpers = "FAILED", []
+    try:
+        seeds, splits = ",".join(map(str, study.seeds)), ",".join(map(str, study.splits))
+        log_new_params({k: v for k, v in study.base.to_params().items() if k != "method"}
+                       | {"seed": seeds, "split": splits, "methods": ",".join(study.methods)}
+                       | {k: v for k, v in study.pool.to_params().items() if k != "role"})
+        mlflow.set_tags({"stage": "reproduce", "dataset": study.base.dataset, "arch": study.base.arch,
+                         "git_commit": git_commit(), "seeds": seeds, "splits": splits,
+                         "methods": ",".join(study.methods), "optuna_study": name, "optuna_storage": spec})
+        for group in study.shared_class_sets():
+            log.warning("splits %s of %s hold the same known classes (only their order differs); a mean over "
+                        "them counts that class set %d times", ",".join(map(str, group)), study.base.dataset,
+                        len(group))
+        parent = mlflow.get_run(active.info.run_id)
+        objective = CellObjective(study, parent, name)
+        objective.prepared(study.splits[0], study.seeds[0])  # bad data or classes stop the study here, once
+        argv = ["reproduce", *pool.as_options(worker_params(study))]
+        helpers = pool.spawn_workers(study.pool.workers - 1, argv, tracking_uri)
+        work(optuna_study, objective, heartbeats, wait_for=helpers)
+        for proc in helpers:
+            if proc.wait() != 0:
+                log.warning("a local worker exited with code %d; its cells are in the study", proc.returncode)
+        log_parent(study, collect_cells(study, optuna_study))
+        status = "FINISHED"
+        return active.info.run_id
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        for proc in helpers:
+            if proc.poll() is None:
+                proc.terminate()
+        mlflow.end_run(status)
+
+
+def worker_params(study: Study) -> dict[str, str]:
+    """The command-line options of a local worker of this study."""
+    base = {k: v for k, v in study.base.to_params().items() if k != "method"}
+    if study.base.recon_weight == 0:
+        base["recon_weight"] = "auto"  # the CLI's spelling of "the talk's λ for the hybrid child"
+    return base | {"seed": ",".join(map(str, study.seeds)), "split": ",".join(map(str, study.splits)),
+                   "methods": ",".join(study.methods)} | study.pool.replace(role="worker", workers=1).to_params()

@@ -26,9 +26,10 @@ from anomaly_repr.metrics import anomaly_metrics, closed_set_accuracy
 from anomaly_repr.models import OpenSetNet
 from anomaly_repr.pipeline import Normalizer
 from anomaly_repr.report import histogram_figure, roc_figure
-from anomaly_repr.scorers import SCORERS, applies, is_oracle, make_scorer
+from anomaly_repr.scorers import CLASSIC_SCORERS, SCORERS, applies, is_oracle, make_scorer
 from anomaly_repr.sources import ImageData, load_source
 from anomaly_repr.split import OpenSetSplit
+from anomaly_repr.summary import evaluation_intervals
 from anomaly_repr.train import TrainResult, pick_device, train
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,16 @@ def fit(prep: Prepared, checkpoint: Path, resume: bool = False, on_epoch: EpochH
     return Fitted(result.model, normalizer, result, train_x[:4], device)
 
 
+def classic_val_aurocs(prep: Prepared, model: OpenSetNet, normalizer: Normalizer) -> dict[str, float]:
+    """`val/<scorer>/auroc` of the classic scorers on the validation images, nominal and anomaly: logged per
+    epoch for analysis (does accuracy track detection?), never read by early stopping or selection."""
+    val = extract(model, prep.images(prep.split.val), prep.open_labels[prep.split.val], normalizer,
+                  pick_device(prep.cfg.device))
+    nominal = val.rows(~val.is_anomaly)  # fixed functions learn nothing; the fit only follows the protocol
+    return {f"val/{name}/auroc": anomaly_metrics(make_scorer(name, prep.cfg).fit(nominal).score(val),
+                                                 val.is_anomaly)["auroc"] for name in CLASSIC_SCORERS}
+
+
 def extract_parts(prep: Prepared, model: OpenSetNet, normalizer: Normalizer,
                   parts: dict[str, np.ndarray]) -> tuple[dict[str, Outputs], Calibration]:
     """Outputs of `model` on each named index set, once each, with its method's extras; a method that
@@ -215,6 +226,10 @@ def evaluate(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, val_inde
             metrics.update({f"test/{name}/{k}": v for k, v in anomaly_metrics(scores[name], test.is_anomaly).items()})
             metrics.update({f"test/{name}/fit_seconds": fitted - began,
                             f"test/{name}/score_seconds": time.perf_counter() - fitted})
+    if prep.cfg.bootstrap:
+        began = time.perf_counter()
+        metrics |= evaluation_intervals(scores, test.is_anomaly, metrics, prep.cfg.bootstrap, prep.cfg.seed)
+        metrics["test/bootstrap_seconds"] = time.perf_counter() - began
     aurocs = {name: metrics[f"test/{name}/auroc"] for name in scores}
     log.info("%s test AUROC: %s", method.name, "  ".join(f"{k} {v:.4f}" for k, v in aurocs.items()))
     figures = {"figures/roc.png": roc_figure(scores, test.is_anomaly, aurocs),

@@ -15,7 +15,9 @@ import sys
 import mlflow
 from common import HERE, SPLIT0_NAMES, cifar10_folder, hardware, run_cli
 
-from anomaly_repr.report import TIERS, best_deployable, summarise, tier
+from anomaly_repr.parent import load_cell
+from anomaly_repr.report import TIERS, tier
+from anomaly_repr.summary import best_deployable, summarise
 
 
 def main() -> None:
@@ -32,17 +34,25 @@ def main() -> None:
     e = mlflow.get_run(eval_id).data.metrics
     print(f"hardware: {hardware()}; train run {train_id}, evaluate run {eval_id} ({eval_wall:.0f} s wall)")
     print(f"test/acc {e['test/acc']:.4f}")
-    print("| tier | scorer | AUROC | AUPR-in | AUPR-out | FPR95 | fit s | score s |")
+    print("| tier | scorer | AUROC [95 % bootstrap] | AUPR-in | AUPR-out | FPR95 | fit s | score s |")
     print("|---|---|---|---|---|---|---|---|")
     names = sorted({k.split("/")[1] for k in e if k.endswith("/auroc")},
                    key=lambda n: (TIERS.index(tier(n)), -e[f"test/{n}/auroc"]))
     for s in names:
-        print(f"| {tier(s)} | {s} | {e[f'test/{s}/auroc']:.3f} | {e[f'test/{s}/aupr_in']:.3f} | "
+        interval = f" [{e[f'test/{s}/auroc_ci_low']:.3f}, {e[f'test/{s}/auroc_ci_high']:.3f}]" \
+            if f"test/{s}/auroc_ci_low" in e else ""
+        print(f"| {tier(s)} | {s} | {e[f'test/{s}/auroc']:.3f}{interval} | {e[f'test/{s}/aupr_in']:.3f} | "
               f"{e[f'test/{s}/aupr_out']:.3f} | {e[f'test/{s}/fpr95']:.3f} | {e[f'test/{s}/fit_seconds']:.2f} | "
               f"{e[f'test/{s}/score_seconds']:.2f} |")
-    summary = summarise({"classifier": [e]})
+    summary = summarise({"classifier": [load_cell(eval_id, split=0, seed=0)]}, n_resamples=1000)
     print(f"q1_gap {summary['test/q1_gap']:.4f}, best deployable {best_deployable(summary, 'classifier')} "
           f"{summary['test/q1_best_deployable']:.4f}, q1_closed {summary.get('test/q1_closed', float('nan')):.3f}")
+    for gap in ("test/q1_gap", *(f"test/classifier/{s}/vs_max_logit" for s in names if tier(s) != "oracle")):
+        if f"{gap}_ci_low" in summary:
+            print(f"{gap} {summary[gap]:+.4f} [{summary[gap + '_ci_low']:+.4f}, {summary[gap + '_ci_high']:+.4f}] "
+                  f"p {summary[gap + '_p']:.3f}")
+    if "test/bootstrap_seconds" in e:
+        print(f"bootstrap ({e.get('test/bootstrap_seconds'):.2f} s for every scorer's intervals in evaluate)")
 
 
 if __name__ == "__main__":

@@ -139,6 +139,7 @@ def image_folder(tmp_path) -> Path:
 def mlflow_run(server: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(MLFLOW_TRACKING_URI=server, ANOMALY_REPR_CHECKPOINTS=str(tmp_path / "checkpoints"),
+               ANOMALY_REPR_STORAGE=env.get("ANOMALY_REPR_STORAGE", f"sqlite:///{tmp_path}/optuna.db"),
                PATH=os.path.dirname(sys.executable) + os.pathsep + env["PATH"])  # MLproject runs `python`
     return subprocess.run([sys.executable, "-m", "mlflow", "run", ".", "--env-manager", "local",
                            "--experiment-name", "e2e", *args],

@@ -65,10 +65,12 @@ def test_main_is_a_study_with_a_child_per_model(study):
     run_id = parent.info.run_id
     listed = {a.path for folder in ("", "results", "figures") for a in client.list_artifacts(run_id, folder)}
     assert {"results/auroc_table.csv", "results/auroc_table.md", "figures/auroc_by_method.png"} <= listed
-    table = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/results/auroc_table.md")
-    assert [line.split("|")[1].strip() for line in table.splitlines()[2:]] == [
+    text = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/results/auroc_table.md").splitlines()
+    start = next(i for i, line in enumerate(text) if line.startswith("| model |"))
+    assert [line.split("|")[1].strip() for line in text[start + 2:start + 6]] == [
         "classifier", "hybrid", "godin", "oracle_rep"]
-    columns = [c.strip() for c in table.splitlines()[0].split("|")[2:-1]]  # classic, feature, own, oracle
+    assert "**dataset**: digits" in text[0] and any(line.startswith("| gap |") for line in text)
+    columns = [c.strip() for c in text[start].split("|")[2:-1]]  # classic, feature, own, oracle
     assert columns[:4] == ["msp", "entropy", "max_logit", "energy"] and columns[4:11] == list(feature)
     assert columns[-3:] == ["oracle_rf", "oracle_linear", "oracle_knn"]
 

@@ -7,6 +7,7 @@ import yaml
 
 from anomaly_repr.cli import build_parser
 from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.pool import PoolConfig
 from tuning.config import TuneConfig
 
 from conftest import REPO
@@ -25,8 +26,11 @@ def test_train_main_and_reproduce_take_exactly_the_config_fields_with_its_defaul
     for name in ("train", "main", "reproduce"):
         study = name != "train"
         params = SPEC["entry_points"][name]["parameters"]
-        # a study takes `methods` (one child each) in the place of the one `method`
-        assert set(params) == (CONFIG_FIELDS - {"method"} | {"godin", "methods"} if study else CONFIG_FIELDS)
+        # a study takes `methods` (one child each) in the place of the one `method`, and the worker pool's fields
+        pool = {f.name for f in fields(PoolConfig)}
+        assert set(params) == (CONFIG_FIELDS - {"method"} | {"godin", "methods"} | pool if study else CONFIG_FIELDS)
+        for f in fields(PoolConfig) if study else ():
+            assert params[f.name]["default"] == f.default, f.name
         for f in fields(ExperimentConfig):
             if study and f.name == "method":
                 assert params["methods"]["default"] == "classifier,hybrid,godin,oracle_rep"

@@ -1,42 +1,125 @@
-"""Study summaries: the gaps equal the differences of their cells; mean +- std over repeats."""
+"""Study summaries: gaps are differences of their cells, with paired bootstrap intervals; spread over repeats;
+the tables and the chart show what the summary holds."""
 
+import numpy as np
 import pytest
 
-from anomaly_repr.report import auroc_bar_chart, auroc_table, summarise, to_markdown
+from anomaly_repr.metrics import anomaly_metrics
+from anomaly_repr.report import auroc_bar_chart, auroc_table, by_split_table, gap_table, markdown_report
+from anomaly_repr.stats import Resamples, resampled_metrics
+from anomaly_repr.summary import Cell, evaluation_intervals, significant, summarise
+
+IS_ANOMALY = np.r_[np.zeros(300, bool), np.ones(200, bool)]
 
 
-def repeat(max_logit: float, rf: float, rep_rf: float) -> dict[str, dict[str, float]]:
-    classifier = {"test/acc": 0.9, "test/msp/auroc": max_logit - 0.02, "test/entropy/auroc": max_logit - 0.01,
-                  "test/max_logit/auroc": max_logit, "test/energy/auroc": max_logit - 0.03,
-                  "test/oracle_rf/auroc": rf, "test/oracle_rf/fpr95": 0.4}
-    return {"classifier": classifier, "oracle_rep": {"test/oracle_rf/auroc": rep_rf}}
+def cell(separations: dict[str, float], split: int = 0, seed: int = 0) -> Cell:
+    """A child whose scorer `name` separates anomalies by `separations[name]` standard deviations; its metrics
+    are computed from its scores, as an evaluation does."""
+    rng = np.random.default_rng(100 * split + seed)
+    noise = rng.normal(size=len(IS_ANOMALY))
+    scores = {name: noise + d * IS_ANOMALY + 0.3 * rng.normal(size=len(IS_ANOMALY))
+              for name, d in separations.items()}
+    metrics = {f"test/{name}/{k}": v for name, s in scores.items() for k, v in anomaly_metrics(s, IS_ANOMALY).items()}
+    return Cell(split, seed, metrics | {"test/acc": 0.9}, scores, IS_ANOMALY, ("a", "b"))
 
 
-def study(*repeats):
-    return {kind: [r[kind] for r in repeats] for kind in ("classifier", "oracle_rep")}
+CLASSIFIER = {"msp": 0.6, "entropy": 0.65, "max_logit": 0.8, "energy": 0.75, "knn": 1.0, "oracle_rf": 1.3}
+ORACLE_REP = {"oracle_rf": 2.0}
 
 
-def test_gaps_are_differences_of_cells():
-    s = summarise(study(repeat(0.776, 0.905, 0.987)))
-    assert s["test/classifier/max_logit/auroc"] == pytest.approx(0.776)
-    rf = s["test/classifier/oracle_rf/auroc"]
-    assert s["test/q1_gap"] == pytest.approx(rf - s["test/classifier/max_logit/auroc"])
-    assert s["test/q2_gap"] == pytest.approx(s["test/oracle_rep/oracle_rf/auroc"] - rf)
-    assert s["test/q1_gap"] == pytest.approx(0.129) and s["test/q2_gap"] == pytest.approx(0.082)
-    assert "test/classifier/max_logit/auroc_std" not in s
+def study(repeats=((0, 0),)):
+    return {"classifier": [cell(CLASSIFIER, *r) for r in repeats], "oracle_rep": [cell(ORACLE_REP, *r) for r in repeats]}
 
 
-def test_repeats_give_mean_and_std():
-    s = summarise(study(repeat(0.70, 0.80, 0.90), repeat(0.80, 0.90, 0.96)))
-    assert s["test/classifier/max_logit/auroc"] == pytest.approx(0.75)
-    assert s["test/classifier/max_logit/auroc_std"] == pytest.approx(0.0707107, rel=1e-4)
-    table = auroc_table(study(repeat(0.70, 0.80, 0.90), repeat(0.80, 0.90, 0.96)))
+def auroc(c: Cell, name: str) -> float:
+    return c.metrics[f"test/{name}/auroc"]
+
+
+def test_gaps_are_differences_of_cells_with_paired_intervals():
+    results = study()
+    s = summarise(results, 300)
+    classifier, rep = results["classifier"][0], results["oracle_rep"][0]
+    best_classic = max(auroc(classifier, n) for n in ("msp", "entropy", "max_logit", "energy"))
+    assert s["test/q1_gap"] == pytest.approx(auroc(classifier, "oracle_rf") - best_classic)
+    assert s["test/q2_gap"] == pytest.approx(auroc(rep, "oracle_rf") - auroc(classifier, "oracle_rf"))
+    assert s["test/q1_best_deployable"] == auroc(classifier, "knn")
+    assert 0 < s["test/q1_closed"] < 1
+    for gap in ("test/q1_gap", "test/q2_gap", "test/classifier/knn/vs_max_logit"):
+        assert s[f"{gap}_ci_low"] < s[gap] < s[f"{gap}_ci_high"]
+        assert significant(s, gap) and s[f"{gap}_p"] < 0.05  # separations this far apart are not noise
+    assert "test/classifier/max_logit/auroc_std" not in s  # one repeat: no spread
+
+
+def test_a_single_repeat_has_the_intervals_its_own_evaluation_logged():
+    c = study()["classifier"][0]
+    s = summarise({"classifier": [c]}, 200)
+    own = evaluation_intervals(c.scores, c.is_anomaly, c.metrics, 200, c.seed)
+    for key, value in own.items():
+        assert s[key.replace("test/", "test/classifier/", 1)] == pytest.approx(value), key
+
+
+def test_the_paired_interval_is_narrower_than_the_unpaired_one():
+    # Two scorers that share most of their noise: pairing cancels it, so the difference's interval is far
+    # narrower than the spread of the two intervals that ignore the pairing.
+    c = study()["classifier"][0]
+    s = summarise({"classifier": [c]}, 300)
+    paired = s["test/classifier/energy/vs_max_logit_ci_high"] - s["test/classifier/energy/vs_max_logit_ci_low"]
+    energy = s["test/classifier/energy/auroc_ci_high"] - s["test/classifier/energy/auroc_ci_low"]
+    assert paired < 0.7 * energy
+
+
+def test_repeats_give_mean_std_and_a_t_interval_and_pool_the_resamples():
+    results = study(((0, 0), (0, 1), (1, 0)))
+    s = summarise(results, 200)
+    values = np.array([auroc(c, "max_logit") for c in results["classifier"]])
+    assert s["test/classifier/max_logit/auroc"] == pytest.approx(values.mean())
+    assert s["test/classifier/max_logit/auroc_mean"] == pytest.approx(values.mean())
+    assert s["test/classifier/max_logit/auroc_std"] == pytest.approx(values.std(ddof=1))
+    assert s["test/classifier/max_logit/auroc_ci95"] == pytest.approx(4.3027 * values.std(ddof=1) / np.sqrt(3),
+                                                                      rel=1e-3)
+    gaps = [auroc(c, "oracle_rf") - auroc(c, "max_logit") for c in results["classifier"]]
+    assert s["test/q1_gap"] == pytest.approx(np.mean(gaps)) and s["test/q1_gap_std"] == pytest.approx(np.std(gaps, ddof=1))
+    # the bootstrap of the mean: each repeat resampled on its own seed, the resamples averaged
+    pooled = np.mean([resampled_metrics(c.scores["max_logit"], Resamples.draw(c.is_anomaly, 200, c.seed))["auroc"]
+                      for c in results["classifier"]], axis=0)
+    assert s["test/classifier/max_logit/auroc_ci_low"] == pytest.approx(np.quantile(pooled, 0.025))
+
+
+def test_no_bootstrap_means_no_intervals():
+    s = summarise(study(), 0)
+    assert "test/q1_gap" in s and not any(k.endswith(("_ci_low", "_p")) for k in s)
+
+
+def test_tables_show_intervals_and_mark_the_gaps_that_exclude_zero():
+    results = study()
+    s = summarise(results, 200)
+    table = auroc_table(results, s)
     assert list(table.index) == ["classifier", "oracle_rep"]
-    assert table.loc["classifier", "max_logit"] == "0.750 +- 0.071"
-    assert table.loc["oracle_rep", "max_logit"] == "" and table.loc["oracle_rep", "oracle_rf"] == "0.930 +- 0.042"
-    md = to_markdown(table)
-    assert md.splitlines()[0].startswith("| model | msp |") and "| oracle_rep |" in md
-    fig = auroc_bar_chart(study(repeat(0.70, 0.80, 0.90), repeat(0.80, 0.90, 0.96)), "t")
-    assert len(fig.axes[0].patches) == 6  # five classifier cells and one oracle_rep cell
+    assert list(table.columns)[:4] == ["msp", "entropy", "max_logit", "energy"]  # tiers read left to right
+    assert list(table.columns)[-1] == "oracle_rf"
+    ml = s["test/classifier/max_logit/auroc"]
+    assert table.loc["classifier", "max_logit"] == (f"{ml:.3f} [{s['test/classifier/max_logit/auroc_ci_low']:.3f}, "
+                                                    f"{s['test/classifier/max_logit/auroc_ci_high']:.3f}]")
+    assert table.loc["oracle_rep", "max_logit"] == ""
+    gaps = gap_table(s)
+    assert gaps.loc["test/q1_gap", "interval excludes 0"] == "*"
+    report = markdown_report({"dataset": "cifar10", "commit": "abc"}, results, s)
+    assert report.startswith("**dataset**: cifar10") and "| gap |" in report and "| model | msp |" in report
+    several = study(((0, 0), (0, 1)))
+    assert " +- " in auroc_table(several, summarise(several, 50)).loc["classifier", "knn"]
+
+
+def test_by_split_table_averages_each_split_over_its_seeds():
+    results = study(((0, 0), (0, 1), (2, 0)))
+    table = by_split_table(results)
+    mine = [c for c in results["classifier"] if c.split == 0]
+    assert table.loc[("classifier", 0), "knn"] == pytest.approx(np.mean([auroc(c, "knn") for c in mine]))
+    assert table.loc[("classifier", 2), "knn"] == pytest.approx(auroc(results["classifier"][2], "knn"))
+
+
+def test_bar_chart_draws_every_cell_with_its_interval():
+    results = study()
+    fig = auroc_bar_chart(results, summarise(results, 100), "t")
+    assert len(fig.axes[0].patches) == 7  # six classifier cells and one oracle_rep cell
     assert fig.axes[0].get_ylim()[0] == 0  # AUROCs below chance are drawn, beside the chance line
     assert [line.get_ydata()[0] for line in fig.axes[0].get_lines() if line.get_label() == "chance"] == [0.5]

@@ -1,10 +1,28 @@
-"""`reproduce` in process on a private SQLite store (the server-backed runs are in test_e2e.py)."""
+"""`reproduce` in process on a private SQLite store: cells as trials of a study, intervals, resume, local
+workers (the server-backed runs are in test_e2e.py, the PostgreSQL workers in test_distributed.py)."""
+
+import logging
 
 import mlflow
 import numpy as np
+import optuna
 import pytest
+from optuna.trial import TrialState
 
-from anomaly_repr.cli import main
+from anomaly_repr import study as study_module
+from anomaly_repr.cli import build_parser, main
+from anomaly_repr.cli import _study as parse_study
+from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.errors import AnomalyReprError, ConfigError
+from anomaly_repr.pool import PoolConfig
+from anomaly_repr.study import Study, run_reproduce
+
+BASE = ExperimentConfig(epochs=2, oracle_trees=20, device="cpu", bootstrap=200)
+
+
+def children(client: mlflow.MlflowClient, parent_id: str) -> list[mlflow.entities.Run]:
+    parent = client.get_run(parent_id)
+    return client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
 
 
 def test_a_failing_study_leaves_no_finished_run(tracking, capsys):
@@ -15,21 +33,89 @@ def test_a_failing_study_leaves_no_finished_run(tracking, capsys):
     assert runs and all(r.info.status == "FAILED" for r in runs)
 
 
-def test_several_seeds_give_means_stds_and_a_child_each(tracking):
-    from anomaly_repr.config import ExperimentConfig
-    from anomaly_repr.study import Study, run_reproduce
-
-    base = ExperimentConfig(epochs=1, oracle_trees=20, device="cpu")
-    parent_id = run_reproduce(Study(base, seeds=(0, 1), methods=("classifier", "oracle_rep")))
+def test_several_seeds_give_means_intervals_and_a_child_each(tracking):
+    parent_id = run_reproduce(Study(BASE, seeds=(0, 1), methods=("classifier", "oracle_rep")))
     client = mlflow.MlflowClient(tracking)
     parent = client.get_run(parent_id)
-    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
-    assert sorted((c.data.tags["method"], c.data.tags["seed"]) for c in children) == [
+    kids = children(client, parent_id)
+    assert sorted((c.data.tags["method"], c.data.tags["seed"]) for c in kids) == [
         ("classifier", "0"), ("classifier", "1"), ("oracle_rep", "0"), ("oracle_rep", "1")]
-    values = [c.data.metrics["test/max_logit/auroc"] for c in children if c.data.tags["method"] == "classifier"]
+    values = [c.data.metrics["test/max_logit/auroc"] for c in kids if c.data.tags["method"] == "classifier"]
     m = parent.data.metrics
+    assert parent.info.status == "FINISHED"
     assert m["test/classifier/max_logit/auroc"] == pytest.approx(np.mean(values))
+    assert m["test/classifier/max_logit/auroc_mean"] == pytest.approx(np.mean(values))
     assert m["test/classifier/max_logit/auroc_std"] == pytest.approx(np.std(values, ddof=1))
+    assert m["test/classifier/max_logit/auroc_ci95"] == pytest.approx(12.706 * np.std(values, ddof=1) / np.sqrt(2),
+                                                                      rel=1e-3)
+    for key in ("test/classifier/max_logit/auroc", "test/classifier/knn/fpr95", "test/q1_gap", "test/q2_gap"):
+        assert m[f"{key}_ci_low"] <= m[key] <= m[f"{key}_ci_high"], key
+    assert 0 <= m["test/q1_gap_p"] <= 1 and "test/q2_gap_ci95" in m
     assert parent.data.params["seed"] == "0,1" and parent.data.tags["seeds"] == "0,1"
     table = mlflow.artifacts.load_text(f"runs:/{parent_id}/results/auroc_table.md")
-    assert " +- " in table.splitlines()[2]
+    assert "**seeds**: 0,1" in table and "**epochs**: 2" in table and "**commit**:" in table
+    [row] = [line for line in table.splitlines() if line.startswith("| classifier |")]
+    assert " +- " in row and " [" in row
+    assert "test/q1_gap" in mlflow.artifacts.load_text(f"runs:/{parent_id}/results/gaps.csv")
+    by_split = mlflow.artifacts.load_text(f"runs:/{parent_id}/results/auroc_by_split.csv").splitlines()
+    assert by_split[0].startswith("model,split,") and len(by_split) == 3
+    assert "figures/accuracy_vs_auroc.png" in {a.path for a in client.list_artifacts(parent_id, "figures")}
+    assert m["accuracy_vs_auroc/n_models"] == 2 and parent.data.tags["known_class_sets"].startswith("split 0: ")
+    # the analysis curve: validation AUROC per epoch beside validation accuracy, in every classifier child
+    classifier = next(c for c in kids if c.data.tags["method"] == "classifier")
+    assert [h.step for h in client.get_metric_history(classifier.info.run_id, "val/max_logit/auroc")] == [1, 2]
+    # each cell was a trial of the study named on the parent
+    cells = optuna.load_study(study_name=parent.data.tags["optuna_study"], storage=parent.data.tags["optuna_storage"])
+    assert sorted((t.params["method"], t.params["seed"]) for t in cells.trials if t.state == TrialState.COMPLETE) == [
+        ("classifier", 0), ("classifier", 1), ("oracle_rep", 0), ("oracle_rep", 1)]
+
+
+def test_a_rerun_retrains_only_the_cells_without_a_result(tracking, monkeypatch):
+    real = study_module.train_logged
+
+    def broken(prep, *args, **kwargs):
+        if prep.cfg.method == "oracle_rep":
+            raise RuntimeError("out of memory (simulated)")
+        return real(prep, *args, **kwargs)
+
+    study = Study(BASE.replace(bootstrap=0), methods=("classifier", "oracle_rep"))
+    monkeypatch.setattr(study_module, "train_logged", broken)
+    with pytest.raises(AnomalyReprError, match=r"1 of 2 cells have no result, first oracle_rep split 0 seed 0 "
+                                               r"\(RuntimeError: out of memory \(simulated\)\)"):
+        run_reproduce(study)
+    client = mlflow.MlflowClient(tracking)
+    [parent] = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'reproduce'",
+                                  output_format="list")
+    assert parent.info.status == "FAILED"
+
+    monkeypatch.setattr(study_module, "train_logged", real)
+    assert run_reproduce(study) == parent.info.run_id  # the same study: resumed, not started again
+    kids = children(client, parent.info.run_id)
+    assert sorted((c.data.tags["method"], c.info.status) for c in kids) == [
+        ("classifier", "FINISHED"), ("oracle_rep", "FAILED"), ("oracle_rep", "FINISHED")]
+    parent = client.get_run(parent.info.run_id)
+    assert parent.info.status == "FINISHED" and "test/q2_gap" in parent.data.metrics
+
+
+def test_two_local_workers_share_a_journal_study(tracking, tmp_path):
+    pool = PoolConfig(workers=2, storage=f"journal:{tmp_path}/cells.journal")
+    parent_id = run_reproduce(Study(BASE.replace(val_auroc_every=0), seeds=(0, 1), methods=("classifier", "oracle_rep"),
+                                    pool=pool))
+    client = mlflow.MlflowClient(tracking)
+    kids = children(client, parent_id)
+    assert len(kids) == 4 and all(c.info.status == "FINISHED" for c in kids)
+    assert len({c.data.tags["worker"] for c in kids}) == 2  # the driver and its local worker both ran cells
+    assert client.get_run(parent_id).info.status == "FINISHED"
+
+
+def test_splits_zero_and_one_share_their_classes_and_say_so(tracking, caplog):
+    args = build_parser().parse_args(["reproduce", "--dataset", "cifar10", "--split", "all", "--download", "false",
+                                      "--data_root", "nowhere"])
+    study = parse_study(args)
+    assert study.splits == (0, 1, 2, 3, 4) and study.shared_class_sets() == [(0, 1)]
+    assert Study(study.base, splits=(1, 2)).shared_class_sets() == []
+    with caplog.at_level(logging.WARNING), pytest.raises(AnomalyReprError, match="CIFAR-10 not found"):
+        run_reproduce(study)
+    assert "splits 0,1 of cifar10 hold the same known classes" in caplog.text
+    with pytest.raises(ConfigError, match="split=all needs a dataset with standard splits"):
+        parse_study(build_parser().parse_args(["reproduce", "--split", "all"]))

@@ -12,44 +12,39 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
 from anomaly_repr.errors import ConfigError
+from anomaly_repr.pool import PoolConfig
 
 Protocol = Literal["val-anomalies", "class-holdout"]
 Pruner = Literal["median", "hyperband", "none"]
-Role = Literal["driver", "worker"]
-PROTOCOLS, PRUNERS, ROLES = (get_args(t) for t in (Protocol, Pruner, Role))
+PROTOCOLS, PRUNERS = (get_args(t) for t in (Protocol, Pruner))
 # What the objective depends on: a resumed study must keep these, or its trials would not compare.
 OBJECTIVE_FIELDS = ("target", "protocol", "scorer", "lambda_low", "lambda_high", "holdout_fraction")
 
 
 @dataclass(frozen=True)
-class TuneConfig:
+class TuneConfig(PoolConfig):
+    """The search; the pool fields (study_name, storage, workers, role, heartbeats) come from `PoolConfig`."""
+
     target: str = "recon_weight"  # a method with searchable settings: hybrid (alias recon_weight): λ | godin: h, ε, ...
     protocol: Protocol = "val-anomalies"  # val-anomalies | class-holdout (anomaly classes split into tuning/test)
     scorer: str = ""  # objective's scorer; '' = max_logit (λ) or godin (G-ODIN); a comma-separated list is searched
     n_trials: int = 20  # finished (complete or pruned) trials the study should hold, over all workers
     timeout: float = 0.0  # seconds after which this process starts no new trial; 0 = no limit
-    study_name: str = ""  # '' = <target>-<dataset>-split<split>-seed<seed>-<protocol>; the same name resumes
-    storage: str = ""  # '' = $ANOMALY_REPR_STORAGE, else optuna.db beside a SQLite MLflow store; journal:<file>;
-    # or an RDB URL (postgresql+psycopg2://...)
-    workers: int = 1  # processes on this machine that run trials of the study (this one included)
-    role: Role = "driver"  # driver: runs trials, waits for all, tests the best | worker: runs trials only
     pruner: Pruner = "median"  # median | hyperband | none, on the per-epoch validation AUROC
     startup_trials: int = 5  # TPE's random trials before it models, and trials before the median pruner acts
     lambda_low: float = 1e-4  # target=recon_weight: λ is searched on a log scale in [lambda_low, lambda_high]
     lambda_high: float = 10.0
     holdout_fraction: float = 0.5  # class-holdout: share of the anomaly classes the objective may see
-    heartbeat_interval: int = 60  # seconds between trial heartbeats (RDB storages); a trial is stale after 2x
-    max_retry: int = 2  # times a stale trial (its worker died) is queued again
 
     def __post_init__(self) -> None:
-        for name, allowed in (("protocol", PROTOCOLS), ("pruner", PRUNERS), ("role", ROLES)):
+        super().__post_init__()
+        for name, allowed in (("protocol", PROTOCOLS), ("pruner", PRUNERS)):
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
-        for name in ("n_trials", "workers", "heartbeat_interval"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
-        if self.timeout < 0 or self.startup_trials < 0 or self.max_retry < 0:
-            raise ConfigError("timeout, startup_trials and max_retry must not be negative")
+        if self.n_trials <= 0:
+            raise ConfigError(f"n_trials must be a positive integer, got {self.n_trials}")
+        if self.timeout < 0 or self.startup_trials < 0:
+            raise ConfigError("timeout and startup_trials must not be negative")
         if not 0 < self.lambda_low < self.lambda_high:
             raise ConfigError(f"the λ range needs 0 < lambda_low < lambda_high, "
                               f"got {self.lambda_low}..{self.lambda_high}")
@@ -67,9 +62,6 @@ class TuneConfig:
 
         names = [s.strip() for s in self.scorer.split(",") if s.strip()]
         return names or [default_scorer(self.target)]
-
-    def to_params(self) -> dict[str, str]:
-        return {f.name: str(getattr(self, f.name)) for f in fields(self)}
 
     def objective_fields(self) -> dict[str, str]:
         return {name: str(getattr(self, name)) for name in OBJECTIVE_FIELDS}

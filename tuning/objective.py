@@ -125,7 +125,7 @@ class Objective:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"validation AUROC {value:.4f} at epoch {int(row['epoch'])}")
 
-            fitted = train_logged(prep, run.info.run_id, epoch_hook=score_and_prune, serve=False)
+            fitted = train_logged(prep, run.info.run_id, epoch_hook=score_and_prune, serve=False, analyse=False)
             # the kept (best-accuracy) model
             value = validation_auroc(prep, fitted.model, fitted.normalizer, scorer, self.view.val)
             mlflow.log_metric("trial/value", value)

@@ -23,17 +23,17 @@ import math
 import os
 import socket
 import subprocess
-import sys
 import time
-import warnings
 from collections import Counter
 
 import mlflow
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from anomaly_repr import pool
 from anomaly_repr.config import ExperimentConfig
-from anomaly_repr.errors import AnomalyReprError, ConfigError, DivergedError
+from anomaly_repr.errors import AnomalyReprError, DivergedError
+from anomaly_repr.pool import MACHINE_FIELDS, POLL_SECONDS, check_identity, open_storage
 from anomaly_repr.runs import evaluate_logged
 from anomaly_repr.tracking import (
     git_commit,
@@ -51,16 +51,10 @@ from tuning.config import TuneConfig
 from tuning.objective import Objective, ProtocolView
 from tuning.report import study_figures, summarise_trials
 from tuning.space import method_of
-from tuning.storage import default_storage, open_storage
 
 log = logging.getLogger(__name__)
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-POLL_SECONDS = 2.0  # how often a driver looks at other workers' running trials
-JOIN_SECONDS = 300  # how long a worker waits for the driver to create the study and its parent run
 MAX_FAILURES_IN_A_ROW = 3  # trials failing one after another in a process stop it: something is broken
-# Experiment fields a worker may set for its own machine without changing the study.
-MACHINE_FIELDS = ("data_root", "download", "device", "amp")
 
 
 # --- study ----------------------------------------------------------------------------------------------
@@ -100,14 +94,6 @@ def study_identity(cfg: ExperimentConfig, tcfg: TuneConfig, split_hash: str) -> 
     return {"split_hash": split_hash, **tcfg.objective_fields(), **experiment}
 
 
-def check_identity(study: optuna.Study, identity: dict[str, str]) -> None:
-    stored = study.user_attrs.get("identity", {})
-    for key, value in identity.items():
-        if key in stored and stored[key] != value:  # fields newer than the study are not in its identity
-            raise ConfigError(f"study {study.study_name!r} was created with {key}={stored.get(key)!r}, this run has "
-                              f"{key}={value!r}; keep the study's settings or choose another study_name")
-
-
 def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: ExperimentConfig, tcfg: TuneConfig,
                identity: dict[str, str]) -> tuple[optuna.Study, mlflow.ActiveRun]:
     """Driver: create the study and its parent run (creating a study name is atomic in every storage),
@@ -136,22 +122,8 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: ExperimentC
 
 def join_study(name: str, storage: optuna.storages.BaseStorage, cfg: ExperimentConfig, tcfg: TuneConfig,
                identity: dict[str, str]) -> tuple[optuna.Study, mlflow.entities.Run]:
-    """Worker: wait for the driver's study and parent run, then check the study is this experiment's."""
-    deadline = time.monotonic() + JOIN_SECONDS
-    while True:
-        try:
-            study = optuna.load_study(study_name=name, storage=storage, sampler=make_sampler(cfg, tcfg),
-                                      pruner=make_pruner(cfg, tcfg))
-            if "mlflow_parent_run_id" in study.user_attrs:
-                break
-        except KeyError:  # Optuna: the study does not exist yet
-            pass
-        if time.monotonic() > deadline:
-            raise AnomalyReprError(f"study {name!r} has no parent run after {JOIN_SECONDS} s; start its driver "
-                                   "(tune without role=worker) first")
-        time.sleep(POLL_SECONDS)
-    check_identity(study, identity)
-    return study, mlflow.get_run(study.user_attrs["mlflow_parent_run_id"])
+    return pool.join_study(name, storage, identity, "tune", sampler=make_sampler(cfg, tcfg),
+                           pruner=make_pruner(cfg, tcfg))
 
 
 # --- running trials --------------------------------------------------------------------------------------
@@ -189,12 +161,8 @@ def work(study: optuna.Study, objective: Objective, tcfg: TuneConfig, heartbeats
 
 def spawn_workers(n: int, cfg: ExperimentConfig, tcfg: TuneConfig, tracking_uri: str) -> list[subprocess.Popen]:
     """`n` local `tune role=worker` processes on the same study (the driver itself is one more)."""
-    argv = [sys.executable, "-m", "anomaly_repr", "tune"]
-    for key, value in (cfg.to_params() | tcfg.replace(role="worker", workers=1).to_params()).items():
-        argv += [f"--{key}", value]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
-    env.pop("MLFLOW_RUN_ID", None)  # the driver's run; a worker opens trial runs under the parent only
-    return [subprocess.Popen(argv, env=env) for _ in range(n)]
+    params = cfg.to_params() | tcfg.replace(role="worker", workers=1).to_params()
+    return pool.spawn_workers(n, ["tune", *pool.as_options(params)], tracking_uri)
 
 
 # --- after the search -------------------------------------------------------------------------------------
@@ -224,7 +192,7 @@ def evaluate_best(study: optuna.Study, sealed: Prepared, view: ProtocolView, tcf
         log_provenance(prep, stage="test", parts=evaluated_parts(prep))
         mlflow.set_tags({"trial_run_id": trial_run, "trial_number": str(best.number),
                          "optuna_study": study.study_name, **view.tags()})
-        metrics = evaluate_logged(prep, model, normalizer, view.val, view.test)
+        metrics = evaluate_logged(prep, model, normalizer, view.val, view.test).metrics
         log_model(model, normalizer, prep.images(prep.split.train[:4]))
     gap = {"tune/val_test_gap": value - metrics[f"test/{scorer}/auroc"]}
     mlflow.log_metrics(metrics | gap)
@@ -236,7 +204,7 @@ def evaluate_best(study: optuna.Study, sealed: Prepared, view: ProtocolView, tcf
 def run_tune(cfg: ExperimentConfig, tcfg: TuneConfig) -> str:
     """`tune`: returns the study's parent run id."""
     tracking_uri = setup_tracking()
-    storage_spec = tcfg.storage or os.environ.get("ANOMALY_REPR_STORAGE") or default_storage(tracking_uri)
+    storage_spec = tcfg.storage_spec(tracking_uri)
     storage, heartbeats = open_storage(storage_spec, tcfg)
     sealed = prepare(cfg, parts=("train", "val"))  # the search never holds a test image
     view = ProtocolView.make(sealed.split, sealed.data.labels, tcfg.protocol, tcfg.holdout_fraction, cfg.seed)
