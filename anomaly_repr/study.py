@@ -102,7 +102,8 @@ class Study:
         return [tuple(g) for g in groups.values() if len(g) > 1]
 
 
-def cell_of(trial: FrozenTrial | optuna.Trial) -> CellKey | None:
+def cell_of(trial: FrozenTrial) -> CellKey | None:
+    """A trial's cell, from its parameters (or, while it is queued, the parameters it was queued with)."""
     params = trial.params or trial.system_attrs.get("fixed_params", {})
     return (params["split"], params["seed"], params["method"]) if "method" in params else None
 

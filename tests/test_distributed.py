@@ -85,14 +85,32 @@ def pg_server(databases, tmp_path_factory):
     server.kill()
 
 
-def tune_process(server: str, storage: str, role: str, tmp: Path, *extra: str) -> subprocess.Popen:
+def pool_process(command: str, server: str, storage: str, role: str, tmp: Path, *extra: str) -> subprocess.Popen:
+    """A `tune` or `reproduce` process (driver or worker) on a shared storage and tracking server."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(MLFLOW_TRACKING_URI=server, MLFLOW_EXPERIMENT_NAME="distributed",
                ANOMALY_REPR_CHECKPOINTS=str(tmp / "checkpoints"))
-    args = ["--storage", storage, "--role", role, "--pruner", "none", "--oracle_trees", "20", "--batch_size", "32",
+    args = ["--storage", storage, "--role", role, "--oracle_trees", "20", "--batch_size", "32",
             "--heartbeat_interval", "1", *extra]
-    return subprocess.Popen([sys.executable, "-m", "anomaly_repr", "tune", *args], env=env, cwd=tmp,
+    return subprocess.Popen([sys.executable, "-m", "anomaly_repr", command, *args], env=env, cwd=tmp,
                             stdout=open(tmp / f"{role}-{uuid.uuid4().hex[:4]}.log", "w"), stderr=subprocess.STDOUT)
+
+
+def tune_process(server: str, storage: str, role: str, tmp: Path, *extra: str) -> subprocess.Popen:
+    return pool_process("tune", server, storage, role, tmp, "--pruner", "none", *extra)
+
+
+def wait_for_running_run(worker: subprocess.Popen, metric: str, seconds: float = 180) -> mlflow.entities.Run:
+    """The worker's run in progress, once it has logged `metric` (at least one epoch into its trial)."""
+    tag = f"{socket.gethostname()}:{worker.pid}"
+    deadline = time.monotonic() + seconds
+    while True:
+        assert time.monotonic() < deadline and worker.poll() is None, "the worker never ran a trial"
+        runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
+                                  filter_string=f"tags.worker = '{tag}' and attributes.status = 'RUNNING'")
+        if runs and metric in runs[0].data.metrics:
+            return runs[0]
+        time.sleep(0.2)
 
 
 def wait_all(procs: list[subprocess.Popen], seconds: float) -> list[int]:
@@ -156,16 +174,7 @@ def test_a_worker_killed_in_a_trial_is_failed_by_heartbeat_and_retried(pg_server
     victim = tune_process(pg_server.url, storage, "worker", tmp_path, *study_args)
     driver = tune_process(pg_server.url, storage, "driver", tmp_path, *study_args)
     mlflow.set_tracking_uri(pg_server.url)
-    tag = f"{socket.gethostname()}:{victim.pid}"
-    deadline = time.monotonic() + 180
-    killed_run = None
-    while killed_run is None:
-        assert time.monotonic() < deadline and victim.poll() is None, "the worker never ran a trial"
-        runs = mlflow.search_runs(search_all_experiments=True, output_format="list",
-                                  filter_string=f"tags.worker = '{tag}' and attributes.status = 'RUNNING'")
-        if runs and "val/max_logit/auroc" in runs[0].data.metrics:  # at least one epoch into its trial
-            killed_run = runs[0]
-        time.sleep(0.2)
+    killed_run = wait_for_running_run(victim, "val/max_logit/auroc")
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=30)
     assert wait_all([driver], 300) == [0], [p.read_text()[-3000:] for p in tmp_path.glob("*.log")]
@@ -180,6 +189,34 @@ def test_a_worker_killed_in_a_trial_is_failed_by_heartbeat_and_retried(pg_server
     run = mlflow.get_run(killed_run.info.run_id)
     assert run.info.status == "FAILED" and run.data.tags["trial_state"] == "FAIL"
     assert mlflow.get_run(retry.user_attrs["mlflow_run_id"]).data.tags["retried_trial"] == str(killed.number)
+
+
+@needs_postgres
+def test_reproduce_cells_survive_a_worker_killed_mid_cell(pg_server, databases, tmp_path):
+    storage = databases.create("optuna")
+    args = ("--seeds", "0,1", "--methods", "classifier,oracle_rep", "--epochs", "5", "--study_name", "cells",
+            "--bootstrap", "100")
+    driver = pool_process("reproduce", pg_server.url, storage, "driver", tmp_path, *args)
+    victim = pool_process("reproduce", pg_server.url, storage, "worker", tmp_path, *args)
+    mlflow.set_tracking_uri(pg_server.url)
+    killed_run = wait_for_running_run(victim, "val/acc")
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=30)
+    assert wait_all([driver], 400) == [0], [p.read_text()[-3000:] for p in tmp_path.glob("*.log")]
+
+    study = optuna.load_study(study_name="cells", storage=storage)
+    [killed] = [t for t in study.trials if t.user_attrs.get("mlflow_run_id") == killed_run.info.run_id]
+    assert killed.state == TrialState.FAIL
+    [retry] = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    done = sorted((t.params["method"], t.params["seed"]) for t in study.trials if t.state == TrialState.COMPLETE)
+    assert done == [("classifier", 0), ("classifier", 1), ("oracle_rep", 0), ("oracle_rep", 1)]
+    assert mlflow.get_run(killed_run.info.run_id).info.status == "FAILED"
+    parent = mlflow.get_run(study.user_attrs["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED" and "test/q2_gap_ci_low" in parent.data.metrics
+    kids = child_runs(parent.info.run_id)
+    assert sorted(k.info.status for k in kids) == ["FAILED"] + ["FINISHED"] * 4  # the killed cell's run, kept
+    assert mlflow.get_run(retry.user_attrs["mlflow_run_id"]).data.tags["retried_run_id"] == killed_run.info.run_id
 
 
 def test_an_unreachable_tracking_server_is_a_clear_error_within_30_seconds(tmp_path):

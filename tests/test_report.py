@@ -28,7 +28,8 @@ ORACLE_REP = {"oracle_rf": 2.0}
 
 
 def study(repeats=((0, 0),)):
-    return {"classifier": [cell(CLASSIFIER, *r) for r in repeats], "oracle_rep": [cell(ORACLE_REP, *r) for r in repeats]}
+    return {"classifier": [cell(CLASSIFIER, *r) for r in repeats],
+            "oracle_rep": [cell(ORACLE_REP, *r) for r in repeats]}
 
 
 def auroc(c: Cell, name: str) -> float:
@@ -78,7 +79,8 @@ def test_repeats_give_mean_std_and_a_t_interval_and_pool_the_resamples():
     assert s["test/classifier/max_logit/auroc_ci95"] == pytest.approx(4.3027 * values.std(ddof=1) / np.sqrt(3),
                                                                       rel=1e-3)
     gaps = [auroc(c, "oracle_rf") - auroc(c, "max_logit") for c in results["classifier"]]
-    assert s["test/q1_gap"] == pytest.approx(np.mean(gaps)) and s["test/q1_gap_std"] == pytest.approx(np.std(gaps, ddof=1))
+    assert s["test/q1_gap"] == pytest.approx(np.mean(gaps))
+    assert s["test/q1_gap_std"] == pytest.approx(np.std(gaps, ddof=1))
     # the bootstrap of the mean: each repeat resampled on its own seed, the resamples averaged
     pooled = np.mean([resampled_metrics(c.scores["max_logit"], Resamples.draw(c.is_anomaly, 200, c.seed))["auroc"]
                       for c in results["classifier"]], axis=0)

@@ -10,8 +10,8 @@ import pytest
 from optuna.trial import TrialState
 
 from anomaly_repr import study as study_module
-from anomaly_repr.cli import build_parser, main
 from anomaly_repr.cli import _study as parse_study
+from anomaly_repr.cli import build_parser, main
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import AnomalyReprError, ConfigError
 from anomaly_repr.pool import PoolConfig
