@@ -52,6 +52,9 @@ def _study(args: argparse.Namespace) -> Study:
         if dataset not in STANDARD_SPLITS:
             raise ConfigError(f"split=all needs a dataset with standard splits ({', '.join(STANDARD_SPLITS)}), "
                               f"not {dataset}")
+        if args.known_classes or args.num_known:
+            raise ConfigError("split=all runs the standard splits' class sets; known_classes and num_known choose "
+                              "the classes otherwise: leave them out, or list the splits")
         args.split = ",".join(map(str, range(len(STANDARD_SPLITS[dataset]))))
     for name in ("seed", "split"):
         text = getattr(args, name) or "0"

@@ -10,7 +10,9 @@ from anomaly_repr.errors import DataError
 
 def fpr_at_tpr(scores: np.ndarray, is_anomaly: np.ndarray, tpr: float = 0.95) -> float:
     """Fraction of nominal images flagged at the lowest threshold that flags `tpr` of the anomalies."""
-    fpr, tprs, _ = roc_curve(is_anomaly, scores)
+    # every threshold: with drop_intermediate, collinear points of tied scores vanish and the first point
+    # past `tpr` can be a later one
+    fpr, tprs, _ = roc_curve(is_anomaly, scores, drop_intermediate=False)
     return float(fpr[np.searchsorted(tprs, tpr, side="left")])
 
 

@@ -9,6 +9,7 @@ queued again.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -16,6 +17,7 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -54,6 +56,9 @@ class PoolConfig:
         for name in ("workers", "heartbeat_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.role == "worker" and self.workers > 1:
+            raise ConfigError(f"workers={self.workers} is the driver's: it starts workers-1 local workers; start "
+                              "each other worker with role=worker alone")
         if self.max_retry < 0:
             raise ConfigError(f"max_retry must not be negative, got {self.max_retry}")
 
@@ -161,6 +166,31 @@ def spawn_workers(n: int, argv: list[str], tracking_uri: str) -> list[subprocess
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     env.pop("MLFLOW_RUN_ID", None)  # the driver's run; a worker opens trial runs under the parent only
     return [subprocess.Popen([sys.executable, "-m", "anomaly_repr", *argv], env=env) for _ in range(n)]
+
+
+def reap(helpers: list[subprocess.Popen], what: str) -> None:
+    """Wait for the local workers; one that failed leaves its trials in the study, which says what happened."""
+    for proc in helpers:
+        if proc.wait() != 0:
+            log.warning("a local worker exited with code %d; its %s are in the study", proc.returncode, what)
+
+
+@contextlib.contextmanager
+def parent_run(helpers: list[subprocess.Popen]) -> Iterator[None]:
+    """Around a driver's work: the active (parent) run ends FINISHED when the block completes, KILLED on
+    Ctrl-C, FAILED on any error; local workers (`helpers`, filled inside the block) still running are stopped."""
+    status = "FAILED"
+    try:
+        yield
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        for proc in helpers:
+            if proc.poll() is None:
+                proc.terminate()
+        mlflow.end_run(status)
 
 
 def as_options(params: dict[str, str]) -> list[str]:

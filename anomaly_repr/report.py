@@ -144,8 +144,9 @@ def auroc_bar_chart(results: Results, summary: dict[str, float], title: str) -> 
                 means.append(summary[key])
                 low, high = summary.get(key + "_ci_low"), summary.get(key + "_ci_high")
                 std = summary.get(key + "_std", 0.0)
-                errors.append((summary[key] - low, high - summary[key]) if low is not None and high is not None
-                              else (std, std))
+                # a point estimate may sit just outside its percentile interval: no negative bar
+                errors.append((max(0.0, summary[key] - low), max(0.0, high - summary[key]))
+                              if low is not None and high is not None else (std, std))
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels)), 4))
     palette = {"classic": "tab:blue", "feature": "tab:green", "method": "tab:purple", "oracle": "tab:orange"}
     colors = [palette[tier(label.split("\n")[1])] for label in labels]

@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import socket
+import subprocess
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -50,6 +51,8 @@ from anomaly_repr.workflow import Prepared, checkpoint_path, prepare
 log = logging.getLogger(__name__)
 
 CellKey = tuple[int, int, str]  # (split, seed, method)
+# Fields that change what is reported, not what a cell trains: a resumed study may change them.
+REPORTING_FIELDS = ("bootstrap", "val_auroc_every")
 
 
 @dataclass(frozen=True)
@@ -82,7 +85,8 @@ class Study:
 
     def identity(self) -> dict[str, str]:
         """What the cells depend on; stored with the study and checked on resume and join."""
-        experiment = {k: v for k, v in self.base.to_params().items() if k not in MACHINE_FIELDS and k != "method"}
+        experiment = {k: v for k, v in self.base.to_params().items()
+                      if k not in (*MACHINE_FIELDS, *REPORTING_FIELDS, "method")}
         return experiment | {"seeds": ",".join(map(str, self.seeds)), "splits": ",".join(map(str, self.splits)),
                              "methods": ",".join(self.methods)}
 
@@ -123,6 +127,11 @@ class CellObjective:
         return self._prepared[1]
 
     def __call__(self, trial: optuna.Trial) -> float:
+        queued = next(t for t in trial.study.get_trials(deepcopy=False) if t.number == trial.number)
+        if "fixed_params" not in queued.system_attrs:
+            # Another worker popped the last queued cell between this worker's look and its ask: Optuna made
+            # a new trial instead, which is no cell. Stop it before it trains anything.
+            raise optuna.TrialPruned("no queued cell was left")
         split = trial.suggest_categorical("split", list(self.study.splits))
         seed = trial.suggest_categorical("seed", list(self.study.seeds))
         method = trial.suggest_categorical("method", list(self.study.methods))
@@ -180,7 +189,21 @@ def enqueue_missing(optuna_study: optuna.Study, study: Study) -> int:
     return len(missing)
 
 
-def open_study(study: Study, storage: optuna.storages.BaseStorage) -> tuple[optuna.Study, mlflow.ActiveRun]:
+def abandon_running(optuna_study: optuna.Study, heartbeats: bool) -> None:
+    """On resume: the cells of workers that died with the last driver are failed, so that they are queued
+    again. With heartbeats, those gone silent (Optuna's stale trials); without them (a journal file on one
+    machine), every RUNNING cell: resume a journal study only when none of its workers runs."""
+    if heartbeats:
+        optuna.storages.fail_stale_trials(optuna_study)
+        return
+    for trial in optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        optuna_study.tell(trial.number, state=TrialState.FAIL)
+        log.warning("cell trial %d was RUNNING when this driver started; failed, its cell is queued again",
+                    trial.number)
+
+
+def open_study(study: Study, storage: optuna.storages.BaseStorage,
+               heartbeats: bool) -> tuple[optuna.Study, mlflow.ActiveRun]:
     """Driver: create the study and its parent run, or resume both; queue the cells without a result."""
     name = study.name()
     try:
@@ -188,6 +211,7 @@ def open_study(study: Study, storage: optuna.storages.BaseStorage) -> tuple[optu
     except optuna.exceptions.DuplicatedStudyError:
         optuna_study = optuna.load_study(study_name=name, storage=storage)
         check_identity(optuna_study, study.identity())
+        abandon_running(optuna_study, heartbeats)
         os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run` made a run for this call; the study has its own
         active = mlflow.start_run(run_id=optuna_study.user_attrs["mlflow_parent_run_id"])
         log.info("resuming study %s (parent run %s): %d cell(s) queued again", name, active.info.run_id,
@@ -230,13 +254,14 @@ def run_reproduce(study: Study) -> str:
     storage, heartbeats = open_storage(spec, study.pool)
     name = study.name()
     if study.pool.role == "worker":
+        os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run`, its own run; cells are children of the parent
         optuna_study, parent = pool.join_study(name, storage, study.identity(), "reproduce")
         work(optuna_study, CellObjective(study, parent, name), heartbeats)
         return parent.info.run_id
 
-    optuna_study, active = open_study(study, storage)
-    status, helpers = "FAILED", []
-    try:
+    optuna_study, active = open_study(study, storage, heartbeats)
+    helpers: list[subprocess.Popen] = []
+    with pool.parent_run(helpers):
         seeds, splits = ",".join(map(str, study.seeds)), ",".join(map(str, study.splits))
         log_new_params({k: v for k, v in study.base.to_params().items() if k != "method"}
                        | {"seed": seeds, "split": splits, "methods": ",".join(study.methods)}
@@ -252,22 +277,11 @@ def run_reproduce(study: Study) -> str:
         objective = CellObjective(study, parent, name)
         objective.prepared(study.splits[0], study.seeds[0])  # bad data or classes stop the study here, once
         argv = ["reproduce", *pool.as_options(worker_params(study))]
-        helpers = pool.spawn_workers(study.pool.workers - 1, argv, tracking_uri)
+        helpers += pool.spawn_workers(study.pool.workers - 1, argv, tracking_uri)
         work(optuna_study, objective, heartbeats, wait_for=helpers)
-        for proc in helpers:
-            if proc.wait() != 0:
-                log.warning("a local worker exited with code %d; its cells are in the study", proc.returncode)
+        pool.reap(helpers, "cells")
         log_parent(study, collect_cells(study, optuna_study))
-        status = "FINISHED"
-        return active.info.run_id
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        for proc in helpers:
-            if proc.poll() is None:
-                proc.terminate()
-        mlflow.end_run(status)
+    return active.info.run_id
 
 
 def worker_params(study: Study) -> dict[str, str]:

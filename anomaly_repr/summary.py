@@ -76,7 +76,11 @@ class _Bootstrap:
     def _draw(self, cell: Cell) -> Resamples:
         if cell.repeat not in self._draws:
             self._draws[cell.repeat] = Resamples.draw(cell.is_anomaly, self.n, cell.seed)
-        return self._draws[cell.repeat]
+        draw = self._draws[cell.repeat]
+        if not np.array_equal(draw.is_anomaly, cell.is_anomaly):
+            raise ValueError(f"the cells of split {cell.split} seed {cell.seed} hold different test images; "
+                             "their differences cannot be paired")
+        return draw
 
 
 def _spread(name: str, values: np.ndarray) -> dict[str, float]:
@@ -109,8 +113,8 @@ def summarise(results: Results, n_resamples: int) -> dict[str, float]:
     summary: dict[str, float] = {}
     for method, cells in results.items():
         for key in cells[0].metrics if cells else []:
-            if not key.endswith(INTERVAL_SUFFIXES) and "/vs_" not in key:
-                values = np.array([c.metrics[key] for c in cells if key in c.metrics])
+            if not key.endswith(INTERVAL_SUFFIXES) and "/vs_" not in key and all(key in c.metrics for c in cells):
+                values = np.array([c.metrics[key] for c in cells])
                 summary |= _spread(f"test/{method}/{key.removeprefix('test/')}", values)
         for scorer in cells[0].scores if cells else []:
             for metric, values in (boot(method, scorer) or {}).items():

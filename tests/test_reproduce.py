@@ -99,13 +99,20 @@ def test_a_rerun_retrains_only_the_cells_without_a_result(tracking, monkeypatch)
 
 def test_two_local_workers_share_a_journal_study(tracking, tmp_path):
     pool = PoolConfig(workers=2, storage=f"journal:{tmp_path}/cells.journal")
-    parent_id = run_reproduce(Study(BASE.replace(val_auroc_every=0), seeds=(0, 1), methods=("classifier", "oracle_rep"),
-                                    pool=pool))
+    study = Study(BASE.replace(val_auroc_every=0), seeds=(0, 1), methods=("classifier", "oracle_rep"), pool=pool)
+    parent_id = run_reproduce(study)
     client = mlflow.MlflowClient(tracking)
     kids = children(client, parent_id)
     assert len(kids) == 4 and all(c.info.status == "FINISHED" for c in kids)
     assert len({c.data.tags["worker"] for c in kids}) == 2  # the driver and its local worker both ran cells
     assert client.get_run(parent_id).info.status == "FINISHED"
+    # A journal has no heartbeats: a trial left RUNNING by a dead process is failed when the driver resumes.
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(f"{tmp_path}/cells.journal"))
+    orphan = optuna.load_study(study_name=client.get_run(parent_id).data.tags["optuna_study"], storage=storage).ask()
+    assert run_reproduce(study) == parent_id
+    assert len(children(client, parent_id)) == 4  # every cell had its result: nothing trained again
+    cells = optuna.load_study(study_name=client.get_run(parent_id).data.tags["optuna_study"], storage=storage)
+    assert cells.trials[orphan.number].state == TrialState.FAIL
 
 
 def test_splits_zero_and_one_share_their_classes_and_say_so(tracking, caplog):
@@ -119,3 +126,8 @@ def test_splits_zero_and_one_share_their_classes_and_say_so(tracking, caplog):
     assert "splits 0,1 of cifar10 hold the same known classes" in caplog.text
     with pytest.raises(ConfigError, match="split=all needs a dataset with standard splits"):
         parse_study(build_parser().parse_args(["reproduce", "--split", "all"]))
+    with pytest.raises(ConfigError, match="split=all runs the standard splits' class sets"):
+        parse_study(build_parser().parse_args(["reproduce", "--dataset", "cifar10", "--split", "all",
+                                               "--known_classes", "0,1"]))
+    with pytest.raises(ConfigError, match="start each other worker with role=worker alone"):
+        PoolConfig(role="worker", workers=2)

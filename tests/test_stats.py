@@ -101,3 +101,13 @@ def test_spread_is_the_student_t_interval_of_the_mean():
     assert spread.std == pytest.approx(values.std(ddof=1))
     assert spread.ci95 == pytest.approx((high - low) / 2)
     assert set(spread.metrics("test/x")) == {"test/x_mean", "test/x_std", "test/x_ci95"}
+
+
+def test_fpr95_reads_every_threshold_where_nominals_and_anomalies_tie():
+    # 20 thresholds, each shared by one nominal and one anomaly: the ROC curve is the diagonal, whose
+    # intermediate points scikit-learn drops by default; 95 % of the anomalies are flagged at the 19th
+    # threshold from the top, with 19 of the 20 nominals.
+    scores = np.repeat(np.arange(20.0), 2)
+    is_anomaly = np.tile([False, True], 20)
+    assert anomaly_metrics(scores, is_anomaly)["fpr95"] == pytest.approx(0.95)
+    assert resampled_metrics(scores, identity(is_anomaly))["fpr95"][0] == pytest.approx(0.95)

@@ -217,31 +217,19 @@ def run_tune(cfg: ExperimentConfig, tcfg: TuneConfig) -> str:
         return parent.info.run_id
 
     study, active = open_study(name, storage, cfg, tcfg, identity)
-    status = "FAILED"
     helpers: list[subprocess.Popen] = []
-    try:
+    with pool.parent_run(helpers):
         log_new_params(cfg.to_params() | {k: v for k, v in tcfg.to_params().items() if k != "role"})
         mlflow.set_tags({"stage": "tune", "optuna_study": name, "optuna_storage": storage_spec,
                          "dataset": cfg.dataset, "arch": cfg.arch, "git_commit": git_commit(),
                          "split_hash": sealed.split.hash, **view.tags()})
         parent = mlflow.get_run(active.info.run_id)
-        helpers = spawn_workers(tcfg.workers - 1, cfg, tcfg, tracking_uri)
+        helpers += spawn_workers(tcfg.workers - 1, cfg, tcfg, tracking_uri)
         work(study, Objective(sealed, tcfg, view, parent, name), tcfg, heartbeats, wait_for=helpers)
-        for proc in helpers:
-            if proc.wait() != 0:
-                log.warning("a local worker exited with code %d; its trials are in the study", proc.returncode)
+        pool.reap(helpers, "trials")
         mlflow.log_metrics(summarise_trials(study))
         if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
             raise AnomalyReprError(f"study {name!r} has no complete trial; nothing to test")
         log_figures(study_figures(study, tcfg))
         evaluate_best(study, sealed, view, tcfg)
-        status = "FINISHED"
-        return active.info.run_id
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        for proc in helpers:
-            if proc.poll() is None:
-                proc.terminate()
-        mlflow.end_run(status)
+    return active.info.run_id
