@@ -148,8 +148,15 @@ def classic_val_aurocs(prep: Prepared, model: OpenSetNet, normalizer: Normalizer
     val = extract(model, prep.images(prep.split.val), prep.open_labels[prep.split.val], normalizer,
                   pick_device(prep.cfg.device))
     nominal = val.rows(~val.is_anomaly)  # fixed functions learn nothing; the fit only follows the protocol
-    return {f"val/{name}/auroc": anomaly_metrics(make_scorer(name, prep.cfg).fit(nominal).score(val),
-                                                 val.is_anomaly)["auroc"] for name in CLASSIC_SCORERS}
+    aurocs = {}
+    for name in CLASSIC_SCORERS:
+        scores = make_scorer(name, prep.cfg).fit(nominal).score(val)
+        if np.isfinite(scores).all():  # an analysis curve must not stop a training whose loss is still finite
+            aurocs[f"val/{name}/auroc"] = anomaly_metrics(scores, val.is_anomaly)["auroc"]
+        else:
+            log.warning("val/%s/auroc not logged: %d validation score(s) are not finite", name,
+                        int((~np.isfinite(scores)).sum()))
+    return aurocs
 
 
 def extract_parts(prep: Prepared, model: OpenSetNet, normalizer: Normalizer,

@@ -35,6 +35,9 @@ def main() -> None:
                                   filter_string=f"tags.mlflow.parentRunId = '{parent_id}'")
     for c in sorted(children, key=lambda r: r.info.start_time):
         cm = c.data.metrics
+        if c.info.status != "FINISHED":  # a cell that failed and ran again after a resume
+            print(f"  {c.info.run_name}: {c.info.status}")
+            continue
         seconds = (c.info.end_time - c.info.start_time) / 1000
         print(f"  {c.info.run_name}: wall {seconds:.0f} s, epochs run {cm['train/epochs_run']:.0f} "
               f"(best {cm['train/best_epoch']:.0f}), val/best_acc {cm['val/best_acc']:.4f}, "

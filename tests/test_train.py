@@ -130,3 +130,18 @@ def test_bfloat16_and_float32_reach_nearly_the_same_accuracy(digits, tmp_path):
     bf16 = run(digits[0].replace(amp="true"), digits, tmp_path / "b.pt")
     assert fp32.precision == "torch.float32" and bf16.precision == "torch.bfloat16"
     assert bf16.best_val_acc > 0.8 and abs(bf16.best_val_acc - fp32.best_val_acc) < 0.05
+
+
+def test_the_per_epoch_validation_aurocs_skip_non_finite_scores(caplog):
+    from anomaly_repr.workflow import classic_val_aurocs, new_model, prepare
+
+    prep = prepare(ExperimentConfig(device="cpu"))
+    model = new_model(prep)
+    normalizer = Normalizer.fit(prep.images(prep.split.train))
+    aurocs = classic_val_aurocs(prep, model, normalizer)
+    assert sorted(aurocs) == ["val/energy/auroc", "val/entropy/auroc", "val/max_logit/auroc", "val/msp/auroc"]
+    assert all(0 <= v <= 1 for v in aurocs.values())
+    with torch.no_grad():
+        model.head.weight.fill_(float("nan"))  # what a diverging head gives: the curve skips, training goes on
+    assert classic_val_aurocs(prep, model, normalizer) == {}
+    assert "val/max_logit/auroc not logged" in caplog.text
