@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ACCURACY, AUROC = "val/acc", "val/max_logit/auroc"  # the per-epoch pair of the accuracy-vs-AUROC figure
+FINAL_ACCURACY, FINAL_AUROC = "test/acc", "test/max_logit/auroc"  # the final models' pair of its correlations
 
 
 def load_cell(run_id: str, split: int, seed: int) -> Cell:
@@ -60,15 +61,15 @@ def accuracy_vs_auroc(results: Results) -> tuple[Figure, dict[str, float]]:
     final_acc, final_auroc = [], []
     for i, (method, cells) in enumerate(results.items()):
         for j, cell in enumerate(cells):
-            if f"test/{AUROC.split('/')[1]}/auroc" not in cell.metrics or "test/acc" not in cell.metrics:
+            if FINAL_AUROC not in cell.metrics or FINAL_ACCURACY not in cell.metrics:
                 continue  # a method whose logits mean nothing for detection (the oracle representation)
             acc = {m.step: m.value for m in client.get_metric_history(cell.run_id, ACCURACY)}
             auroc = {m.step: m.value for m in client.get_metric_history(cell.run_id, AUROC)}
             epochs = sorted(set(acc) & set(auroc))
             ax.plot([acc[e] for e in epochs], [auroc[e] for e in epochs], marker=".", linewidth=0.6, alpha=0.7,
                     color=f"C{i}", label=method if j == 0 else None)
-            final_acc.append(cell.metrics["test/acc"])
-            final_auroc.append(cell.metrics["test/max_logit/auroc"])
+            final_acc.append(cell.metrics[FINAL_ACCURACY])
+            final_auroc.append(cell.metrics[FINAL_AUROC])
     metrics = {"accuracy_vs_auroc/n_models": float(len(final_acc))}
     caption = f"{len(final_acc)} final model(s)"
     if len(final_acc) >= 3 and np.ptp(final_acc) > 0 and np.ptp(final_auroc) > 0:

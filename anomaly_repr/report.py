@@ -125,7 +125,7 @@ def markdown_report(about: dict[str, str], results: Results, summary: dict[str, 
                  "[95 % stratified bootstrap interval over test images"
                  f"{', of the mean over runs' if runs > 1 else ''}]. Gaps: paired bootstrap (the same resampled "
                  "images on both sides); * = the interval excludes 0.")
-    parts = ["\n".join(lines), to_markdown(auroc_table(results, summary))]
+    parts = ["\n".join(lines) + "\n", to_markdown(auroc_table(results, summary))]  # blank lines between blocks
     gaps = gap_table(summary)
     if len(gaps):
         parts.append(to_markdown(gaps, first="gap"))
