@@ -132,8 +132,8 @@ def summarise(results: Results, n_resamples: int) -> dict[str, float]:
     if best is not None:
         summary["test/q1_best_deployable"] = summary[f"test/{reference}/{best}/auroc"]
         if summary["test/q1_gap"] > 0:
-            summary["test/q1_closed"] = ((summary["test/q1_best_deployable"] - summary[_auroc(classic)])
-                                         / summary["test/q1_gap"])
+            best_classic = summary[f"test/{reference}/{classic[1]}/auroc"]
+            summary["test/q1_closed"] = (summary["test/q1_best_deployable"] - best_classic) / summary["test/q1_gap"]
     for method in results:
         cls = METHODS[method]
         if f"test/{method}/oracle_rf/auroc" in summary and cls.role in (ORACLE_REPRESENTATION, VARIANT):
@@ -145,10 +145,6 @@ def summarise(results: Results, n_resamples: int) -> dict[str, float]:
         if cls.role == VARIANT and theirs is not None and best is not None:
             summary |= _gap(results, boot, f"test/gain/{method}/best_score", (method, theirs), (reference, best))
     return summary
-
-
-def _auroc(cell: tuple[str, str]) -> str:
-    return f"test/{cell[0]}/{cell[1]}/auroc"
 
 
 def _gap(results: Results, boot: _Bootstrap, name: str, lhs: tuple[str, str],
