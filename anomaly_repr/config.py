@@ -22,6 +22,7 @@ BadImages = Literal["error", "skip"]
 ScorerReference = Literal["train", "val_nominal"]
 SCHEDULES, DEVICES, AMPS, HEADS, GODIN_H, BAD_IMAGES, SCORER_REFERENCES = (
     get_args(t) for t in (Schedule, Device, Amp, Head, GodinH, BadImages, ScorerReference))
+GEOM_TRANSFORMS = (8, 18, 72)  # the transform sets of the geom method
 DEFAULT_METHODS = ("classifier", "hybrid", "godin", "oracle_rep")  # the talk's four: what `reproduce` trains
 
 
@@ -46,6 +47,9 @@ class ExperimentConfig:
     godin_h: GodinH = "cosine"  # G-ODIN similarity h_i(z): cosine | inner | euclidean
     godin_epsilons: str = "0,0.0025,0.005,0.01,0.02,0.04,0.08"  # G-ODIN input-perturbation grid, pixel units
     godin_h_weight_decay: float = 0.0  # L2 penalty on G-ODIN's class vectors h (Hsu et al. 2020 use none)
+    aux_weight: float = 1.0  # rotation, geom, recolor, sobel: loss = CE + aux_weight * the auxiliary task's loss
+    aux_samples: int = 0  # rotation, geom, recolor: transformed views drawn per training image per step; 0 = all
+    geom_transforms: int = 72  # geom: 72 (flip x 9 shifts x 4 rotations), 18 (flip x shifts) or 8 (flip x rotations)
     # --- optimisation ---
     epochs: int = 30  # maximum training epochs
     batch_size: int = 128  # images per SGD step
@@ -86,6 +90,12 @@ class ExperimentConfig:
             raise ConfigError(f"image_size must be at least 8 pixels, got {self.image_size}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if self.aux_weight < 0 or self.aux_samples < 0:
+            raise ConfigError(f"aux_weight and aux_samples must not be negative, got {self.aux_weight} and "
+                              f"{self.aux_samples}")
+        if self.geom_transforms not in GEOM_TRANSFORMS:
+            raise ConfigError(f"geom_transforms must be one of {', '.join(map(str, GEOM_TRANSFORMS))}, "
+                              f"got {self.geom_transforms}")
         if self.recon_weight < 0:
             raise ConfigError(f"recon_weight must not be negative, got {self.recon_weight}")
         if self.head not in HEADS:

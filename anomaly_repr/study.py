@@ -39,7 +39,7 @@ from optuna.trial import FrozenTrial, TrialState
 from anomaly_repr import pool
 from anomaly_repr.config import DEFAULT_METHODS, ExperimentConfig
 from anomaly_repr.errors import AnomalyReprError, ConfigError
-from anomaly_repr.methods import METHODS, child_config
+from anomaly_repr.methods import METHODS, child_config, method_for
 from anomaly_repr.parent import load_cell, log_parent
 from anomaly_repr.pool import MACHINE_FIELDS, POLL_SECONDS, PoolConfig, check_identity, open_storage
 from anomaly_repr.runs import evaluate_logged, train_logged
@@ -275,7 +275,9 @@ def run_reproduce(study: Study) -> str:
                         len(group))
         parent = mlflow.get_run(active.info.run_id)
         objective = CellObjective(study, parent, name)
-        objective.prepared(study.splits[0], study.seeds[0])  # bad data or classes stop the study here, once
+        prep = objective.prepared(study.splits[0], study.seeds[0])  # bad data or classes stop the study here, once
+        for cfg in study.configs().values():
+            method_for(cfg).check_data(prep.data.shape)
         argv = ["reproduce", *pool.as_options(worker_params(study))]
         helpers += pool.spawn_workers(study.pool.workers - 1, argv, tracking_uri)
         work(optuna_study, objective, heartbeats, wait_for=helpers)

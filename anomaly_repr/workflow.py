@@ -83,6 +83,7 @@ def prepare(cfg: ExperimentConfig, parts: tuple[str, ...] = PARTS) -> Prepared:
     if not set(parts) <= set(PARTS):
         raise ConfigError(f"unknown parts {sorted(set(parts) - set(PARTS))}; parts are {', '.join(PARTS)}")
     data = load_source(cfg)
+    method_for(cfg).check_data(data.shape)
     split = OpenSetSplit.make(cfg, data.labels, data.classes, data.left_out)
     index = np.sort(np.concatenate([getattr(split, part) for part in parts]))
     rows = np.full(len(data.labels), -1, dtype=np.int64)
@@ -162,15 +163,16 @@ def classic_val_aurocs(prep: Prepared, model: OpenSetNet, normalizer: Normalizer
 def extract_parts(prep: Prepared, model: OpenSetNet, normalizer: Normalizer,
                   parts: dict[str, np.ndarray]) -> tuple[dict[str, Outputs], Calibration]:
     """Outputs of `model` on each named index set, once each, with its method's extras; a method that
-    calibrates (G-ODIN's ε) does so on nominal validation images only, before its extra passes. The
-    `train` part (the nominal reference of the feature scorers) gets no extra passes: no scorer of a
-    method's own extras learns from a reference."""
+    calibrates does so on nominal images only (validation for G-ODIN's ε, training for GEOM's
+    Dirichlets), before its extra passes. The `train` part (the nominal reference of the feature
+    scorers) gets no extra passes: no scorer of a method's own extras learns from a reference."""
     method, device = method_for(prep.cfg), pick_device(prep.cfg.device)
     model.to(device).to(memory_format=torch.channels_last)
     outputs = {part: extract(model, prep.images(index), prep.open_labels[index], normalizer, device,
                              method.batch_extras) for part, index in parts.items()}
-    nominal_val = prep.split.nominal(prep.split.val, prep.data.labels)
-    calibration = method.calibrate(model, prep.images(nominal_val), normalizer, device)
+    nominal = {part: prep.images(prep.split.nominal(getattr(prep.split, part), prep.data.labels))
+               for part in ("val", "train")}
+    calibration = method.calibrate(model, nominal["val"], normalizer, device, nominal["train"])
     extras = {part: method.extra_passes(model, prep.images(parts[part]), normalizer, device, calibration)
               for part in parts if part != "train"}
     return {part: out.with_extras(**extras.get(part, {})) for part, out in outputs.items()}, calibration

@@ -112,8 +112,9 @@ def test_epsilon_search_never_reads_anomaly_or_test_images(tracking, monkeypatch
     sealed = Sealed(**vars(prep))
     method, model = method_for(prep.cfg), workflow.new_model(prep)
     nominal_val = sealed.images(prep.split.nominal(prep.split.val, prep.data.labels))
+    nominal_train = prep.images(prep.split.nominal(prep.split.train, prep.data.labels))
     calibration = method.calibrate(model, nominal_val, Normalizer.fit(prep.images(prep.split.train)),
-                                   torch.device("cpu"))
+                                   torch.device("cpu"), nominal_train)
     assert calibration.values["epsilon"] in (0.0, 0.01) and calibration.metrics["godin/epsilon"] in (0.0, 0.01)
     assert set(calibration.records["godin/epsilon_search.json"]) == {"0.0", "0.01"}
     assert read and len(np.concatenate(read)) == len(allowed)
@@ -127,9 +128,9 @@ def test_calibration_inside_extraction_reads_only_nominal_validation_images(trac
     method = method_for(cfg)
     original = type(method).calibrate
 
-    def spy(self, model, nominal_val, normalizer, device):
+    def spy(self, model, nominal_val, normalizer, device, nominal_train):
         seen.append(nominal_val)
-        return original(self, model, nominal_val, normalizer, device)
+        return original(self, model, nominal_val, normalizer, device, nominal_train)
 
     type(method).calibrate = spy
     try:

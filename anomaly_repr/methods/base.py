@@ -2,7 +2,7 @@
 
 A method builds its network from a registered backbone, trains it (by default one forward, its loss and
 one optimiser step per batch; a method may replace the whole step), names the extra outputs its
-extraction adds, calibrates itself on nominal validation images if it needs to, brings its scorers (it
+extraction adds, calibrates itself on nominal images if it needs to, brings its scorers (it
 registers them in its module) and its search space for `tune`, and says which labels it trains on.
 Nothing outside `anomaly_repr/methods/` asks which method it is holding: it asks the method.
 """
@@ -75,6 +75,10 @@ class Method:
         """Field values implied by choosing this method (e.g. head=godin); raises ConfigError on a contradiction."""
         return {}
 
+    # --- data ---
+    def check_data(self, shape: tuple[int, int, int]) -> None:
+        """Refuse, with a one-line error, images of shape (C, H, W) the method cannot train on."""
+
     # --- network ---
     def build(self, num_classes: int, in_channels: int, image_size: int) -> OpenSetNet:
         return create_model(self.cfg.arch, num_classes, in_channels)
@@ -104,9 +108,10 @@ class Method:
         """Named extra outputs of one evaluation batch (`x` is the normalised input)."""
         return {}
 
-    def calibrate(self, model: OpenSetNet, nominal_val: torch.Tensor, normalizer: Normalizer,
-                  device: torch.device) -> Calibration:
-        """Post-training calibration on nominal validation images only (no anomaly, no test image)."""
+    def calibrate(self, model: OpenSetNet, nominal_val: torch.Tensor, normalizer: Normalizer, device: torch.device,
+                  nominal_train: torch.Tensor) -> Calibration:
+        """Post-training calibration on nominal images only (no anomaly, no test image): the validation
+        images (G-ODIN's ε) or the training images (GEOM's Dirichlets)."""
         return Calibration()
 
     def extra_passes(self, model: OpenSetNet, images: torch.Tensor, normalizer: Normalizer, device: torch.device,

@@ -128,8 +128,8 @@ class Godin(Method):
     def batch_extras(self, out: ModelOutput, x: torch.Tensor) -> Mapping[str, torch.Tensor]:
         return {"godin_h": out.extras["h"], "godin_g": out.extras["g"]}
 
-    def calibrate(self, model: OpenSetNet, nominal_val: torch.Tensor, normalizer: Normalizer,
-                  device: torch.device) -> Calibration:
+    def calibrate(self, model: OpenSetNet, nominal_val: torch.Tensor, normalizer: Normalizer, device: torch.device,
+                  nominal_train: torch.Tensor) -> Calibration:
         grid = self.cfg.epsilons
         if len(grid) == 1:  # a grid of one value (a tuned epsilon): nothing to search
             return Calibration(values={"epsilon": grid[0]}, metrics={"godin/epsilon": grid[0]})
