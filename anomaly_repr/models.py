@@ -50,6 +50,11 @@ class OpenSetNet(nn.Module):
     def forward_head(self, z: torch.Tensor) -> ModelOutput:
         return ModelOutput(logits=self.head(z), z=z)
 
+    def served_outputs(self, out: ModelOutput) -> dict[str, torch.Tensor]:
+        """The (N, k) outputs the served model returns, side by side in this order: the class logits, then
+        whatever a method's network adds (an auxiliary head's logits, ...)."""
+        return {"logits": out.logits}
+
     def forward(self, x: torch.Tensor) -> ModelOutput:
         """Outputs leave the model in float32, also under bfloat16 autocast: losses, softmax and scorers
         downstream stay float32."""

@@ -176,7 +176,9 @@ def log_provenance(prep: Prepared, stage: str, parts: Sequence[str] = ("train", 
 
 
 class _PixelsToLogits(torch.nn.Module):
-    """Served form of a model: uint8-range pixels (N, C, H, W) in, logits out (one tensor, as pyfunc wants)."""
+    """Served form of a model: uint8-range pixels (N, C, H, W) in, one tensor out (as pyfunc wants): the
+    class logits, then the extra outputs a method's network serves (an auxiliary head's logits), side by
+    side; the LoggedModel's metadata `outputs` names their columns."""
 
     def __init__(self, model: OpenSetNet, normalizer: Normalizer):
         super().__init__()
@@ -187,7 +189,16 @@ class _PixelsToLogits(torch.nn.Module):
         self.register_buffer("std", normalizer.std.view(1, -1, 1, 1) * 255.0)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.model((pixels - self.mean) / self.std).logits
+        out = self.model((pixels - self.mean) / self.std)
+        return torch.cat(list(self.model.served_outputs(out).values()), dim=1)
+
+    def columns(self, pixels: torch.Tensor) -> dict[str, list[int]]:
+        """Each named output's [first, last + 1) columns in the served tensor."""
+        out = self.model((pixels - self.mean) / self.std)
+        bounds, start = {}, 0
+        for name, value in self.model.served_outputs(out).items():
+            bounds[name], start = [start, start + value.shape[1]], start + value.shape[1]
+        return bounds
 
 
 def log_weights(model: OpenSetNet, normalizer: Normalizer) -> None:
@@ -212,8 +223,9 @@ def log_model(model: OpenSetNet, normalizer: Normalizer, example: torch.Tensor) 
     pixels = example[:4].float().numpy()
     with torch.no_grad():
         logits = served(torch.from_numpy(pixels)).numpy()
+        columns = served.columns(torch.from_numpy(pixels))
     info = mlflow.pytorch.log_model(served, name="model", signature=infer_signature(pixels, logits),
-                                    input_example=pixels, serialization_format="pt2",
+                                    input_example=pixels, serialization_format="pt2", metadata={"outputs": columns},
                                     # pt2 needs torch alone; naming it skips MLflow's slow inference step
                                     pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"])
     return info.model_id

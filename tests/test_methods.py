@@ -36,8 +36,8 @@ FAST = ExperimentConfig(epochs=2, oracle_trees=20, device="cpu")
 def test_every_method_builds_trains_and_names_its_extras(name):
     method = method_for(ExperimentConfig(method=name))
     torch.manual_seed(0)
-    model = method.build(num_classes=4, in_channels=1, image_size=8)
-    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 4, (8,))
+    model = method.build(num_classes=4, in_channels=3, image_size=8)  # RGB: recolor refuses one channel
+    x, y = torch.randn(8, 3, 8, 8), torch.randint(0, 4, (8,))
     optimizer = torch.optim.SGD(method.param_groups(model), lr=0.01)
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
     before = [p.detach().clone() for p in model.parameters()]
@@ -99,7 +99,8 @@ def test_tune_targets_name_methods_with_a_search_space():
     assert TuneConfig(target="hybrid").scorers == TuneConfig(target="recon_weight").scorers == ["max_logit"]
     assert TuneConfig(target="godin").scorers == ["godin"]
     assert method_of("recon_weight", ExperimentConfig(head="godin")).cfg.method == "hybrid"
-    with pytest.raises(ConfigError, match="unknown target 'oracle_rep'; choose one of hybrid, godin, recon_weight"):
+    with pytest.raises(ConfigError, match="unknown target 'oracle_rep'; choose one of hybrid, godin, rotation, geom, "
+                                          "recolor, sobel, recon_weight"):
         TuneConfig(target="oracle_rep")
 
 

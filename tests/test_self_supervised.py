@@ -202,12 +202,25 @@ def test_tune_targets_search_the_auxiliary_weight():
 
     for name, scorer in [("rotation", "rotation"), ("geom", "geom"), ("recolor", "recolor"), ("sobel", "sobel_error")]:
         assert TuneConfig(target=name).scorers == [scorer]
-        method = method_of(name, ExperimentConfig())
-        assert method.cfg.method == name and method.talk_values(TuneConfig(target=name)) == [{"aux_weight": 1.0}]
+        assert method_of(name, ExperimentConfig()).cfg.method == name
+
+
+def test_a_rotation_study_searches_aux_weight_on_validation_data(tracking):
     import optuna
-    trial = optuna.create_study().ask()
-    assert 0.1 <= method_of("rotation", ExperimentConfig()).suggest(trial, TuneConfig(target="rotation"))[
-        "aux_weight"] <= 10
+
+    from tuning.config import TuneConfig
+    from tuning.study import run_tune
+
+    cfg = ExperimentConfig(epochs=1, batch_size=64, oracle_trees=20, device="cpu", bootstrap=0)  # digits
+    parent_id = run_tune(cfg, TuneConfig(target="rotation", n_trials=2, startup_trials=1, pruner="none",
+                                         heartbeat_interval=2, study_name="rot"))
+    study = optuna.load_study(study_name="rot", storage="sqlite:///optuna.db")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    assert study.trials[0].params == {"aux_weight": 1.0}  # the papers' weight, enqueued first
+    assert 0.1 <= study.trials[1].params["aux_weight"] <= 10
+    parent = mlflow.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["best_params.aux_weight"]
+    assert "test/rotation/auroc" in parent.data.metrics and "val/rotation/auroc" in parent.data.metrics
 
 
 # --- through the study ---------------------------------------------------------------------------------------
@@ -264,3 +277,22 @@ def test_mlflow_run_reproduce_with_rotation(mlflow_server, tmp_path, rgb_folder)
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(c.data.params["method"] for c in children) == ["classifier", "rotation"]
 
+
+
+def test_the_logged_model_serves_class_and_auxiliary_logits(tracking):
+    from anomaly_repr.tracking import log_model
+
+    method = method_for(ExperimentConfig(method="rotation"))
+    torch.manual_seed(0)
+    model = method.build(num_classes=3, in_channels=3, image_size=8).eval()
+    pixels = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    norm = Normalizer.fit(pixels)
+    with mlflow.start_run():
+        model_id = log_model(model, norm, pixels)
+    uri = f"models:/{model_id}"
+    assert mlflow.models.get_model_info(uri).metadata["outputs"] == {"logits": [0, 3], "aux_logits": [3, 7]}
+    served = mlflow.pyfunc.load_model(uri).predict(pixels.float().numpy())
+    with torch.no_grad():
+        out = model(norm(pixels))
+    assert np.allclose(served[:, :3], out.logits.numpy(), atol=1e-4)
+    assert np.allclose(served[:, 3:], out.extras["aux"].numpy(), atol=1e-4)

@@ -51,6 +51,9 @@ class AuxNet(OpenSetNet):
     def forward_head(self, z: torch.Tensor) -> ModelOutput:
         return ModelOutput(logits=self.head(z), z=z, extras={"aux": self.aux(z)})
 
+    def served_outputs(self, out: ModelOutput) -> dict[str, torch.Tensor]:
+        return {"logits": out.logits, "aux_logits": out.extras["aux"]}
+
 
 def views(x: torch.Tensor, transforms: Sequence[Transform], draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Every image of `x` upright (target 0), then image i under transform draws[i, j] for each j.
