@@ -1,6 +1,6 @@
 """What a self-supervised task costs: optimiser steps and test-time scoring of each method, side by side.
 
-Usage:  python bench/self_supervised_cost.py [--arch resnet20] [--steps 10] [--images 1024] [--rounds 3]
+Usage:  python bench/self_supervised_cost.py [--arch resnet20] [--steps 10] [--images 1024] [--rounds 3] [--geom72]
 
 On random 32x32 RGB images (CIFAR-10's shape; cost does not depend on the pixels), for the classifier and
 each auxiliary-task method: seconds per training step of `batch_size` 128 images (each method's own
@@ -25,8 +25,8 @@ from anomaly_repr.methods import method_for
 from anomaly_repr.pipeline import Normalizer
 
 CASES = [("classifier", {}), ("rotation", {}), ("recolor", {}), ("sobel", {}),
-         ("geom", {"geom_transforms": 8}), ("geom", {"geom_transforms": 72, "aux_samples": 3}),
-         ("geom", {"geom_transforms": 72})]
+         ("geom", {"geom_transforms": 8}), ("geom", {"geom_transforms": 72, "aux_samples": 3})]
+GEOM_ALL = ("geom", {"geom_transforms": 72})  # 72 views of each of 128 images per step: minutes on 2 CPU cores
 
 
 def label(name: str, extra: dict) -> str:
@@ -69,14 +69,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--images", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--geom72", action="store_true", help="also geom with all 72 views per image and step")
     args = parser.parse_args()
+    cases = CASES + [GEOM_ALL] if args.geom72 else CASES
     print(f"hardware: {hardware()}; {args.arch}, batch 128, float32, {args.steps} steps, {args.images} images scored")
-    steps: dict[str, list[float]] = {label(*c): [] for c in CASES}
-    scoring: dict[str, list[float]] = {label(*c): [] for c in CASES}
-    for _ in range(args.rounds):  # every case once per round: drifts in machine load hit all of them alike
-        for name, extra in CASES:
-            steps[label(name, extra)].append(step_seconds(name, extra, args.arch, args.steps))
-            scoring[label(name, extra)].append(scoring_seconds(name, extra, args.arch, args.images))
+    steps: dict[str, list[float]] = {label(*c): [] for c in cases}
+    scoring: dict[str, list[float]] = {label(*c): [] for c in cases}
+    for r in range(args.rounds):  # every case once per round: drifts in machine load hit all of them alike
+        for name, extra in cases:
+            key = label(name, extra)
+            steps[key].append(step_seconds(name, extra, args.arch, args.steps))
+            scoring[key].append(scoring_seconds(name, extra, args.arch, args.images))
+            print(f"round {r}: {key}: {steps[key][-1]:.3f} s per step, {1000 * scoring[key][-1]:.2f} ms per image",
+                  flush=True)
     base_step, base_score = statistics.median(steps["classifier"]), statistics.median(scoring["classifier"])
     print("| method | s per step | training images/s | x classifier | ms per scored image | x classifier |")
     print("|---|---|---|---|---|---|")
