@@ -42,6 +42,7 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 # MLflow 3.17's UI still opens an experiment in its GenAI view (traces) unless the link asks for the model
 # training view (seen in a browser: the tag alone does not switch it); the links the project gives ask.
 TRAINING_VIEW = "workflowType=machine_learning"
+EPOCH_LOG_ATTEMPTS = 4  # sends of one epoch's metrics when the server's answer breaks off (1, 2, 4 s apart)
 
 
 class TrackingError(AnomalyReprError):
@@ -63,12 +64,24 @@ def setup_tracking() -> str:
         # When another process creates the experiment in the same instant, set_experiment returns it without
         # making it active; setting it by id always does.
         mlflow.set_experiment(experiment_id=experiment_id)
-    client = mlflow.MlflowClient()
-    if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:  # a user's own choice stays
-        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    _mark_experiment_kind(experiment_id)
     if ui := experiment_url(experiment_id):
         log.info("MLflow UI, this experiment's training runs: %s", ui)
     return uri
+
+
+def _mark_experiment_kind(experiment_id: str) -> None:
+    """Tag the experiment as model training, unless it has a kind already (a user's own choice stays)."""
+    client = mlflow.MlflowClient()
+    if EXPERIMENT_KIND_TAG in client.get_experiment(experiment_id).tags:
+        return
+    try:
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    except mlflow.exceptions.MlflowException:
+        # Workers starting together all find the tag missing; a SQL store then refuses all inserts of the
+        # tag but the first (a unique-key violation, seen on PostgreSQL). Tagged by another: nothing to do.
+        if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
+            raise
 
 
 def _wait_for_server(uri: str) -> None:
@@ -239,7 +252,21 @@ def log_figures(figures: dict[str, Figure]) -> None:
 
 
 def log_epoch(row: dict[str, float]) -> None:
-    mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+    """One epoch's curves. MLflow's client retries a request the server never answered, but not one whose
+    answer broke off (a server killed while replying: "Connection broken: IncompleteRead"); an epoch's
+    metrics are sent again then, which the store takes as the same values (metrics are keyed by name,
+    step, timestamp and value)."""
+    metrics = {k: v for k, v in row.items() if k != "epoch"}
+    timestamp = int(time.time() * 1000)  # one timestamp for every try: a resent value is the same row
+    for attempt in range(EPOCH_LOG_ATTEMPTS):
+        try:
+            mlflow.log_metrics(metrics, step=int(row["epoch"]), timestamp=timestamp)
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            if attempt == EPOCH_LOG_ATTEMPTS - 1 or "Connection broken" not in str(exc):
+                raise
+            log.warning("logging epoch %d again: the tracking server's answer broke off", int(row["epoch"]))
+            time.sleep(2.0 ** attempt)
 
 
 def log_evaluation(evaluation: Evaluation) -> None:
