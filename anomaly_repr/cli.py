@@ -39,8 +39,8 @@ def _tune_config(args: argparse.Namespace) -> TuneConfig:
 
 
 def _study(args: argparse.Namespace) -> Study:
-    """A study: `seed` and `split` may be comma-separated lists (one child run per value), `methods` the
-    methods to train; `split=all` is every standard split of the dataset. Two shorthands of earlier versions
+    """A study: `seed`, `split` and `augment` may be comma-separated lists (one child run per value), `methods`
+    the methods to train; `split=all` is every standard split of the dataset. Two shorthands of earlier versions
     remain: `recon_weight` is the hybrid child's λ
     ('auto' = the talk's value for the dataset, 0 = no hybrid child) and `godin=false` drops the G-ODIN child."""
     from anomaly_repr.split import STANDARD_SPLITS
@@ -63,6 +63,8 @@ def _study(args: argparse.Namespace) -> Study:
         except ValueError:
             raise ConfigError(f"{name} must be an integer or comma-separated integers, got {text!r}") from None
         setattr(args, name, str(lists[name][0]) if lists[name] else None)
+    augments = tuple(a.strip() for a in (args.augment or "").split(",") if a.strip())
+    args.augment = augments[0] if augments else None  # the base config's; the study checks every one
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     weight, args.recon_weight = args.recon_weight or "auto", None
     if weight != "auto":
@@ -71,7 +73,8 @@ def _study(args: argparse.Namespace) -> Study:
             methods = [m for m in methods if m != "hybrid"]
     if not parse_bool("godin", args.godin):
         methods = [m for m in methods if m != "godin"]
-    return Study(_config(args), lists["seed"], lists["split"], tuple(methods), PoolConfig(**_given(args, POOL_FIELDS)))
+    return Study(_config(args), lists["seed"], lists["split"], tuple(methods), augments,
+                 PoolConfig(**_given(args, POOL_FIELDS)))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,8 +20,9 @@ Head = Literal["linear", "godin"]
 GodinH = Literal["cosine", "inner", "euclidean"]
 BadImages = Literal["error", "skip"]
 ScorerReference = Literal["train", "val_nominal"]
-SCHEDULES, DEVICES, AMPS, HEADS, GODIN_H, BAD_IMAGES, SCORER_REFERENCES = (
-    get_args(t) for t in (Schedule, Device, Amp, Head, GodinH, BadImages, ScorerReference))
+Augment = Literal["crop_flip", "trivialaugment", "randaugment", "autoaugment"]  # see anomaly_repr/augment.py
+SCHEDULES, DEVICES, AMPS, HEADS, GODIN_H, BAD_IMAGES, SCORER_REFERENCES, AUGMENTS = (
+    get_args(t) for t in (Schedule, Device, Amp, Head, GodinH, BadImages, ScorerReference, Augment))
 GEOM_TRANSFORMS = (8, 18, 72)  # the transform sets of the geom method
 DEFAULT_METHODS = ("classifier", "hybrid", "godin", "oracle_rep")  # the talk's four: what `reproduce` trains
 
@@ -57,8 +58,17 @@ class ExperimentConfig:
     momentum: float = 0.9  # SGD (Nesterov) momentum
     weight_decay: float = 5e-4  # L2 penalty on conv/linear weights (not on norms and biases)
     schedule: Schedule = "onecycle"  # learning-rate schedule: onecycle (warm-up 20 %, then linear decay) | cosine
+    warmup_epochs: float = 0.0  # cosine: linear warm-up over this many epochs before the cosine decay
     patience: int = 10  # stop after this many epochs without a better validation accuracy; 0 = never stop early
     label_smoothing: float = 0.0  # cross-entropy label smoothing in [0, 1)
+    ema_decay: float = 0.0  # exponential moving average of the weights per step (e.g. 0.999); selection and
+    #                         extraction use the averaged weights; 0 = off
+    # --- augmentation (anomaly_repr/augment.py; random crop and flip always) ---
+    augment: Augment = "crop_flip"  # per-image policy on top: crop_flip (none) | trivialaugment | randaugment |
+    #                                 autoaugment (torchvision's op sets and magnitude ranges)
+    random_erasing: float = 0.0  # probability that an image gets a random box erased (torchvision's defaults)
+    mixup: float = 0.0  # mixup's Beta(alpha, alpha) alpha; 0 = off
+    cutmix: float = 0.0  # cutmix's Beta(alpha, alpha) alpha; 0 = off (with mixup too: one of them per batch)
     val_auroc_every: int = 1  # log val/<classic scorer>/auroc every N epochs (analysis only, never selection); 0 = off
     # --- feature-space scorers (fit on nominal images only; see anomaly_repr/features.py) ---
     scorer_reference: ScorerReference = "train"  # what they learn from: train (nominal training images) | val_nominal
@@ -90,6 +100,21 @@ class ExperimentConfig:
             raise ConfigError(f"image_size must be at least 8 pixels, got {self.image_size}")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0 <= self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
+        if self.augment not in AUGMENTS:
+            raise ConfigError(f"unknown augment {self.augment!r}; choose one of {', '.join(AUGMENTS)}")
+        if not 0 <= self.random_erasing <= 1:
+            raise ConfigError(f"random_erasing is a probability in [0, 1], got {self.random_erasing}")
+        if self.mixup < 0 or self.cutmix < 0:
+            raise ConfigError(f"mixup and cutmix are Beta alphas (0 = off) and must not be negative, got "
+                              f"{self.mixup} and {self.cutmix}")
+        if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
+            raise ConfigError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} with {self.epochs} "
+                              "epochs")
+        if self.warmup_epochs and self.schedule != "cosine":
+            raise ConfigError("warmup_epochs applies to schedule=cosine; onecycle warms up over its first 20 % of "
+                              "steps")
         if self.aux_weight < 0 or self.aux_samples < 0:
             raise ConfigError(f"aux_weight and aux_samples must not be negative, got {self.aux_weight} and "
                               f"{self.aux_samples}")

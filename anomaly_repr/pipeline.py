@@ -1,8 +1,10 @@
 """Input pipeline: uint8 images on the device, normalised and augmented a whole batch at a time.
 
-Like cifar10-airbench, the data stay one uint8 tensor on the training device; a batch is sliced,
-converted, normalised, randomly cropped (reflect padding) and flipped with tensor ops. There is no
-per-image PIL work and no DataLoader worker process.
+Like cifar10-airbench, the data stay one uint8 tensor on the training device; a batch is sliced, put
+through its augmentation policy (`augment.py`: each image its own draw, still uint8), converted,
+normalised, randomly cropped (reflect padding) and flipped, then optionally erased and mixed (mixup,
+cutmix: the labels become class probabilities), all with tensor ops. There is no per-image PIL work and
+no DataLoader worker process.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from anomaly_repr.augment import Mixing, Policy, erase, erase_boxes
 
 
 @dataclass(frozen=True)
@@ -55,14 +59,18 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 class DeviceBatches:
-    """Shuffled, augmented training batches from uint8 images already on the device."""
+    """Shuffled, augmented training batches from uint8 images already on the device: the policy on the
+    uint8 images, then normalise, crop and flip, then random erasing with probability `erasing` and the
+    batch mixing (labels stay class indices unless mixing is on)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, normalizer: Normalizer, batch_size: int,
-                 hflip: bool, generator: torch.Generator):
+                 hflip: bool, generator: torch.Generator, policy: Policy | None = None, erasing: float = 0.0,
+                 mixing: Mixing | None = None):
         self.images, self.labels = images, labels
         self.normalizer, self.batch_size = normalizer, batch_size
         self.hflip, self.generator = hflip, generator
         self.pad = max(1, images.shape[-1] // 8)  # 4 pixels for 32x32 images, 1 for 8x8
+        self.policy, self.erasing, self.mixing = policy, erasing, mixing
 
     def __len__(self) -> int:
         return -(-len(self.images) // self.batch_size)
@@ -71,10 +79,17 @@ class DeviceBatches:
         order = torch.randperm(len(self.images), device=self.images.device, generator=self.generator)
         for start in range(0, len(order), self.batch_size):
             index = order[start:start + self.batch_size]
-            x = random_crop(self.normalizer(self.images[index]), self.pad, self.generator)
+            images, y = self.images[index], self.labels[index]
+            if self.policy is not None:
+                images = self.policy(images, self.generator)
+            x = random_crop(self.normalizer(images), self.pad, self.generator)
             if self.hflip:
                 x = random_hflip(x, self.generator)
-            yield x, self.labels[index]
+            if self.erasing:
+                x = erase(x, erase_boxes(len(x), x.shape[-2], x.shape[-1], self.erasing, self.generator, x.device))
+            if self.mixing:
+                x, y = self.mixing(x, y, self.generator)
+            yield x, y
 
 
 def eval_batches(images: torch.Tensor, normalizer: Normalizer, batch_size: int,

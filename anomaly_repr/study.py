@@ -1,13 +1,17 @@
-"""The `reproduce` study (also `main`): one parent run, a nested child run per cell (method, split, seed).
+"""The `reproduce` study (also `main`): one parent run, a nested child run per cell (method, augmentation
+policy, split, seed).
 
 Methods are trained in the order given (rows of the AUROC table); the default is the talk's four:
 - `classifier`: trained on the known classes, the detector under study (Q1) and the reference;
 - `hybrid`: the same with a reconstruction decoder, loss CE + λ MSE (Q3);
 - `godin`: the same with a Generalized-ODIN head;
 - `oracle_rep`: trained on every class of the split, the oracle representation (Q2).
-Each child's config is the study's base config as a config of its method (`methods.child_config`).
+Each child's config is the study's base config as a config of its method (`methods.child_config`), with
+its augmentation policy. Several policies (`augment=crop_flip,trivialaugment`) train every method under
+each; the rows of the reference policy (crop_flip when listed, else the first) keep the method's name,
+the others are `<method>.<policy>` and are measured against their method's reference row (`summary.py`).
 
-The cells are the grid split x seed x method, each a trial of an Optuna study on the worker pool's storage
+The cells are the grid split x seed x policy x method, each a trial of an Optuna study on the worker pool's storage
 (`pool.py`, shared with `tune`): the driver enqueues every cell as a trial with fixed parameters, and each
 worker (the driver, `workers - 1` local processes, and `reproduce --role worker` on other machines) pops
 the next queued cell (an atomic step of every Optuna storage, so no cell runs twice), trains and evaluates
@@ -37,7 +41,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from anomaly_repr import pool
-from anomaly_repr.config import DEFAULT_METHODS, ExperimentConfig
+from anomaly_repr.config import AUGMENTS, DEFAULT_METHODS, ExperimentConfig
 from anomaly_repr.errors import AnomalyReprError, ConfigError
 from anomaly_repr.methods import METHODS, child_config, method_for
 from anomaly_repr.parent import load_cell, log_parent
@@ -50,7 +54,7 @@ from anomaly_repr.workflow import Prepared, checkpoint_path, prepare
 
 log = logging.getLogger(__name__)
 
-CellKey = tuple[int, int, str]  # (split, seed, method)
+CellKey = tuple[int, int, str, str]  # (split, seed, method, augmentation policy)
 # Fields that change what is reported, not what a cell trains: a resumed study may change them.
 REPORTING_FIELDS = ("bootstrap", "val_auroc_every")
 
@@ -61,6 +65,7 @@ class Study:
     seeds: tuple[int, ...] = (0,)
     splits: tuple[int, ...] = (0,)
     methods: tuple[str, ...] = DEFAULT_METHODS
+    augments: tuple[str, ...] = ()  # augmentation policies, every method trained under each; () = the base's
     pool: PoolConfig = field(default_factory=PoolConfig)
 
     def __post_init__(self) -> None:
@@ -71,24 +76,42 @@ class Study:
         unknown = [m for m in self.methods if m not in METHODS]
         if unknown:
             raise ConfigError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-        for name, values in (("methods", self.methods), ("seeds", self.seeds), ("splits", self.splits)):
+        unknown = [a for a in self.augments if a not in AUGMENTS]
+        if unknown:
+            raise ConfigError(f"unknown augment {unknown[0]!r}; choose from {', '.join(AUGMENTS)}")
+        for name, values in (("methods", self.methods), ("seeds", self.seeds), ("splits", self.splits),
+                             ("augment", self.augments)):
             if len(set(values)) != len(values):
                 raise ConfigError(f"{name} lists a value twice: {','.join(map(str, values))}")
 
-    def configs(self) -> dict[str, ExperimentConfig]:
-        """Method -> its child's config (seed and split are set per cell)."""
-        return {name: child_config(self.base, name) for name in self.methods}
+    @property
+    def policies(self) -> tuple[str, ...]:
+        return self.augments or (self.base.augment,)
+
+    @property
+    def reference_policy(self) -> str:
+        """The policy every other one is measured against: crop and flip alone when listed."""
+        return "crop_flip" if "crop_flip" in self.policies else self.policies[0]
+
+    def row(self, method: str, policy: str) -> str:
+        """The table row (and metric path) of a method under a policy."""
+        return method if policy == self.reference_policy else f"{method}.{policy}"
+
+    def config(self, method: str, policy: str) -> ExperimentConfig:
+        """A child's config (seed and split are set per cell)."""
+        return child_config(self.base, method).replace(augment=policy)
 
     def cells(self) -> list[CellKey]:
-        """Every (split, seed, method), in the order a single worker runs them."""
-        return [(split, seed, method) for split in self.splits for seed in self.seeds for method in self.methods]
+        """Every (split, seed, method, policy), in the order a single worker runs them."""
+        return [(split, seed, method, policy) for split in self.splits for seed in self.seeds
+                for policy in self.policies for method in self.methods]
 
     def identity(self) -> dict[str, str]:
         """What the cells depend on; stored with the study and checked on resume and join."""
         experiment = {k: v for k, v in self.base.to_params().items()
-                      if k not in (*MACHINE_FIELDS, *REPORTING_FIELDS, "method")}
+                      if k not in (*MACHINE_FIELDS, *REPORTING_FIELDS, "method", "augment")}
         return experiment | {"seeds": ",".join(map(str, self.seeds)), "splits": ",".join(map(str, self.splits)),
-                             "methods": ",".join(self.methods)}
+                             "methods": ",".join(self.methods), "augment": ",".join(self.policies)}
 
     def name(self) -> str:
         digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]
@@ -109,7 +132,7 @@ class Study:
 def cell_of(trial: FrozenTrial) -> CellKey | None:
     """A trial's cell, from its parameters (or, while it is queued, the parameters it was queued with)."""
     params = trial.params or trial.system_attrs.get("fixed_params", {})
-    return (params["split"], params["seed"], params["method"]) if "method" in params else None
+    return (params["split"], params["seed"], params["method"], params["augment"]) if "method" in params else None
 
 
 class CellObjective:
@@ -135,10 +158,12 @@ class CellObjective:
         split = trial.suggest_categorical("split", list(self.study.splits))
         seed = trial.suggest_categorical("seed", list(self.study.seeds))
         method = trial.suggest_categorical("method", list(self.study.methods))
-        assert isinstance(split, int) and isinstance(seed, int) and isinstance(method, str)
+        policy = trial.suggest_categorical("augment", list(self.study.policies))
+        assert isinstance(split, int) and isinstance(seed, int) and isinstance(method, str) and isinstance(policy, str)
         prep = self.prepared(split, seed)
-        child = dataclasses.replace(prep, cfg=self.study.configs()[method].replace(split=split, seed=seed))
-        run = mlflow.start_run(run_name=f"{method} split={split} seed={seed}", parent_run_id=self.parent.info.run_id,
+        child = dataclasses.replace(prep, cfg=self.study.config(method, policy).replace(split=split, seed=seed))
+        name = self.study.row(method, policy)
+        run = mlflow.start_run(run_name=f"{name} split={split} seed={seed}", parent_run_id=self.parent.info.run_id,
                                experiment_id=self.parent.info.experiment_id, nested=mlflow.active_run() is not None)
         retry_of = trial.user_attrs.get("mlflow_run_id", "")  # a retried cell inherits its stale trial's attributes
         trial.set_user_attr("mlflow_run_id", run.info.run_id)
@@ -184,8 +209,8 @@ def enqueue_missing(optuna_study: optuna.Study, study: Study) -> int:
     taken = {cell_of(t) for t in optuna_study.get_trials(deepcopy=False)
              if t.state in (TrialState.COMPLETE, TrialState.RUNNING, TrialState.WAITING)}
     missing = [cell for cell in study.cells() if cell not in taken]
-    for split, seed, method in missing:
-        optuna_study.enqueue_trial({"split": split, "seed": seed, "method": method})
+    for split, seed, method, policy in missing:
+        optuna_study.enqueue_trial({"split": split, "seed": seed, "method": method, "augment": policy})
     return len(missing)
 
 
@@ -236,13 +261,15 @@ def collect_cells(study: Study, optuna_study: optuna.Study) -> Results:
     missing = [cell for cell in study.cells() if cell not in done]
     if missing:
         errors = {cell_of(t): t.user_attrs.get("error", "") for t in trials if t.state == TrialState.FAIL}
-        split, seed, method = missing[0]
+        split, seed, method, policy = missing[0]
         why = f" ({errors[missing[0]]})" if errors.get(missing[0]) else ""
-        raise AnomalyReprError(f"{len(missing)} of {len(study.cells())} cells have no result, first {method} split "
-                               f"{split} seed {seed}{why}; run the same command again to retry only those")
-    results: Results = {method: [] for method in study.methods}
-    for split, seed, method in study.cells():
-        results[method].append(load_cell(done[split, seed, method].user_attrs["mlflow_run_id"], split, seed))
+        raise AnomalyReprError(f"{len(missing)} of {len(study.cells())} cells have no result, first "
+                               f"{study.row(method, policy)} split {split} seed {seed}{why}; run the same command "
+                               "again to retry only those")
+    results: Results = {study.row(method, policy): [] for policy in study.policies for method in study.methods}
+    for cell in study.cells():
+        split, seed, method, policy = cell
+        results[study.row(method, policy)].append(load_cell(done[cell].user_attrs["mlflow_run_id"], split, seed))
     return results
 
 
@@ -263,12 +290,14 @@ def run_reproduce(study: Study) -> str:
     helpers: list[subprocess.Popen] = []
     with pool.parent_run(helpers):
         seeds, splits = ",".join(map(str, study.seeds)), ",".join(map(str, study.splits))
+        policies = ",".join(study.policies)
         log_new_params({k: v for k, v in study.base.to_params().items() if k != "method"}
-                       | {"seed": seeds, "split": splits, "methods": ",".join(study.methods)}
+                       | {"seed": seeds, "split": splits, "methods": ",".join(study.methods), "augment": policies}
                        | {k: v for k, v in study.pool.to_params().items() if k != "role"})
         mlflow.set_tags({"stage": "reproduce", "dataset": study.base.dataset, "arch": study.base.arch,
                          "git_commit": git_commit(), "seeds": seeds, "splits": splits,
-                         "methods": ",".join(study.methods), "optuna_study": name, "optuna_storage": spec})
+                         "methods": ",".join(study.methods), "augment": policies, "optuna_study": name,
+                         "optuna_storage": spec})
         for group in study.shared_class_sets():
             log.warning("splits %s of %s hold the same known classes (only their order differs); a mean over "
                         "them counts that class set %d times", ",".join(map(str, group)), study.base.dataset,
@@ -276,8 +305,8 @@ def run_reproduce(study: Study) -> str:
         parent = mlflow.get_run(active.info.run_id)
         objective = CellObjective(study, parent, name)
         prep = objective.prepared(study.splits[0], study.seeds[0])  # bad data or classes stop the study here, once
-        for cfg in study.configs().values():
-            method_for(cfg).check_data(prep.data.shape)
+        for method in study.methods:
+            method_for(study.config(method, study.reference_policy)).check_data(prep.data.shape)
         argv = ["reproduce", *pool.as_options(worker_params(study))]
         helpers += pool.spawn_workers(study.pool.workers - 1, argv, tracking_uri)
         work(optuna_study, objective, heartbeats, wait_for=helpers)
@@ -292,4 +321,5 @@ def worker_params(study: Study) -> dict[str, str]:
     if study.base.recon_weight == 0:
         base["recon_weight"] = "auto"  # the CLI's spelling of "the talk's λ for the hybrid child"
     return base | {"seed": ",".join(map(str, study.seeds)), "split": ",".join(map(str, study.splits)),
-                   "methods": ",".join(study.methods)} | study.pool.replace(role="worker", workers=1).to_params()
+                   "methods": ",".join(study.methods), "augment": ",".join(study.policies)} \
+        | study.pool.replace(role="worker", workers=1).to_params()

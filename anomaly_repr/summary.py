@@ -40,12 +40,19 @@ class Cell:
         return self.split, self.seed
 
 
-Results = dict[str, list[Cell]]  # method -> its cells, one per repeat, in the same repeat order for every method
+# Row -> its cells, one per repeat, in the same repeat order for every row. A row is a method (under the
+# study's reference augmentation policy), or `<method>.<policy>`: that method under another policy.
+Results = dict[str, list[Cell]]
+
+
+def row_method(row: str) -> str:
+    """The method a table row trained: `classifier` for `classifier` and `classifier.trivialaugment`."""
+    return row.split(".", 1)[0]
 
 
 def reference_method(results: Results) -> str | None:
-    """The study's method in the reference role (the classifier), if it has one."""
-    return next((m for m in results if METHODS[m].role == REFERENCE), None)
+    """The study's method in the reference role (the classifier, under the reference policy), if it has one."""
+    return next((m for m in results if m == row_method(m) and METHODS[m].role == REFERENCE), None)
 
 
 def best_deployable(summary: dict[str, float], method: str) -> str | None:
@@ -108,6 +115,10 @@ def summarise(results: Results, n_resamples: int) -> dict[str, float]:
     classifier with today's detectors?); a method may name an older alias of its oracle gain (the hybrid's
     `test/q3_gap`). Every model's scorers are also compared with its own max logit:
     `test/<method>/<scorer>/vs_max_logit`.
+
+    A row `<method>.<policy>` (the method under another augmentation policy) is measured against its method's
+    row, on the same repeats: `test/gain/<method>.<policy>/oracle_rf`, `.../max_logit`, `.../best_score` (best
+    deployable against best deployable) and `.../acc` (test accuracy; its spread over repeats only).
     """
     boot = _Bootstrap(results, n_resamples)
     summary: dict[str, float] = {}
@@ -134,7 +145,8 @@ def summarise(results: Results, n_resamples: int) -> dict[str, float]:
         if summary["test/q1_gap"] > 0:
             best_classic = summary[f"test/{reference}/{classic[1]}/auroc"]
             summary["test/q1_closed"] = (summary["test/q1_best_deployable"] - best_classic) / summary["test/q1_gap"]
-    for method in results:
+    summary |= _policy_gains(results, boot, summary)
+    for method in (row for row in results if row == row_method(row)):
         cls = METHODS[method]
         if f"test/{method}/oracle_rf/auroc" in summary and cls.role in (ORACLE_REPRESENTATION, VARIANT):
             names = ["test/q2_gap"] if cls.role == ORACLE_REPRESENTATION else [
@@ -145,6 +157,26 @@ def summarise(results: Results, n_resamples: int) -> dict[str, float]:
         if cls.role == VARIANT and theirs is not None and best is not None:
             summary |= _gap(results, boot, f"test/gain/{method}/best_score", (method, theirs), (reference, best))
     return summary
+
+
+def _policy_gains(results: Results, boot: _Bootstrap, summary: dict[str, float]) -> dict[str, float]:
+    """Each `<method>.<policy>` row against its method's row: AUROC gains with paired intervals, accuracy."""
+    out: dict[str, float] = {}
+    for row, cells in results.items():
+        base = row_method(row)
+        if row == base or base not in results:
+            continue
+        for scorer in ("oracle_rf", BASELINE):
+            if scorer in cells[0].scores and scorer in results[base][0].scores:
+                out |= _gap(results, boot, f"test/gain/{row}/{scorer}", (row, scorer), (base, scorer))
+        theirs, ours = best_deployable(summary, row), best_deployable(summary, base)
+        if theirs is not None and ours is not None:
+            out |= _gap(results, boot, f"test/gain/{row}/best_score", (row, theirs), (base, ours))
+        if all("test/acc" in c.metrics for c in [*cells, *results[base]]):
+            out |= _spread(f"test/gain/{row}/acc",
+                           np.array([a.metrics["test/acc"] - b.metrics["test/acc"]
+                                     for a, b in zip(cells, results[base], strict=True)]))
+    return out
 
 
 def _gap(results: Results, boot: _Bootstrap, name: str, lhs: tuple[str, str],

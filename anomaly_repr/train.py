@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
+from anomaly_repr.augment import Mixing, Policy
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import DivergedError
 from anomaly_repr.methods import method_for
@@ -56,12 +58,15 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
-def lr_factor(schedule: str, step: int, total: int) -> float:
-    """Multiplier of the peak learning rate at optimiser step `step` of `total`."""
+def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
+    """Multiplier of the peak learning rate at optimiser step `step` of `total`; `warmup` steps of linear
+    warm-up before the cosine decay (onecycle has its own)."""
     progress = step / max(1, total)
     if schedule == "onecycle":  # linear warm-up over the first 20 %, then linear decay to zero
         return progress / 0.2 if progress < 0.2 else max(0.0, (1 - progress) / 0.8)
-    return 0.5 * (1 + math.cos(math.pi * progress))  # cosine
+    if step < warmup:
+        return (step + 1) / warmup
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))  # cosine
 
 
 @torch.no_grad()
@@ -98,26 +103,35 @@ def _save_atomically(state: dict, path: Path) -> None:
 def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, train_labels: torch.Tensor,
           val_images: torch.Tensor, val_labels: torch.Tensor, normalizer: Normalizer, hflip: bool,
           device: torch.device, checkpoint: Path, resume: bool = False,
-          on_epoch: Callable[[dict[str, float]], None] | None = None) -> TrainResult:
-    """Train `model` with its method's step on uint8 images (labels 0..K-1); `on_epoch` receives each
+          on_epoch: Callable[[OpenSetNet, dict[str, float]], None] | None = None) -> TrainResult:
+    """Train `model` with its method's step on uint8 images (labels 0..K-1); `on_epoch` receives, after each
+    epoch, the model that validation reads (the weights' moving average when `ema_decay` is set) and the
     epoch's metrics row."""
     method = method_for(cfg)
     torch.manual_seed(cfg.seed)
     model.to(device).to(memory_format=torch.channels_last)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    num_classes = int(max(train_labels.max(), val_labels.max())) + 1
     batches = DeviceBatches(train_images.to(device), train_labels.to(device), normalizer, cfg.batch_size,
-                            hflip, generator)
+                            hflip, generator, Policy(cfg.augment, *train_images.shape[-2:]), cfg.random_erasing,
+                            Mixing(cfg.mixup, cfg.cutmix, num_classes))
     optimizer = torch.optim.SGD(method.param_groups(model), lr=cfg.lr,
                                 momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    total_steps = cfg.epochs * len(batches)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(cfg.schedule, s, total_steps))
+    total_steps, warmup = cfg.epochs * len(batches), round(cfg.warmup_epochs * len(batches))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                  lambda s: lr_factor(cfg.schedule, s, total_steps, warmup))
+    # The weights' moving average (buffers too: batch-norm statistics) is what validation selects and what
+    # the caller gets back when ema_decay is set.
+    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) \
+        if cfg.ema_decay else None
+    selected: OpenSetNet = ema.module if ema is not None else model  # type: ignore[assignment]
     dtype = autocast_dtype(cfg.amp, device)
 
     def autocast() -> torch.autocast:  # the loss and the scorers stay float32: the model casts its outputs
         return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
     result = TrainResult(model, best_val_acc=-1.0, best_epoch=-1, precision=str(dtype or torch.float32))
-    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    best_state = {k: v.detach().clone() for k, v in selected.state_dict().items()}
     start_epoch, stale = 1, 0
 
     if resume and checkpoint.exists():
@@ -125,6 +139,8 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         generator.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         best_state = state["best_model"]
@@ -144,6 +160,8 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
         for step, (x, y) in enumerate(bar, 1):
             loss = method.train_step(model, optimizer, x.contiguous(memory_format=torch.channels_last), y, autocast)
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(model)
             loss_sum += loss * len(y)
             seen += len(y)
             if step % CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
@@ -155,10 +173,10 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
         seconds = time.perf_counter() - began
         result.train_seconds += seconds
         result.train_images += seen
-        val_acc = accuracy(model, val_images, val_labels, normalizer, device)
+        val_acc = accuracy(selected, val_images, val_labels, normalizer, device)
         if val_acc > result.best_val_acc:
             result.best_val_acc, result.best_epoch, stale = val_acc, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().clone() for k, v in selected.state_dict().items()}
         else:
             stale += 1
         row = {"epoch": epoch, "train/loss": total_loss / seen, "val/acc": val_acc,
@@ -167,13 +185,14 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
         log.info("epoch %d/%d  loss %.4f  val/acc %.4f  %.0f img/s", epoch, cfg.epochs, row["train/loss"],
                  val_acc, row["train/images_per_second"])
         if on_epoch:  # before the checkpoint: a crash in between repeats the epoch, never loses its row
-            on_epoch(row)
+            on_epoch(selected, row)
         _save_atomically({
             "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(), "best_model": best_state,
             "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch, "history": result.history,
             "stale": stale, "train_seconds": result.train_seconds, "train_images": result.train_images,
+            **({"ema": ema.state_dict()} if ema is not None else {}),
         }, checkpoint)
 
     model.load_state_dict(best_state)

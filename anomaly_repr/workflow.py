@@ -130,14 +130,15 @@ class Fitted:
 
 def fit(prep: Prepared, checkpoint: Path, resume: bool = False, on_epoch: EpochHook | None = None) -> Fitted:
     """Train the config's method on its labels; `on_epoch(model, normalizer, row)` runs after each epoch
-    with the model in that epoch's state (tracking logs there; tuning scores and prunes there)."""
+    with the model that validation reads, in that epoch's state (tracking logs there; tuning scores and
+    prunes there)."""
     cfg, device = prep.cfg, pick_device(prep.cfg.device)
     train_index, val_index, all_labels = prep.training_view()
     train_x = prep.images(train_index)
     normalizer = Normalizer.fit(train_x)  # statistics of the training split only
     labels = torch.as_tensor(all_labels, dtype=torch.long)
     model = new_model(prep)
-    hook = (lambda row: on_epoch(model, normalizer, row)) if on_epoch else None
+    hook = (lambda net, row: on_epoch(net, normalizer, row)) if on_epoch else None
     result = train(cfg, model, train_x, labels[train_index], prep.images(val_index), labels[val_index], normalizer,
                    prep.data.hflip, device, checkpoint, resume, hook)
     return Fitted(result.model, normalizer, result, train_x[:4], device)

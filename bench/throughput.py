@@ -1,7 +1,8 @@
 """Training throughput side by side: the compute bound, the plain torchvision loop, and the project's loop.
 
 Usage:  python bench/throughput.py [--archs resnet8,resnet20,resnet18] [--steps 20] [--precisions fp32,bf16]
-                                  [--rounds 3]
+                                  [--rounds 3] [--policies crop_flip,trivialaugment,randaugment,autoaugment]
+                                  [--policies_only]
 
 For each architecture and precision, in one process on the same machine:
 - bound: forward/backward/SGD step on random in-memory tensors (batch 128, channels-last): what the
@@ -16,6 +17,11 @@ The three are measured in turn, `rounds` times, and each figure is the median of
 machine single measurements drift by 20 % and more. Then the ratios project/bound and project/peer of
 the medians. `bf16` means torch.autocast(bfloat16): native on CPUs
 with AVX512-BF16 or AMX, emulated (slower) elsewhere; the first line says which this CPU has.
+
+Then, for each augmentation policy of `--policies` (and trivialaugment with random erasing 0.25 and
+mixup/cutmix 1.0 on top), the batch pipeline's seconds per batch of real images, against the bound's
+seconds per step of the first architecture in each precision, measured in turn in the same rounds:
+the share of a training step that augmentation costs. `--policies_only` prints that table alone.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ import torch.nn.functional as F
 from common import SPLIT0, cifar10_folder, hardware
 from torchvision import datasets, transforms
 
+from anomaly_repr.augment import Mixing, Policy
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.models import create_model
 from anomaly_repr.pipeline import DeviceBatches, Normalizer
@@ -111,11 +118,34 @@ def project(arch: str, bf16: bool, steps: int, images: torch.Tensor, labels: tor
     return result.history[-1]["train/images_per_second"]
 
 
-def augment_seconds(images: torch.Tensor, labels: torch.Tensor, steps: int) -> float:
+def augment_seconds(images: torch.Tensor, labels: torch.Tensor, steps: int, policy: str = "crop_flip",
+                    erasing: float = 0.0, mixing: float = 0.0) -> float:
     generator = torch.Generator().manual_seed(0)
-    batches = DeviceBatches(images, labels, Normalizer.fit(images), BATCH, True, generator)
+    batches = DeviceBatches(images, labels, Normalizer.fit(images), BATCH, True, generator,
+                            Policy(policy, *images.shape[-2:]), erasing, Mixing(mixing, mixing, 6))
     stream = iter(batches)
     return timed(lambda: next(islice(stream, 1)), min(steps, len(batches) - 4), warmup=1)
+
+
+def policy_table(arch: str, precisions: list[str], policies: list[str], images: torch.Tensor,
+                 labels: torch.Tensor, steps: int, rounds: int) -> None:
+    cases = [(p, 0.0, 0.0) for p in policies] + [("trivialaugment", 0.25, 1.0)]
+    print("\n| policy | pipeline ms/batch | " + " | ".join(f"share of a {arch} {p} step" for p in precisions) + " |")
+    print("|---|---|" + "---|" * len(precisions))
+    step_seconds = {p: [] for p in precisions}
+    pipeline: dict[tuple, list[float]] = {case: [] for case in cases}
+    for _ in range(rounds):
+        for p in precisions:
+            step_seconds[p].append(BATCH / bound(arch, p == "bf16", steps))
+        for case in cases:
+            pipeline[case].append(augment_seconds(images, labels, steps, *case))
+    steps_med = {p: float(np.median(v)) for p, v in step_seconds.items()}
+    for (policy, erasing, mixing), values in pipeline.items():
+        seconds = float(np.median(values))
+        extra = f" + erasing {erasing} + mixup/cutmix {mixing}" if erasing or mixing else ""
+        print(f"| {policy}{extra} | {seconds * 1000:.1f} | "
+              + " | ".join(f"{seconds / steps_med[p]:.1%}" for p in precisions) + " |")
+    print("step seconds (bound, median): " + ", ".join(f"{p} {v * 1000:.0f} ms" for p, v in steps_med.items()))
 
 
 def main() -> None:
@@ -124,12 +154,18 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--policies", default="crop_flip,trivialaugment,randaugment,autoaugment")
+    parser.add_argument("--policies_only", action="store_true")
     args = parser.parse_args()
     root, tmp = cifar10_folder(), Path(__file__).resolve().parent / "out" / "throughput"
     tmp.mkdir(parents=True, exist_ok=True)
     print(f"hardware: {hardware()}; native bf16: {bf16_native()}; cpu capability "
           f"{torch.backends.cpu.get_cpu_capability()}")
     images, labels = real_images(root, BATCH * (args.steps + 4))
+    if args.policies_only:
+        policy_table(args.archs.split(",")[0], args.precisions.split(","), args.policies.split(","), images, labels,
+                     args.steps, args.rounds)
+        return
     aug = augment_seconds(images, labels, args.steps)
     bound(args.archs.split(",")[0], False, args.steps)  # the process's first steps run cold: not measured
     print("| arch | precision | bound img/s | peer img/s | project img/s | project/bound | project/peer | "
@@ -143,6 +179,8 @@ def main() -> None:
             b, p, own = (float(np.median(column)) for column in zip(*rounds, strict=True))
             print(f"| {arch} | {precision} | {b:.0f} | {p:.0f} | {own:.0f} | {own / b:.2f} | {own / p:.2f} | "
                   f"{aug * own / BATCH:.1%} |", flush=True)
+    policy_table(args.archs.split(",")[0], args.precisions.split(","), args.policies.split(","), images, labels,
+                 args.steps, args.rounds)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 workers (the server-backed runs are in test_e2e.py, the PostgreSQL workers in test_distributed.py)."""
 
 import logging
+import time
 
 import mlflow
 import numpy as np
@@ -97,7 +98,14 @@ def test_a_rerun_retrains_only_the_cells_without_a_result(tracking, monkeypatch)
     assert parent.info.status == "FINISHED" and "test/q2_gap" in parent.data.metrics
 
 
-def test_two_local_workers_share_a_journal_study(tracking, tmp_path):
+def test_two_local_workers_share_a_journal_study(tracking, tmp_path, monkeypatch):
+    real = study_module.train_logged
+
+    def slow(*args, **kwargs):  # the driver's cells only (the worker is another process): the worker, which
+        time.sleep(8)  # needs seconds to start, must find cells left however fast the driver trains
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(study_module, "train_logged", slow)
     pool = PoolConfig(workers=2, storage=f"journal:{tmp_path}/cells.journal")
     study = Study(BASE.replace(val_auroc_every=0), seeds=(0, 1), methods=("classifier", "oracle_rep"), pool=pool)
     parent_id = run_reproduce(study)
@@ -131,3 +139,38 @@ def test_splits_zero_and_one_share_their_classes_and_say_so(tracking, caplog):
                                                "--known_classes", "0,1"]))
     with pytest.raises(ConfigError, match="start each other worker with role=worker alone"):
         PoolConfig(role="worker", workers=2)
+
+
+def test_augmentation_policies_are_rows_measured_against_crop_and_flip(tracking):
+    study = parse_study(build_parser().parse_args(
+        ["reproduce", "--augment", "trivialaugment,crop_flip", "--methods", "classifier,hybrid", "--epochs", "2",
+         "--oracle_trees", "20", "--bootstrap", "100", "--device", "cpu"]))
+    assert study.policies == ("trivialaugment", "crop_flip") and study.reference_policy == "crop_flip"
+    parent_id = run_reproduce(study)
+    client = mlflow.MlflowClient(tracking)
+    parent = client.get_run(parent_id)
+    kids = children(client, parent_id)
+    assert sorted((c.data.params["method"], c.data.params["augment"]) for c in kids) == sorted(
+        [(m, a) for m in ("classifier", "hybrid") for a in ("crop_flip", "trivialaugment")])
+    assert parent.info.status == "FINISHED" and parent.data.params["augment"] == "trivialaugment,crop_flip"
+    m = parent.data.metrics
+    row = "classifier.trivialaugment"
+    policy_kids = [c for c in kids if c.data.params["augment"] == "trivialaugment"
+                   and c.data.tags["method"] == "classifier"]
+    assert m[f"test/{row}/acc"] == pytest.approx(np.mean([c.data.metrics["test/acc"] for c in policy_kids]))
+    gain = m[f"test/{row}/max_logit/auroc"] - m["test/classifier/max_logit/auroc"]
+    assert m[f"test/gain/{row}/max_logit"] == pytest.approx(gain)
+    assert m[f"test/gain/{row}/max_logit_ci_low"] <= m[f"test/gain/{row}/max_logit_ci_high"]
+    assert f"test/gain/{row}/oracle_rf_p" in m and f"test/gain/{row}/best_score" in m
+    assert m[f"test/gain/{row}/acc"] == pytest.approx(m[f"test/{row}/acc"] - m["test/classifier/acc"])
+    assert "test/gain/hybrid.trivialaugment/oracle_rf" in m  # each method against itself under crop and flip
+    assert "test/gain/hybrid/oracle_rf" in m and "test/q1_gap" in m  # the reference policy's gaps as before
+    assert not any(k.startswith("test/gain/classifier/") for k in m)
+    table = mlflow.artifacts.load_text(f"runs:/{parent_id}/results/auroc_table.md")
+    assert f"| {row} |" in table and "| classifier |" in table
+    assert m["accuracy_vs_auroc/n_models"] == 4
+
+
+def test_an_unknown_policy_in_the_list_is_a_one_line_error(tracking, capsys):
+    assert main(["reproduce", "--augment", "crop_flip,cutout"]) == 2
+    assert "unknown augment 'cutout'" in capsys.readouterr().err

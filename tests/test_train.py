@@ -40,7 +40,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(digits, tmp_path):
     cfg = digits[0]
     whole = run(cfg, digits, tmp_path / "whole.pt")
 
-    def crash(row):
+    def crash(model, row):
         if row["epoch"] == 3:
             raise KeyboardInterrupt  # dies during epoch 3's bookkeeping, before its checkpoint
 
@@ -59,7 +59,7 @@ def test_early_stopping_keeps_the_best_epoch(digits, tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "accuracy", lambda *a, **k: next(accs))
     states = {}
 
-    def remember(row):
+    def remember(model, row):
         states[row["epoch"]] = {k: v.clone() for k, v in model_ref[0].state_dict().items()}
 
     model_ref = []
@@ -116,7 +116,7 @@ def test_bad_amp_values_are_one_line_errors():
 
 def test_a_bfloat16_run_keeps_float32_outputs_and_checkpoints(digits, tmp_path):
     cfg = digits[0].replace(amp="true", epochs=1)
-    result = run(cfg, digits, tmp_path / "c.pt", on_epoch=lambda row: None)
+    result = run(cfg, digits, tmp_path / "c.pt", on_epoch=lambda model, row: None)
     assert result.precision == "torch.bfloat16"
     saved = torch.load(tmp_path / "c.pt", weights_only=True)
     assert all(v.dtype == torch.float32 for v in saved["model"].values() if v.is_floating_point())
@@ -145,3 +145,61 @@ def test_the_per_epoch_validation_aurocs_skip_non_finite_scores(caplog):
         model.head.weight.fill_(float("nan"))  # what a diverging head gives: the curve skips, training goes on
     assert classic_val_aurocs(prep, model, normalizer) == {}
     assert "val/max_logit/auroc not logged" in caplog.text
+
+
+# --- the recipe: warm-up, the weights' moving average, augmentation policies --------------------------------
+
+def test_cosine_warms_up_linearly_then_decays():
+    assert lr_factor("cosine", 0, 100, warmup=10) == pytest.approx(0.1)
+    assert lr_factor("cosine", 9, 100, warmup=10) == 1 and lr_factor("cosine", 10, 100, warmup=10) == 1
+    assert lr_factor("cosine", 55, 100, warmup=10) == pytest.approx(0.5)
+    assert lr_factor("cosine", 100, 100, warmup=10) == pytest.approx(0)
+
+
+def test_the_moving_average_is_what_validation_selects_and_the_caller_gets(digits, tmp_path):
+    cfg = digits[0].replace(ema_decay=0.9, epochs=3)
+    seen, training = {}, []
+    original = train_module.train
+
+    def spy(cfg, model, *a, **k):
+        training.append(model)
+        return original(cfg, model, *a, **k)
+
+    def remember(model, row):
+        seen[row["epoch"]] = (model, {k: v.clone() for k, v in model.state_dict().items()},
+                              {k: v.clone() for k, v in training[0].state_dict().items()})
+
+    result = spy(cfg, create_model(cfg.arch, 6, 1), *digits[1:], False, torch.device("cpu"), tmp_path / "c.pt",
+                 on_epoch=remember)
+    averaged, best, _ = seen[result.best_epoch]
+    assert averaged is not training[0]  # validation read the average, not the trained weights
+    for key, value in result.model.state_dict().items():
+        assert torch.equal(value, best[key]), key
+    _, average, trained = seen[3]
+    assert not torch.equal(average["head.weight"], trained["head.weight"])
+    assert train_module.accuracy(result.model, *digits[3:], torch.device("cpu")) == result.best_val_acc
+    assert "ema" in torch.load(tmp_path / "c.pt", weights_only=True)
+
+
+@pytest.mark.parametrize("recipe", [{"ema_decay": 0.9}, {"augment": "trivialaugment", "random_erasing": 0.5,
+                                                          "mixup": 0.2, "cutmix": 1.0}])
+def test_resume_with_the_recipe_matches_an_uninterrupted_run(digits, tmp_path, recipe):
+    cfg = digits[0].replace(**recipe)
+    whole = run(cfg, digits, tmp_path / "whole.pt")
+
+    def crash(model, row):
+        if row["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg, digits, tmp_path / "part.pt", on_epoch=crash)
+    resumed = run(cfg, digits, tmp_path / "part.pt", resume=True)
+    assert [r["val/acc"] for r in resumed.history] == [r["val/acc"] for r in whole.history]
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("policy", ["trivialaugment", "randaugment", "autoaugment"])
+def test_every_policy_trains_on_digits(digits, tmp_path, policy):
+    result = run(digits[0].replace(augment=policy, epochs=3), digits, tmp_path / "c.pt")
+    assert result.best_val_acc > 0.5  # chance is 1/6

@@ -253,3 +253,20 @@ def test_lambda_study_on_an_image_folder_with_hyperband(tracking, image_folder):
     assert len(trials) == 2 and trials[0].data.params["recon_weight"] == "0.9"
     assert parent.data.tags["optuna_study"].startswith("recon_weight-imagefolder-val-anomalies-")
     assert test_run.data.tags["model"] == "hybrid" and "test/recon_error/auroc" in test_run.data.metrics
+
+
+def test_the_recipe_study_searches_the_training_recipe_on_validation_data(tracking):
+    parent_id = run_tune(FAST.replace(schedule="cosine"), tune_cfg(n_trials=3, target="recipe", study_name="recipe"))
+    parent, trials, tests = runs_of(parent_id)
+    assert parent.info.status == "FINISHED" and len(trials) == 3 and len(tests) == 1
+    searched = {"augment", "random_erasing", "mixup", "cutmix", "label_smoothing", "ema_decay", "warmup_epochs"}
+    first = trials[0].data.params
+    # the plain recipe is tried first: every other trial is compared with it
+    assert (first["augment"], first["ema_decay"], first["mixup"], first["warmup_epochs"]) == ("crop_flip", "0.0",
+                                                                                               "0.0", "0.0")
+    assert all(t.data.params["method"] == "classifier" and t.data.params["objective_scorer"] == "max_logit"
+               for t in trials)
+    assert searched <= {k.removeprefix("best_params.") for k in parent.data.tags if k.startswith("best_params.")}
+    assert "val/max_logit/auroc" in parent.data.metrics
+    study = optuna.load_study(study_name="recipe", storage=parent.data.tags["optuna_storage"])
+    assert all(set(t.params) == searched for t in study.trials)

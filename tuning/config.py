@@ -25,7 +25,8 @@ OBJECTIVE_FIELDS = ("target", "protocol", "scorer", "lambda_low", "lambda_high",
 class TuneConfig(PoolConfig):
     """The search; the pool fields (study_name, storage, workers, role, heartbeats) come from `PoolConfig`."""
 
-    target: str = "recon_weight"  # a method with searchable settings: hybrid (alias recon_weight): λ | godin: h, ε, ...
+    target: str = "recon_weight"  # a method with searchable settings (hybrid, alias recon_weight: λ | godin: h, ε, ...)
+    #                               or recipe: the classifier's augmentation, erasing, mixing, smoothing, EMA
     protocol: Protocol = "val-anomalies"  # val-anomalies | class-holdout (anomaly classes split into tuning/test)
     scorer: str = ""  # objective's scorer; '' = max_logit (λ) or godin (G-ODIN); a comma-separated list is searched
     n_trials: int = 20  # finished (complete or pruned) trials the study should hold, over all workers

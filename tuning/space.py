@@ -1,44 +1,83 @@
-"""What a study searches: a method's searchable settings, which live beside the method.
+"""What a study searches: a method's searchable settings, which live beside the method, or the training
+recipe.
 
 `target` names a method that has settings to search (`hybrid`: λ; `godin`: h, ε, the decay of h); the
-name of earlier versions, `recon_weight`, still means the hybrid. Each method also names its objective's
+name of earlier versions, `recon_weight`, still means the hybrid. `target=recipe` searches the classifier's
+training recipe instead (augmentation policy, random erasing, mixup, cutmix, label smoothing, the weights'
+moving average, and the warm-up of a cosine schedule), scored by the validation max-logit AUROC: the study
+asks for a better detector, and the accuracy that the recipe raises is what model selection already
+maximises inside every trial. Each method also names its objective's
 default scorer and the talk's settings to try first. Objective scorers must not learn from anomaly
 labels: an oracle fitted on the validation anomalies and scored on them would grade itself.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.config import AUGMENTS, ExperimentConfig
 from anomaly_repr.errors import ConfigError
 from anomaly_repr.extract import CORE
 from anomaly_repr.methods import METHODS, Method, child_config, searchable
+from anomaly_repr.methods.classifier import Classifier
 from anomaly_repr.scorers import SCORERS, is_oracle, make_scorer
 
 if TYPE_CHECKING:
     from tuning.config import TuneConfig
 
 TARGET_ALIASES = {"recon_weight": "hybrid"}  # target names of earlier versions
+RECIPE = "recipe"  # the target that searches the classifier's training recipe
+
+
+class Recipe(Classifier):
+    """The classifier, with the training recipe as its searchable settings (not a method of its own)."""
+
+    tune_scorer = "max_logit"
+
+    def suggest(self, trial: optuna.Trial, tcfg: TuneConfig) -> dict[str, Any]:
+        fields: dict[str, Any] = {
+            "augment": trial.suggest_categorical("augment", list(AUGMENTS)),
+            "random_erasing": trial.suggest_float("random_erasing", 0.0, 0.5),
+            "mixup": trial.suggest_categorical("mixup", [0.0, 0.2, 1.0]),
+            "cutmix": trial.suggest_categorical("cutmix", [0.0, 1.0]),
+            "label_smoothing": trial.suggest_float("label_smoothing", 0.0, 0.2),
+            "ema_decay": trial.suggest_categorical("ema_decay", [0.0, 0.99, 0.999]),
+        }
+        if self.cfg.schedule == "cosine":
+            fields["warmup_epochs"] = trial.suggest_float("warmup_epochs", 0.0, self.cfg.epochs / 4)
+        return fields
+
+    def talk_values(self, tcfg: TuneConfig) -> list[dict[str, Any]]:
+        """The plain recipe first (crop and flip, nothing else): what every other trial is compared with."""
+        plain = {"augment": "crop_flip", "random_erasing": 0.0, "mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.0,
+                 "ema_decay": 0.0}
+        return [plain | ({"warmup_epochs": 0.0} if self.cfg.schedule == "cosine" else {})]
+
+
+def targets() -> list[str]:
+    return [*searchable(), RECIPE, *TARGET_ALIASES]
 
 
 def target_method(target: str) -> str:
-    """The method a `target` names; a one-line error for anything else."""
+    """The method a `target` trains; a one-line error for anything else."""
     name = TARGET_ALIASES.get(target, target)
+    if name == RECIPE:
+        return Classifier.name
     if name not in searchable():
-        raise ConfigError(f"unknown target {target!r}; choose one of {', '.join([*searchable(), *TARGET_ALIASES])}")
+        raise ConfigError(f"unknown target {target!r}; choose one of {', '.join(targets())}")
     return name
 
 
 def method_of(target: str, base: ExperimentConfig) -> Method:
     """The target's method, configured from `base` (the fields that select other methods reset)."""
-    return METHODS[target_method(target)](child_config(base, target_method(target)))
+    cfg = child_config(base, target_method(target))
+    return Recipe(cfg) if target == RECIPE else METHODS[target_method(target)](cfg)
 
 
 def default_scorer(target: str) -> str:
-    return METHODS[target_method(target)].tune_scorer or "max_logit"
+    return Recipe.tune_scorer if target == RECIPE else METHODS[target_method(target)].tune_scorer or "max_logit"
 
 
 def check_scorers(target: str, names: list[str]) -> None:
