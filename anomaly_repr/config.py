@@ -21,8 +21,9 @@ GodinH = Literal["cosine", "inner", "euclidean"]
 BadImages = Literal["error", "skip"]
 ScorerReference = Literal["train", "val_nominal"]
 Augment = Literal["crop_flip", "trivialaugment", "randaugment", "autoaugment"]  # see anomaly_repr/augment.py
-SCHEDULES, DEVICES, AMPS, HEADS, GODIN_H, BAD_IMAGES, SCORER_REFERENCES, AUGMENTS = (
-    get_args(t) for t in (Schedule, Device, Amp, Head, GodinH, BadImages, ScorerReference, Augment))
+SvgdSpace = Literal["function", "weights"]
+SCHEDULES, DEVICES, AMPS, HEADS, GODIN_H, BAD_IMAGES, SCORER_REFERENCES, AUGMENTS, SVGD_SPACES = (
+    get_args(t) for t in (Schedule, Device, Amp, Head, GodinH, BadImages, ScorerReference, Augment, SvgdSpace))
 GEOM_TRANSFORMS = (8, 18, 72)  # the transform sets of the geom method
 DEFAULT_METHODS = ("classifier", "hybrid", "godin", "oracle_rep")  # the talk's four: what `reproduce` trains
 
@@ -51,6 +52,11 @@ class ExperimentConfig:
     aux_weight: float = 1.0  # rotation, geom, recolor, sobel: loss = CE + aux_weight * the auxiliary task's loss
     aux_samples: int = 0  # rotation, geom, recolor: transformed views drawn per training image per step; 0 = all
     geom_transforms: int = 72  # geom: 72 (flip x 9 shifts x 4 rotations), 18 (flip x shifts) or 8 (flip x rotations)
+    ensemble_size: int = 5  # ensemble, svgd: members (particles)
+    ensemble_workers: int = 1  # ensemble: local processes that train members at once
+    svgd_space: SvgdSpace = "function"  # svgd: the kernel reads the particles' predictions (function) or weights
+    svgd_repulsion: float = 0.3  # svgd: weight of the repulsive term, per example; 0 = kernel off (independent steps)
+    svgd_bandwidth: float = 1.0  # svgd: scale of the median-heuristic kernel bandwidth
     # --- optimisation ---
     epochs: int = 30  # maximum training epochs
     batch_size: int = 128  # images per SGD step
@@ -121,6 +127,14 @@ class ExperimentConfig:
         if self.geom_transforms not in GEOM_TRANSFORMS:
             raise ConfigError(f"geom_transforms must be one of {', '.join(map(str, GEOM_TRANSFORMS))}, "
                               f"got {self.geom_transforms}")
+        if self.ensemble_size < 1 or self.ensemble_workers < 1:
+            raise ConfigError(f"ensemble_size and ensemble_workers must be positive integers, got {self.ensemble_size} "
+                              f"and {self.ensemble_workers}")
+        if self.svgd_space not in SVGD_SPACES:
+            raise ConfigError(f"unknown svgd_space {self.svgd_space!r}; choose one of {', '.join(SVGD_SPACES)}")
+        if self.svgd_repulsion < 0 or not self.svgd_bandwidth > 0:
+            raise ConfigError(f"svgd_repulsion must not be negative and svgd_bandwidth must be positive, got "
+                              f"{self.svgd_repulsion} and {self.svgd_bandwidth}")
         if self.recon_weight < 0:
             raise ConfigError(f"recon_weight must not be negative, got {self.recon_weight}")
         if self.head not in HEADS:

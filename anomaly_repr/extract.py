@@ -93,12 +93,12 @@ def batches(images: torch.Tensor, normalizer: Normalizer, device: torch.device,
 
 
 def final_layer(model: OpenSetNet) -> FinalLayer | None:
-    """The model's head as (weight, bias) when it is one linear layer (not G-ODIN's, say)."""
-    head = model.head
-    if not isinstance(head, torch.nn.Linear):
+    """The model's head as (weight, bias) when the logits are linear in z (not G-ODIN's head, say)."""
+    layer = model.final_linear()
+    if layer is None:
         return None
-    bias = head.bias if head.bias is not None else torch.zeros(head.out_features)
-    return head.weight.detach().float().cpu().numpy(), bias.detach().float().cpu().numpy()
+    weight, bias = layer
+    return weight.detach().float().cpu().numpy(), bias.detach().float().cpu().numpy()
 
 
 @torch.no_grad()

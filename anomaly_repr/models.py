@@ -55,6 +55,13 @@ class OpenSetNet(nn.Module):
         whatever a method's network adds (an auxiliary head's logits, ...)."""
         return {"logits": out.logits}
 
+    def final_linear(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(weight (K, D), bias (K,)) when the logits are z W^T + b (a linear head; not G-ODIN's), else None."""
+        if not isinstance(self.head, nn.Linear):
+            return None
+        bias = self.head.bias if self.head.bias is not None else torch.zeros(self.head.out_features)
+        return self.head.weight, bias
+
     def forward(self, x: torch.Tensor) -> ModelOutput:
         """Outputs leave the model in float32, also under bfloat16 autocast: losses, softmax and scorers
         downstream stay float32."""

@@ -8,6 +8,8 @@ active run through `tracking`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import mlflow
 import numpy as np
@@ -23,6 +25,7 @@ from anomaly_repr.tracking import (
     log_epoch,
     log_evaluation,
     log_model,
+    log_new_params,
     log_provenance,
     log_weights,
     setup_tracking,
@@ -60,7 +63,8 @@ def train_logged(prep: Prepared, run_id: str, resume: bool = False, epoch_hook: 
             epoch_hook(model, normalizer, row)
 
     checkpoint = checkpoint_path(run_id)
-    fitted = fit(prep, checkpoint, resume, on_epoch)
+    members = MemberRuns(run_id, on_epoch) if method_for(prep.cfg).member_configs() else None
+    fitted = fit(prep, checkpoint, resume, on_epoch, members)
     mlflow.log_metrics(fitted.summary())
     mlflow.set_tags({"device": str(fitted.device), "precision": fitted.result.precision.removeprefix("torch.")})
     if serve:
@@ -69,6 +73,36 @@ def train_logged(prep: Prepared, run_id: str, resume: bool = False, epoch_hook: 
         log_weights(fitted.model, fitted.normalizer)
     checkpoint.unlink(missing_ok=True)  # the run finished: its model is logged, resuming is moot
     return fitted
+
+
+class MemberRuns:
+    """Each member of a method that trains members one by one as a nested run of the method's run: its
+    config, per-epoch curves, summary and weights. A member interrupted earlier reopens its own run."""
+
+    def __init__(self, run_id: str, on_epoch: EpochHook):
+        self.run_id, self.on_epoch = run_id, on_epoch
+
+    @contextmanager
+    def member(self, index: int, cfg: ExperimentConfig) -> Iterator[EpochHook]:
+        client = mlflow.MlflowClient()
+        experiment = client.get_run(self.run_id).info.experiment_id
+        earlier = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{self.run_id}' and "
+                                                   f"tags.member = '{index}'")
+        mlflow.start_run(run_id=earlier[0].info.run_id if earlier else None, run_name=f"member {index}",
+                         nested=True)
+        if not earlier:
+            log_new_params(cfg.to_params())
+            mlflow.set_tags({"stage": "member", "member": str(index), "method": cfg.method, "seed": str(cfg.seed)})
+        status = "FAILED"
+        try:
+            yield self.on_epoch
+            status = "FINISHED"
+        finally:
+            mlflow.end_run(status)
+
+    def finished(self, index: int, fitted: Fitted) -> None:
+        mlflow.log_metrics(fitted.summary())
+        log_weights(fitted.model, fitted.normalizer)
 
 
 def evaluate_logged(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, val_index: np.ndarray | None = None,

@@ -92,8 +92,21 @@ class TrainResult:
     def images_per_second(self) -> float:
         return self.train_images / self.train_seconds if self.train_seconds else 0.0
 
+    def summary_fields(self) -> dict:
+        """Everything but the model, as a checkpoint keeps it."""
+        return {k: v for k, v in vars(self).items() if k != "model"}
 
-def _save_atomically(state: dict, path: Path) -> None:
+    @classmethod
+    def joined(cls, model: OpenSetNet, val_acc: float, members: list[TrainResult]) -> TrainResult:
+        """The result of members trained one by one and joined into `model`: its validation accuracy, (as best
+        epoch) the mean of theirs, their epochs one after another (rows marked with their `member`), their
+        summed steps and time."""
+        history = [row | {"member": i} for i, r in enumerate(members) for row in r.history]
+        return cls(model, val_acc, round(sum(r.best_epoch for r in members) / len(members)), history,
+                   sum(r.train_seconds for r in members), sum(r.train_images for r in members), members[0].precision)
+
+
+def save_atomically(state: dict, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     torch.save(state, tmp)
@@ -186,7 +199,7 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
                  val_acc, row["train/images_per_second"])
         if on_epoch:  # before the checkpoint: a crash in between repeats the epoch, never loses its row
             on_epoch(selected, row)
-        _save_atomically({
+        save_atomically({
             "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
             "torch_rng": torch.get_rng_state(), "best_model": best_state,

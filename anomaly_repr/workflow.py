@@ -11,15 +11,17 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure
 
 from anomaly_repr.config import ExperimentConfig
-from anomaly_repr.errors import ConfigError, SealedError
+from anomaly_repr.errors import ConfigError, DivergedError, SealedError
 from anomaly_repr.extract import Outputs, extract
 from anomaly_repr.methods import Calibration, method_for
 from anomaly_repr.metrics import anomaly_metrics, closed_set_accuracy
@@ -30,7 +32,7 @@ from anomaly_repr.scorers import CLASSIC_SCORERS, SCORERS, applies, is_oracle, m
 from anomaly_repr.sources import ImageData, load_source
 from anomaly_repr.split import OpenSetSplit
 from anomaly_repr.summary import evaluation_intervals
-from anomaly_repr.train import TrainResult, pick_device, train
+from anomaly_repr.train import TrainResult, accuracy, pick_device, save_atomically, train
 
 log = logging.getLogger(__name__)
 
@@ -128,20 +130,80 @@ class Fitted:
                 "train/seconds": r.train_seconds, "train/images_per_second_mean": r.images_per_second}
 
 
-def fit(prep: Prepared, checkpoint: Path, resume: bool = False, on_epoch: EpochHook | None = None) -> Fitted:
+class MemberHooks(Protocol):
+    """What the tracking layer does around each member of a method that trains members one by one."""
+
+    def member(self, index: int, cfg: ExperimentConfig) -> AbstractContextManager[EpochHook | None]:
+        """Entered while member `index` trains (its epochs go to the hook it yields)."""
+
+    def finished(self, index: int, fitted: Fitted) -> None:
+        """Member `index` is trained: its model and result (called inside its `member` context)."""
+
+
+def fit(prep: Prepared, checkpoint: Path, resume: bool = False, on_epoch: EpochHook | None = None,
+        members: MemberHooks | None = None) -> Fitted:
     """Train the config's method on its labels; `on_epoch(model, normalizer, row)` runs after each epoch
     with the model that validation reads, in that epoch's state (tracking logs there; tuning scores and
-    prunes there)."""
+    prunes there). A method with members trains them one by one (`fit_members`), `members` around each."""
     cfg, device = prep.cfg, pick_device(prep.cfg.device)
     train_index, val_index, all_labels = prep.training_view()
     train_x = prep.images(train_index)
     normalizer = Normalizer.fit(train_x)  # statistics of the training split only
     labels = torch.as_tensor(all_labels, dtype=torch.long)
+    data = (train_x, labels[train_index], prep.images(val_index), labels[val_index], normalizer, prep.data.hflip,
+            device)
+    if method_for(cfg).member_configs():
+        return fit_members(prep, data, checkpoint, resume, members)
     model = new_model(prep)
     hook = (lambda net, row: on_epoch(net, normalizer, row)) if on_epoch else None
-    result = train(cfg, model, train_x, labels[train_index], prep.images(val_index), labels[val_index], normalizer,
-                   prep.data.hflip, device, checkpoint, resume, hook)
+    result = train(cfg, model, *data, checkpoint, resume, hook)
     return Fitted(result.model, normalizer, result, train_x[:4], device)
+
+
+TrainData = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Normalizer, bool, torch.device]
+
+
+def member_checkpoint(checkpoint: Path, index: int) -> Path:
+    return checkpoint.with_name(f"{checkpoint.stem}.member{index}{checkpoint.suffix}")
+
+
+def fit_members(prep: Prepared, data: TrainData, checkpoint: Path, resume: bool,
+                hooks: MemberHooks | None) -> Fitted:
+    """Train a method's members one after another, each with its own early stopping and checkpoint, then
+    join them. `checkpoint` keeps every finished member, so a resumed run trains only the others (and
+    continues the one that was interrupted from its own checkpoint)."""
+    method, train_x, normalizer, device = method_for(prep.cfg), data[0], data[4], data[6]
+    done: dict[int, dict] = torch.load(checkpoint, weights_only=True)["members"] if resume and checkpoint.exists() \
+        else {}
+    save_atomically({"members": done}, checkpoint)  # from the first member on, `train --resume` finds the run's
+    models, results = [], []
+    configs = method.member_configs()
+    for index, cfg in enumerate(configs):
+        member_prep = dataclasses.replace(prep, cfg=cfg)
+        model = new_model(member_prep)
+        if index in done:  # trained before an interruption
+            model.load_state_dict(done[index]["state"])
+            result = TrainResult(model, **done[index]["result"])
+        else:
+            path = member_checkpoint(checkpoint, index)
+            with hooks.member(index, cfg) if hooks else nullcontext() as on_epoch:
+                hook = (lambda net, row, f=on_epoch: f(net, normalizer, row)) if on_epoch else None
+                try:
+                    result = train(cfg, model, *data, path, path.exists(), hook)
+                except DivergedError as exc:
+                    raise DivergedError(f"member {index} of {len(configs)}: {exc}; the {len(done)} finished "
+                                        "member(s) are kept for `train --resume`") from None
+                if hooks:
+                    hooks.finished(index, Fitted(result.model, normalizer, result, train_x[:4], device))
+            done[index] = {"state": result.model.state_dict(), "result": result.summary_fields()}
+            save_atomically({"members": done}, checkpoint)
+            path.unlink(missing_ok=True)
+        models.append(model)
+        results.append(result)
+    joined = method.combine(models)
+    val_acc = accuracy(joined.to(device), data[2], data[3], normalizer, device)
+    result = TrainResult.joined(joined, val_acc, results)
+    return Fitted(joined, normalizer, result, train_x[:4], device)
 
 
 def classic_val_aurocs(prep: Prepared, model: OpenSetNet, normalizer: Normalizer) -> dict[str, float]:
@@ -193,6 +255,39 @@ def nominal_reference(prep: Prepared, outputs: dict[str, Outputs]) -> Outputs:
     return val.rows(~val.is_anomaly)
 
 
+def score_outputs(prep: Prepared, outputs: dict[str, Outputs],
+                  scores_logits: bool = True) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Every applicable scorer fitted (deployable ones on the nominal reference, oracles on the validation
+    outputs with their anomaly labels) and scored on the test outputs: (scores, test/<scorer>/<metric>).
+    Without `scores_logits` (logits over the anomaly classes too), the oracles alone."""
+    test = outputs["test"]
+    nominal = nominal_reference(prep, outputs) if scores_logits else None
+    scores, metrics = {}, {}
+    for name in SCORERS:
+        scorer = make_scorer(name, prep.cfg)
+        if applies(scorer, test) and (scores_logits or is_oracle(name)):
+            reference = outputs["val"] if is_oracle(name) or nominal is None else nominal
+            began = time.perf_counter()
+            scorer.fit(reference)
+            fitted = time.perf_counter()
+            scores[name] = scorer.score(test)
+            metrics.update({f"test/{name}/{k}": v for k, v in anomaly_metrics(scores[name], test.is_anomaly).items()})
+            metrics.update({f"test/{name}/fit_seconds": fitted - began,
+                            f"test/{name}/score_seconds": time.perf_counter() - fitted})
+    return scores, metrics
+
+
+def view_means(prep: Prepared, views: list[dict[str, Outputs]]) -> dict[str, float]:
+    """`test/member_mean/<scorer>/auroc`: each scorer's test AUROC on every view (an ensemble's members, one
+    at a time), averaged over the views."""
+    aurocs: dict[str, list[float]] = {}
+    for view in views:
+        for key, value in score_outputs(prep, view)[1].items():
+            if key.endswith("/auroc"):
+                aurocs.setdefault(key.split("/")[1], []).append(value)
+    return {f"test/member_mean/{name}/auroc": float(np.mean(values)) for name, values in aurocs.items()}
+
+
 @dataclass
 class Evaluation:
     """What `evaluate` found: the outputs, every applicable scorer's test scores, the metrics, the
@@ -223,19 +318,10 @@ def evaluate(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, val_inde
     outputs, calibration = extract_parts(prep, model, normalizer, parts)
     test = outputs["test"]
     metrics = {"test/acc": closed_set_accuracy(test.logits, test.labels)} if method.scores_logits else {}
-    nominal = nominal_reference(prep, outputs) if method.scores_logits else None
-    scores = {}
-    for name in SCORERS:
-        scorer = make_scorer(name, prep.cfg)
-        if applies(scorer, test) and (method.scores_logits or is_oracle(name)):
-            reference = outputs["val"] if is_oracle(name) or nominal is None else nominal
-            began = time.perf_counter()
-            scorer.fit(reference)
-            fitted = time.perf_counter()
-            scores[name] = scorer.score(test)
-            metrics.update({f"test/{name}/{k}": v for k, v in anomaly_metrics(scores[name], test.is_anomaly).items()})
-            metrics.update({f"test/{name}/fit_seconds": fitted - began,
-                            f"test/{name}/score_seconds": time.perf_counter() - fitted})
+    scores, scorer_metrics = score_outputs(prep, outputs, method.scores_logits)
+    metrics |= scorer_metrics
+    if views := method.views(outputs):
+        metrics |= view_means(prep, views)
     if prep.cfg.bootstrap:
         began = time.perf_counter()
         metrics |= evaluation_intervals(scores, test.is_anomaly, metrics, prep.cfg.bootstrap, prep.cfg.seed)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anomaly_repr.extract import Outputs
 from anomaly_repr.models import ModelOutput, OpenSetNet, create_model
 from anomaly_repr.pipeline import Normalizer
 
@@ -103,6 +104,16 @@ class Method:
         optimizer.step()
         return loss.detach()
 
+    # --- independent members (a deep ensemble) ---
+    def member_configs(self) -> list[ExperimentConfig]:
+        """Configs of members trained one after another, each on its own with its own early stopping, then
+        joined by `combine`; [] (the default) = one model trained with `train_step`."""
+        return []
+
+    def combine(self, members: list[OpenSetNet]) -> OpenSetNet:
+        """The method's model made of its trained members."""
+        raise NotImplementedError(f"method {self.name} trains no members")
+
     # --- extraction ---
     def batch_extras(self, out: ModelOutput, x: torch.Tensor) -> Mapping[str, torch.Tensor]:
         """Named extra outputs of one evaluation batch (`x` is the normalised input)."""
@@ -118,6 +129,11 @@ class Method:
                      calibration: Calibration) -> dict[str, np.ndarray]:
         """Extras that need a pass of their own (G-ODIN's input perturbation), after calibration."""
         return {}
+
+    def views(self, outputs: dict[str, Outputs]) -> list[dict[str, Outputs]]:
+        """Other readings of the same images, each scored like the model itself, whose AUROCs are averaged
+        into `test/member_mean/<scorer>/auroc` (an ensemble's members, one at a time); [] = none."""
+        return []
 
     # --- tuning ---
     def suggest(self, trial: optuna.Trial, tcfg: TuneConfig) -> dict[str, Any]:
