@@ -8,8 +8,13 @@ active run through `tracking`.
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
+import socket
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -40,11 +45,28 @@ from anomaly_repr.workflow import (
     evaluate,
     evaluated_parts,
     fit,
+    fit_member,
     new_model,
     prepare,
+    training_data,
 )
 
 log = logging.getLogger(__name__)
+
+
+def epoch_logger(prep: Prepared, analyse: bool = True, then: EpochHook | None = None) -> EpochHook:
+    """Log each epoch's row to the active run, with every `val_auroc_every` epochs (when `analyse`) the
+    classic scorers' validation AUROC; then `then`."""
+    every = prep.cfg.val_auroc_every if analyse and method_for(prep.cfg).scores_logits else 0
+
+    def on_epoch(model: OpenSetNet, normalizer: Normalizer, row: dict[str, float]) -> None:
+        if every and int(row["epoch"]) % every == 0:
+            row = row | classic_val_aurocs(prep, model, normalizer)
+        log_epoch(row)
+        if then:
+            then(model, normalizer, row)
+
+    return on_epoch
 
 
 def train_logged(prep: Prepared, run_id: str, resume: bool = False, epoch_hook: EpochHook | None = None,
@@ -53,15 +75,7 @@ def train_logged(prep: Prepared, run_id: str, resume: bool = False, epoch_hook: 
     model (the servable LoggedModel, or with `serve=False` the weights alone). `epoch_hook` runs after each
     epoch's metrics are logged. With `analyse`, every `val_auroc_every` epochs the classic scorers'
     validation AUROC is logged beside them (analysis only; a tuning trial logs its own objective instead)."""
-    every = prep.cfg.val_auroc_every if analyse and method_for(prep.cfg).scores_logits else 0
-
-    def on_epoch(model: OpenSetNet, normalizer: Normalizer, row: dict[str, float]) -> None:
-        if every and int(row["epoch"]) % every == 0:
-            row = row | classic_val_aurocs(prep, model, normalizer)
-        log_epoch(row)
-        if epoch_hook:
-            epoch_hook(model, normalizer, row)
-
+    on_epoch = epoch_logger(prep, analyse, epoch_hook)
     checkpoint = checkpoint_path(run_id)
     members = MemberRuns(run_id, on_epoch) if method_for(prep.cfg).member_configs() else None
     fitted = fit(prep, checkpoint, resume, on_epoch, members)
@@ -89,10 +103,11 @@ class MemberRuns:
         earlier = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{self.run_id}' and "
                                                    f"tags.member = '{index}'")
         mlflow.start_run(run_id=earlier[0].info.run_id if earlier else None, run_name=f"member {index}",
-                         nested=True)
+                         parent_run_id=self.run_id, experiment_id=experiment, nested=mlflow.active_run() is not None)
         if not earlier:
             log_new_params(cfg.to_params())
             mlflow.set_tags({"stage": "member", "member": str(index), "method": cfg.method, "seed": str(cfg.seed)})
+        mlflow.set_tag("worker", f"{socket.gethostname()}:{os.getpid()}")
         status = "FAILED"
         try:
             yield self.on_epoch
@@ -103,6 +118,25 @@ class MemberRuns:
     def finished(self, index: int, fitted: Fitted) -> None:
         mlflow.log_metrics(fitted.summary())
         log_weights(fitted.model, fitted.normalizer)
+
+    def elsewhere(self, prep: Prepared, indices: list[int], checkpoint: Path,
+                  workers: int) -> Iterator[tuple[int, dict, dict]]:
+        """Members in `workers` processes (spawned: each loads the data itself), logging to their own runs."""
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+            futures = [pool.submit(_member_process, prep.cfg, self.run_id, index, str(checkpoint),
+                                   mlflow.get_tracking_uri()) for index in indices]
+            for future in as_completed(futures):
+                yield future.result()
+
+
+def _member_process(cfg: ExperimentConfig, run_id: str, index: int, checkpoint: str,
+                    tracking_uri: str) -> tuple[int, dict, dict]:
+    """A worker process's member: its own data, training and nested run; (index, weights, result fields)."""
+    mlflow.set_tracking_uri(tracking_uri)
+    prep = prepare(cfg)
+    result = fit_member(prep, training_data(prep), index, Path(checkpoint), MemberRuns(run_id, epoch_logger(prep)))
+    return index, result.model.state_dict(), result.summary_fields()
 
 
 def evaluate_logged(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, val_index: np.ndarray | None = None,

@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -139,67 +139,93 @@ class MemberHooks(Protocol):
     def finished(self, index: int, fitted: Fitted) -> None:
         """Member `index` is trained: its model and result (called inside its `member` context)."""
 
+    def elsewhere(self, prep: Prepared, indices: list[int], checkpoint: Path,
+                  workers: int) -> Iterator[tuple[int, dict, dict]]:
+        """Train these members in `workers` other processes: (index, weights, result fields) as each ends."""
+
 
 def fit(prep: Prepared, checkpoint: Path, resume: bool = False, on_epoch: EpochHook | None = None,
         members: MemberHooks | None = None) -> Fitted:
     """Train the config's method on its labels; `on_epoch(model, normalizer, row)` runs after each epoch
     with the model that validation reads, in that epoch's state (tracking logs there; tuning scores and
     prunes there). A method with members trains them one by one (`fit_members`), `members` around each."""
-    cfg, device = prep.cfg, pick_device(prep.cfg.device)
+    data = training_data(prep)
+    if method_for(prep.cfg).member_configs():
+        return fit_members(prep, data, checkpoint, resume, members)
+    model, normalizer = new_model(prep), data[4]
+    hook = (lambda net, row: on_epoch(net, normalizer, row)) if on_epoch else None
+    result = train(prep.cfg, model, *data, checkpoint, resume, hook)
+    return Fitted(result.model, normalizer, result, data[0][:4], data[6])
+
+
+# (training images, their labels, validation images, their labels, normaliser, flip?, device): `train`'s data
+TrainData = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Normalizer, bool, torch.device]
+
+
+def training_data(prep: Prepared) -> TrainData:
+    """What the config's method trains and selects on, and the normaliser fitted on its training images."""
     train_index, val_index, all_labels = prep.training_view()
     train_x = prep.images(train_index)
     normalizer = Normalizer.fit(train_x)  # statistics of the training split only
     labels = torch.as_tensor(all_labels, dtype=torch.long)
-    data = (train_x, labels[train_index], prep.images(val_index), labels[val_index], normalizer, prep.data.hflip,
-            device)
-    if method_for(cfg).member_configs():
-        return fit_members(prep, data, checkpoint, resume, members)
-    model = new_model(prep)
-    hook = (lambda net, row: on_epoch(net, normalizer, row)) if on_epoch else None
-    result = train(cfg, model, *data, checkpoint, resume, hook)
-    return Fitted(result.model, normalizer, result, train_x[:4], device)
-
-
-TrainData = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Normalizer, bool, torch.device]
+    return (train_x, labels[train_index], prep.images(val_index), labels[val_index], normalizer, prep.data.hflip,
+            pick_device(prep.cfg.device))
 
 
 def member_checkpoint(checkpoint: Path, index: int) -> Path:
     return checkpoint.with_name(f"{checkpoint.stem}.member{index}{checkpoint.suffix}")
 
 
+def fit_member(prep: Prepared, data: TrainData, index: int, checkpoint: Path, hooks: MemberHooks | None,
+               finished: int = 0) -> TrainResult:
+    """Train member `index` of the config's method (continuing from its own checkpoint if one is left)."""
+    configs = method_for(prep.cfg).member_configs()
+    cfg, normalizer = configs[index], data[4]
+    model = new_model(dataclasses.replace(prep, cfg=cfg))
+    path = member_checkpoint(checkpoint, index)
+    with hooks.member(index, cfg) if hooks else nullcontext() as on_epoch:
+        hook = (lambda net, row: on_epoch(net, normalizer, row)) if on_epoch else None
+        try:
+            result = train(cfg, model, *data, path, path.exists(), hook)
+        except DivergedError as exc:
+            raise DivergedError(f"member {index} of {len(configs)}: {exc}; the {finished} finished member(s) are "
+                                "kept for `train --resume`") from None
+        if hooks:
+            hooks.finished(index, Fitted(result.model, normalizer, result, data[0][:4], data[6]))
+    return result
+
+
 def fit_members(prep: Prepared, data: TrainData, checkpoint: Path, resume: bool,
                 hooks: MemberHooks | None) -> Fitted:
-    """Train a method's members one after another, each with its own early stopping and checkpoint, then
-    join them. `checkpoint` keeps every finished member, so a resumed run trains only the others (and
-    continues the one that was interrupted from its own checkpoint)."""
+    """Train a method's members, each with its own early stopping and checkpoint, then join them: one after
+    another, or with `ensemble_workers` > 1 in that many processes (`hooks.elsewhere`). `checkpoint` keeps
+    every finished member, so a resumed run trains only the others (and continues one that was interrupted
+    from its own checkpoint)."""
     method, train_x, normalizer, device = method_for(prep.cfg), data[0], data[4], data[6]
     done: dict[int, dict] = torch.load(checkpoint, weights_only=True)["members"] if resume and checkpoint.exists() \
         else {}
     save_atomically({"members": done}, checkpoint)  # from the first member on, `train --resume` finds the run's
-    models, results = [], []
     configs = method.member_configs()
+    pending = [i for i in range(len(configs)) if i not in done]
+
+    def keep(index: int, state: dict, fields: dict) -> None:
+        done[index] = {"state": state, "result": fields}
+        save_atomically({"members": done}, checkpoint)
+        member_checkpoint(checkpoint, index).unlink(missing_ok=True)
+
+    if hooks and prep.cfg.ensemble_workers > 1 and len(pending) > 1:
+        for index, state, fields in hooks.elsewhere(prep, pending, checkpoint, prep.cfg.ensemble_workers):
+            keep(index, state, fields)
+    for index in pending:
+        if index not in done:
+            result = fit_member(prep, data, index, checkpoint, hooks, finished=len(done))
+            keep(index, result.model.state_dict(), result.summary_fields())
+    models, results = [], []
     for index, cfg in enumerate(configs):
-        member_prep = dataclasses.replace(prep, cfg=cfg)
-        model = new_model(member_prep)
-        if index in done:  # trained before an interruption
-            model.load_state_dict(done[index]["state"])
-            result = TrainResult(model, **done[index]["result"])
-        else:
-            path = member_checkpoint(checkpoint, index)
-            with hooks.member(index, cfg) if hooks else nullcontext() as on_epoch:
-                hook = (lambda net, row, f=on_epoch: f(net, normalizer, row)) if on_epoch else None
-                try:
-                    result = train(cfg, model, *data, path, path.exists(), hook)
-                except DivergedError as exc:
-                    raise DivergedError(f"member {index} of {len(configs)}: {exc}; the {len(done)} finished "
-                                        "member(s) are kept for `train --resume`") from None
-                if hooks:
-                    hooks.finished(index, Fitted(result.model, normalizer, result, train_x[:4], device))
-            done[index] = {"state": result.model.state_dict(), "result": result.summary_fields()}
-            save_atomically({"members": done}, checkpoint)
-            path.unlink(missing_ok=True)
+        model = new_model(dataclasses.replace(prep, cfg=cfg))
+        model.load_state_dict(done[index]["state"])
         models.append(model)
-        results.append(result)
+        results.append(TrainResult(model, **done[index]["result"]))
     joined = method.combine(models)
     val_acc = accuracy(joined.to(device), data[2], data[3], normalizer, device)
     result = TrainResult.joined(joined, val_acc, results)

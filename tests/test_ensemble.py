@@ -274,3 +274,16 @@ def test_mlflow_run_reproduce_with_both_ensembles_and_the_served_ensemble(mlflow
     with np.load(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="outputs/test.npz")) as t:
         np.testing.assert_allclose(served[:, :6], t["logits"][:64], atol=1e-3)
         np.testing.assert_allclose(served[:, 6:], t["member_logits"][:64].reshape(64, -1), atol=1e-3)
+
+
+def test_members_train_in_worker_processes(tracking):
+    args = ["--method", "ensemble", "--ensemble_size", "3", "--epochs", "2", "--device", "cpu", "--ensemble_workers",
+            "2", "--val_auroc_every", "0"]
+    assert main(["train", *args]) == 0
+    client = mlflow.MlflowClient(tracking)
+    [run] = client.search_runs(["1"], "tags.stage = 'train'")
+    members = member_runs(client, run.info.run_id)
+    assert sorted(members) == [0, 1, 2] and all(m.info.status == "FINISHED" for m in members.values())
+    workers = {m.data.tags["worker"] for m in members.values()}
+    assert len(workers) == 2 and f"{os.uname().nodename}:{os.getpid()}" not in workers  # two other processes
+    assert run.info.status == "FINISHED" and run.data.metrics["train/epochs_run"] == 6

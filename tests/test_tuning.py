@@ -270,3 +270,15 @@ def test_the_recipe_study_searches_the_training_recipe_on_validation_data(tracki
     assert "val/max_logit/auroc" in parent.data.metrics
     study = optuna.load_study(study_name="recipe", storage=parent.data.tags["optuna_storage"])
     assert all(set(t.params) == searched for t in study.trials)
+
+
+def test_an_svgd_study_searches_repulsion_and_bandwidth(tracking):
+    cfg = FAST.replace(epochs=1, ensemble_size=2)
+    parent_id = run_tune(cfg, tune_cfg(n_trials=2, target="svgd", study_name="svgd"))
+    parent, trials, _ = runs_of(parent_id)
+    assert parent.info.status == "FINISHED" and len(trials) == 2
+    first = trials[0].data.params  # the defaults first
+    assert (first["svgd_repulsion"], first["svgd_bandwidth"]) == ("0.3", "1.0")
+    assert all(t.data.params["method"] == "svgd" for t in trials)
+    study = optuna.load_study(study_name="svgd", storage=parent.data.tags["optuna_storage"])
+    assert all(set(t.params) == {"svgd_repulsion", "svgd_bandwidth"} for t in study.trials)

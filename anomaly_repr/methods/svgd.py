@@ -34,11 +34,13 @@ the bandwidth's scale. Particle i starts from the weights of deep-ensemble membe
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
+from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.methods import register_method
 from anomaly_repr.methods.base import Autocast
 from anomaly_repr.methods.ensemble import Ensemble, EnsembleNet, check_size, member_seeds
@@ -47,7 +49,6 @@ from anomaly_repr.models import OpenSetNet, create_model
 if TYPE_CHECKING:
     import optuna
 
-    from anomaly_repr.config import ExperimentConfig
     from tuning.config import TuneConfig
 
 REPULSION_RANGE, BANDWIDTH_RANGE = (0.01, 100.0), (0.1, 10.0)  # `tune --target svgd`, both log-uniform
@@ -112,4 +113,6 @@ class Svgd(Ensemble):
                 "svgd_bandwidth": trial.suggest_float("svgd_bandwidth", *BANDWIDTH_RANGE, log=True)}
 
     def talk_values(self, tcfg: TuneConfig) -> list[dict[str, Any]]:
-        return [{"svgd_repulsion": 1.0, "svgd_bandwidth": 1.0}]
+        """The defaults first (the talk gives no values)."""
+        defaults = {f.name: f.default for f in fields(ExperimentConfig)}
+        return [{"svgd_repulsion": defaults["svgd_repulsion"], "svgd_bandwidth": defaults["svgd_bandwidth"]}]
