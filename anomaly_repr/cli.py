@@ -121,10 +121,17 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "methods":
             print("\n".join(METHODS))
         elif args.command == "train":
-            given = [f"--{name}" for name in FIELDS if getattr(args, name) is not None]
-            if args.resume and given:  # a resumed run keeps the settings of its earlier epochs
-                raise ConfigError(f"--resume continues a run with its logged config; leave out {', '.join(given)}")
-            print(runs.run_train(_config(args), resume_run_id=args.resume))
+            if not args.resume:
+                print(runs.run_train(_config(args)))
+                return 0
+            # A resumed run keeps the settings of its earlier epochs, but those its method lets change (JEM's
+            # sampler step after a divergence); the run's method checks them once its config is read.
+            changes = _given(args, FIELDS)
+            resumable = {name for cls in METHODS.values() for name in cls.resume_fields}
+            fixed = [f"--{name}" for name in changes if name not in resumable]
+            if fixed:
+                raise ConfigError(f"--resume continues a run with its logged config; leave out {', '.join(fixed)}")
+            print(runs.run_train(None, resume_run_id=args.resume, changes=changes))
         elif args.command == "evaluate":
             print(runs.run_evaluate(args.train_run_id))
         elif args.command == "tune":

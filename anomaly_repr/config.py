@@ -57,6 +57,15 @@ class ExperimentConfig:
     svgd_space: SvgdSpace = "function"  # svgd: the kernel reads the particles' predictions (function) or weights
     svgd_repulsion: float = 0.3  # svgd: weight of the repulsive term, per example; 0 = kernel off (independent steps)
     svgd_bandwidth: float = 1.0  # svgd: scale of the median-heuristic kernel bandwidth
+    jem_weight: float = 1.0  # jem: weight of the generative term (log p(x) by SGLD samples) beside cross-entropy
+    jem_buffer_size: int = 10000  # jem: images in SGLD's replay buffer
+    jem_reinit: float = 0.05  # jem: share of SGLD's starting points drawn afresh from uniform noise
+    jem_sgld_steps: int = 20  # jem: SGLD steps per training step
+    jem_sgld_step: float = 1.0  # jem: SGLD step size on grad_x logsumexp f(x) (normalised pixel units)
+    jem_sgld_noise: float = 0.01  # jem: SGLD noise standard deviation
+    jem_data_noise: float = 0.03  # jem: Gaussian noise on the training images
+    jem_energy_limit: float = 1000.0  # jem: |mean energy of the samples| beyond which training has diverged
+    jem_sample_every: int = 5  # jem: log a figure of replay-buffer samples every N epochs; 0 = never
     # --- optimisation ---
     epochs: int = 30  # maximum training epochs
     batch_size: int = 128  # images per SGD step
@@ -135,6 +144,13 @@ class ExperimentConfig:
         if self.svgd_repulsion < 0 or not self.svgd_bandwidth > 0:
             raise ConfigError(f"svgd_repulsion must not be negative and svgd_bandwidth must be positive, got "
                               f"{self.svgd_repulsion} and {self.svgd_bandwidth}")
+        if min(self.jem_buffer_size, self.jem_sgld_steps) < 1 or min(self.jem_sample_every, self.jem_weight,
+                                                                       self.jem_sgld_noise, self.jem_data_noise) < 0:
+            raise ConfigError("jem_buffer_size and jem_sgld_steps must be positive; jem_sample_every, jem_weight, "
+                              "jem_sgld_noise and jem_data_noise must not be negative")
+        if not 0 <= self.jem_reinit <= 1 or not self.jem_sgld_step > 0 or not self.jem_energy_limit > 0:
+            raise ConfigError(f"jem_reinit must be in [0, 1] and jem_sgld_step and jem_energy_limit positive, got "
+                              f"{self.jem_reinit}, {self.jem_sgld_step} and {self.jem_energy_limit}")
         if self.recon_weight < 0:
             raise ConfigError(f"recon_weight must not be negative, got {self.recon_weight}")
         if self.head not in HEADS:

@@ -7,6 +7,7 @@ active run through `tracking`.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -20,7 +21,7 @@ import mlflow
 import numpy as np
 
 from anomaly_repr.config import ExperimentConfig
-from anomaly_repr.errors import AnomalyReprError
+from anomaly_repr.errors import AnomalyReprError, ConfigError
 from anomaly_repr.methods import method_for
 from anomaly_repr.models import OpenSetNet
 from anomaly_repr.pipeline import Normalizer
@@ -29,6 +30,8 @@ from anomaly_repr.tracking import (
     load_weights,
     log_epoch,
     log_evaluation,
+    log_figures,
+    log_json,
     log_model,
     log_new_params,
     log_provenance,
@@ -78,7 +81,7 @@ def train_logged(prep: Prepared, run_id: str, resume: bool = False, epoch_hook: 
     on_epoch = epoch_logger(prep, analyse, epoch_hook)
     checkpoint = checkpoint_path(run_id)
     members = MemberRuns(run_id, on_epoch) if method_for(prep.cfg).member_configs() else None
-    fitted = fit(prep, checkpoint, resume, on_epoch, members)
+    fitted = fit(prep, checkpoint, resume, on_epoch, members, on_figures=log_figures)
     mlflow.log_metrics(fitted.summary())
     mlflow.set_tags({"device": str(fitted.device), "precision": fitted.result.precision.removeprefix("torch.")})
     if serve:
@@ -147,17 +150,28 @@ def evaluate_logged(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, v
     return evaluation
 
 
-def run_train(cfg: ExperimentConfig, resume_run_id: str = "") -> str:
-    """`train`: train and log a model. With resume_run_id, continue that run from its checkpoint."""
+def run_train(cfg: ExperimentConfig | None, resume_run_id: str = "", changes: dict | None = None) -> str:
+    """`train`: train and log a model. With resume_run_id, continue that run from its checkpoint with its
+    logged config, where `changes` may set the fields its method lets a resumed run change."""
     setup_tracking()
     if resume_run_id:
         cfg = load_config(resume_run_id)
         if not checkpoint_path(resume_run_id).exists():
             raise AnomalyReprError(f"no checkpoint for run {resume_run_id} at {checkpoint_path(resume_run_id)}")
+        allowed = method_for(cfg).resume_fields
+        refused = [f"--{name}" for name in changes or {} if name not in allowed]
+        if refused:
+            raise ConfigError(f"--resume continues a run with its logged config; {cfg.method} runs may change "
+                              f"{', '.join(allowed) or 'nothing'}: leave out {', '.join(refused)}")
+        cfg = cfg.replace(**(changes or {}))
+    assert cfg is not None
     prep = prepare(cfg)
     with mlflow.start_run(run_id=resume_run_id or None) as run:
         if not resume_run_id:
             log_provenance(prep, stage="train", parts=("train", "val"))
+        elif changes:  # params keep their first values (MLflow's are immutable); config.json holds the new ones
+            log_json(dataclasses.asdict(cfg), "config.json")
+            mlflow.set_tags({f"resumed_with.{name}": str(value) for name, value in changes.items()})
         train_logged(prep, run.info.run_id, resume=bool(resume_run_id))
         return run.info.run_id
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from matplotlib.figure import Figure
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
@@ -116,10 +117,11 @@ def save_atomically(state: dict, path: Path) -> None:
 def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, train_labels: torch.Tensor,
           val_images: torch.Tensor, val_labels: torch.Tensor, normalizer: Normalizer, hflip: bool,
           device: torch.device, checkpoint: Path, resume: bool = False,
-          on_epoch: Callable[[OpenSetNet, dict[str, float]], None] | None = None) -> TrainResult:
+          on_epoch: Callable[[OpenSetNet, dict[str, float]], None] | None = None,
+          on_figures: Callable[[dict[str, Figure]], None] | None = None) -> TrainResult:
     """Train `model` with its method's step on uint8 images (labels 0..K-1); `on_epoch` receives, after each
     epoch, the model that validation reads (the weights' moving average when `ema_decay` is set) and the
-    epoch's metrics row."""
+    epoch's metrics row (the method's own curves among them), `on_figures` the method's figures."""
     method = method_for(cfg)
     torch.manual_seed(cfg.seed)
     model.to(device).to(memory_format=torch.channels_last)
@@ -143,6 +145,7 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
     def autocast() -> torch.autocast:  # the loss and the scorers stay float32: the model casts its outputs
         return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
+    method.start(normalizer, device)
     result = TrainResult(model, best_val_acc=-1.0, best_epoch=-1, precision=str(dtype or torch.float32))
     best_state = {k: v.detach().clone() for k, v in selected.state_dict().items()}
     start_epoch, stale = 1, 0
@@ -154,6 +157,7 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
         scheduler.load_state_dict(state["scheduler"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
+        method.load_train_state(state["method"])
         generator.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         best_state = state["best_model"]
@@ -171,7 +175,11 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
         loss_sum, seen, began = torch.zeros((), device=device), 0, time.perf_counter()
         bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None, unit="batch")
         for step, (x, y) in enumerate(bar, 1):
-            loss = method.train_step(model, optimizer, x.contiguous(memory_format=torch.channels_last), y, autocast)
+            try:
+                loss = method.train_step(model, optimizer, x.contiguous(memory_format=torch.channels_last), y,
+                                         autocast)
+            except DivergedError as exc:  # the method saw it coming (a sampler's energies exploding)
+                raise DivergedError(f"training diverged at epoch {epoch}, step {step}: {exc}") from None
             scheduler.step()
             if ema is not None:
                 ema.update_parameters(model)
@@ -193,7 +201,10 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
         else:
             stale += 1
         row = {"epoch": epoch, "train/loss": total_loss / seen, "val/acc": val_acc,
-               "train/lr": optimizer.param_groups[0]["lr"], "train/images_per_second": seen / seconds}
+               "train/lr": optimizer.param_groups[0]["lr"], "train/images_per_second": seen / seconds,
+               **method.epoch_metrics()}
+        if (figures := method.epoch_figures(epoch)) and on_figures:
+            on_figures(figures)
         result.history.append(row)
         log.info("epoch %d/%d  loss %.4f  val/acc %.4f  %.0f img/s", epoch, cfg.epochs, row["train/loss"],
                  val_acc, row["train/images_per_second"])
@@ -205,7 +216,7 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
             "torch_rng": torch.get_rng_state(), "best_model": best_state,
             "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch, "history": result.history,
             "stale": stale, "train_seconds": result.train_seconds, "train_images": result.train_images,
-            **({"ema": ema.state_dict()} if ema is not None else {}),
+            **({"ema": ema.state_dict()} if ema is not None else {}), "method": method.train_state(),
         }, checkpoint)
 
     model.load_state_dict(best_state)

@@ -145,16 +145,17 @@ class MemberHooks(Protocol):
 
 
 def fit(prep: Prepared, checkpoint: Path, resume: bool = False, on_epoch: EpochHook | None = None,
-        members: MemberHooks | None = None) -> Fitted:
+        members: MemberHooks | None = None, on_figures: Callable[[dict[str, Figure]], None] | None = None) -> Fitted:
     """Train the config's method on its labels; `on_epoch(model, normalizer, row)` runs after each epoch
     with the model that validation reads, in that epoch's state (tracking logs there; tuning scores and
-    prunes there). A method with members trains them one by one (`fit_members`), `members` around each."""
+    prunes there). A method with members trains them one by one (`fit_members`), `members` around each;
+    `on_figures` receives the figures a method makes during training."""
     data = training_data(prep)
     if method_for(prep.cfg).member_configs():
         return fit_members(prep, data, checkpoint, resume, members)
     model, normalizer = new_model(prep), data[4]
     hook = (lambda net, row: on_epoch(net, normalizer, row)) if on_epoch else None
-    result = train(prep.cfg, model, *data, checkpoint, resume, hook)
+    result = train(prep.cfg, model, *data, checkpoint, resume, hook, on_figures)
     return Fitted(result.model, normalizer, result, data[0][:4], data[6])
 
 

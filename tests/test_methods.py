@@ -42,6 +42,7 @@ def test_every_method_builds_trains_and_names_its_extras(name):
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
     before = [p.detach().clone() for p in model.parameters()]
     model.train()
+    method.start(Normalizer(torch.zeros(3), torch.ones(3)), torch.device("cpu"))
     loss = method.train_step(model, optimizer, x, y, lambda: torch.autocast("cpu", enabled=False))
     assert loss.ndim == 0 and torch.isfinite(loss) and not loss.requires_grad
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
@@ -100,7 +101,7 @@ def test_tune_targets_name_methods_with_a_search_space():
     assert TuneConfig(target="godin").scorers == ["godin"]
     assert method_of("recon_weight", ExperimentConfig(head="godin")).cfg.method == "hybrid"
     with pytest.raises(ConfigError, match="unknown target 'oracle_rep'; choose one of hybrid, godin, rotation, geom, "
-                                          "recolor, sobel, svgd, recipe, recon_weight"):
+                                          "recolor, sobel, svgd, jem, recipe, recon_weight"):
         TuneConfig(target="oracle_rep")
 
 

@@ -282,3 +282,14 @@ def test_an_svgd_study_searches_repulsion_and_bandwidth(tracking):
     assert all(t.data.params["method"] == "svgd" for t in trials)
     study = optuna.load_study(study_name="svgd", storage=parent.data.tags["optuna_storage"])
     assert all(set(t.params) == {"svgd_repulsion", "svgd_bandwidth"} for t in study.trials)
+
+
+def test_a_jem_study_searches_the_sampler_step_and_the_generative_weight(tracking):
+    cfg = FAST.replace(epochs=1, jem_sgld_steps=2, jem_buffer_size=200, lr=0.05)
+    parent_id = run_tune(cfg, tune_cfg(n_trials=2, target="jem", study_name="jem"))
+    parent, trials, _ = runs_of(parent_id)
+    assert parent.info.status == "FINISHED" and len(trials) == 2
+    first = trials[0].data.params  # the paper's values first
+    assert (first["jem_sgld_step"], first["jem_weight"], first["objective_scorer"]) == ("1.0", "1.0", "jem_px")
+    study = optuna.load_study(study_name="jem", storage=parent.data.tags["optuna_storage"])
+    assert all(set(t.params) == {"jem_sgld_step", "jem_weight"} for t in study.trials)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.figure import Figure
 from torch import nn
 
 from anomaly_repr.extract import Outputs
@@ -56,6 +57,8 @@ class Method:
     scores_logits: ClassVar[bool] = True  # do scores of the logits mean anything (not for all-class models)?
     extra_outputs: ClassVar[frozenset[str]] = frozenset()  # the Outputs extras its extraction adds
     linear_head: ClassVar[bool] = True  # is the model's head one linear layer (Outputs.final_layer)?
+    # Config fields that `train --resume` may change (a sampler's step size after a divergence, say).
+    resume_fields: ClassVar[tuple[str, ...]] = ()
     # Config fields whose non-default values select this method when `method` is not given.
     selectors: ClassVar[tuple[str, ...]] = ()
     # Tuning: the scorer of the objective by default; None = nothing to search.
@@ -103,6 +106,26 @@ class Method:
         loss.backward()
         optimizer.step()
         return loss.detach()
+
+    # --- state across a training run (a sampler's replay buffer, ...) ---
+    def start(self, normalizer: Normalizer, device: torch.device) -> None:
+        """Before the first step (and before a resumed run's state is loaded)."""
+
+    def train_state(self) -> dict[str, Any]:
+        """What the method's steps carry from one step to the next, kept in every checkpoint."""
+        return {}
+
+    def load_train_state(self, state: dict[str, Any]) -> None:
+        """A resumed run's `train_state`."""
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Per-epoch curves of the method's own (`train/...`), summed up since the last call."""
+        return {}
+
+    def epoch_figures(self, epoch: int) -> dict[str, Figure]:
+        """Figures to log after `epoch` (artifact path -> figure), made with matplotlib's `Figure` (not pyplot),
+        so that one nobody logs holds no memory."""
+        return {}
 
     # --- independent members (a deep ensemble) ---
     def member_configs(self) -> list[ExperimentConfig]:
