@@ -75,6 +75,7 @@ class ExperimentConfig:
     schedule: Schedule = "onecycle"  # learning-rate schedule: onecycle (warm-up 20 %, then linear decay) | cosine
     warmup_epochs: float = 0.0  # cosine: linear warm-up over this many epochs before the cosine decay
     patience: int = 10  # stop after this many epochs without a better validation accuracy; 0 = never stop early
+    max_hours: float = 0.0  # stop a run after the first epoch of a stage shows it cannot end in time; 0 = no limit
     label_smoothing: float = 0.0  # cross-entropy label smoothing in [0, 1)
     ema_decay: float = 0.0  # exponential moving average of the weights per step (e.g. 0.999); selection and
     #                         extraction use the averaged weights; 0 = off
@@ -124,6 +125,8 @@ class ExperimentConfig:
         if self.mixup < 0 or self.cutmix < 0:
             raise ConfigError(f"mixup and cutmix are Beta alphas (0 = off) and must not be negative, got "
                               f"{self.mixup} and {self.cutmix}")
+        if self.max_hours < 0:
+            raise ConfigError(f"max_hours must not be negative (0 = no limit), got {self.max_hours}")
         if self.warmup_epochs < 0 or self.warmup_epochs >= self.epochs:
             raise ConfigError(f"warmup_epochs must be in [0, epochs), got {self.warmup_epochs} with {self.epochs} "
                               "epochs")

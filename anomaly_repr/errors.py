@@ -19,3 +19,7 @@ class DivergedError(AnomalyReprError):
 
 class SealedError(AnomalyReprError):
     """Images of a part that this view of the data does not hold (the test split, during tuning)."""
+
+
+class BudgetError(AnomalyReprError):
+    """A run that cannot finish within the time it was given (`max_hours`)."""

@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -23,7 +24,7 @@ from tqdm.auto import tqdm
 
 from anomaly_repr.augment import Mixing, Policy
 from anomaly_repr.config import ExperimentConfig
-from anomaly_repr.errors import DivergedError
+from anomaly_repr.errors import BudgetError, DivergedError
 from anomaly_repr.methods import method_for
 from anomaly_repr.models import OpenSetNet
 from anomaly_repr.pipeline import DeviceBatches, Normalizer, eval_batches
@@ -119,9 +120,13 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
           device: torch.device, checkpoint: Path, resume: bool = False,
           on_epoch: Callable[[OpenSetNet, dict[str, float]], None] | None = None,
           on_figures: Callable[[dict[str, Figure]], None] | None = None) -> TrainResult:
-    """Train `model` with its method's step on uint8 images (labels 0..K-1); `on_epoch` receives, after each
-    epoch, the model that validation reads (the weights' moving average when `ema_decay` is set) and the
-    epoch's metrics row (the method's own curves among them), `on_figures` the method's figures."""
+    """Train `model` with its method's step on uint8 images (labels 0..K-1), stage by stage (one stage but for
+    methods like CSI: each has its own optimiser, schedule and epochs, and only stages that select read the
+    validation accuracy, keep the best model and stop early); epochs count on across stages. `on_epoch`
+    receives, after each epoch, the model that validation reads (the weights' moving average when
+    `ema_decay` is set) and the epoch's metrics row (the method's own curves among them), `on_figures` the
+    method's figures. With `max_hours`, the first epoch of a stage that shows the stage cannot end in time
+    stops the run."""
     method = method_for(cfg)
     torch.manual_seed(cfg.seed)
     model.to(device).to(memory_format=torch.channels_last)
@@ -130,11 +135,6 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
     batches = DeviceBatches(train_images.to(device), train_labels.to(device), normalizer, cfg.batch_size,
                             hflip, generator, Policy(cfg.augment, *train_images.shape[-2:]), cfg.random_erasing,
                             Mixing(cfg.mixup, cfg.cutmix, num_classes))
-    optimizer = torch.optim.SGD(method.param_groups(model), lr=cfg.lr,
-                                momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-    total_steps, warmup = cfg.epochs * len(batches), round(cfg.warmup_epochs * len(batches))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
-                                                  lambda s: lr_factor(cfg.schedule, s, total_steps, warmup))
     # The weights' moving average (buffers too: batch-norm statistics) is what validation selects and what
     # the caller gets back when ema_decay is set.
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) \
@@ -146,15 +146,13 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
         return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
 
     method.start(normalizer, device)
+    stages = method.stages()
     result = TrainResult(model, best_val_acc=-1.0, best_epoch=-1, precision=str(dtype or torch.float32))
     best_state = {k: v.detach().clone() for k, v in selected.state_dict().items()}
-    start_epoch, stale = 1, 0
-
-    if resume and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
+    state: dict = torch.load(checkpoint, map_location=device, weights_only=True) \
+        if resume and checkpoint.exists() else {}
+    if state:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
         method.load_train_state(state["method"])
@@ -162,63 +160,90 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
         torch.set_rng_state(state["torch_rng"].cpu())
         best_state = state["best_model"]
         result.best_val_acc, result.best_epoch = state["best_val_acc"], state["best_epoch"]
-        result.history, stale = state["history"], state["stale"]
+        result.history = state["history"]
         result.train_seconds, result.train_images = state["train_seconds"], state["train_images"]
-        start_epoch = state["epoch"] + 1
         log.info("resumed from %s after epoch %d", checkpoint, state["epoch"])
+    began_run, stale, first = time.perf_counter(), state.get("stale", 0), 0  # first: epochs before this stage
 
-    for epoch in range(start_epoch, cfg.epochs + 1):
-        if cfg.patience and stale >= cfg.patience:
-            break
-        model.train()
-        # The loss is summed on the device and read once per epoch: a read per step would wait for the step.
-        loss_sum, seen, began = torch.zeros((), device=device), 0, time.perf_counter()
-        bar = tqdm(batches, desc=f"epoch {epoch}/{cfg.epochs}", leave=False, disable=None, unit="batch")
-        for step, (x, y) in enumerate(bar, 1):
-            try:
-                loss = method.train_step(model, optimizer, x.contiguous(memory_format=torch.channels_last), y,
-                                         autocast)
-            except DivergedError as exc:  # the method saw it coming (a sampler's energies exploding)
-                raise DivergedError(f"training diverged at epoch {epoch}, step {step}: {exc}") from None
-            scheduler.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            loss_sum += loss * len(y)
-            seen += len(y)
-            if step % CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
-                raise DivergedError(f"training diverged at epoch {epoch}, step {step} (the loss is not finite); "
-                                    "lower lr")
-        total_loss = loss_sum.item()
-        if not math.isfinite(total_loss):
-            raise DivergedError(f"training diverged at epoch {epoch} (loss is {total_loss}); lower lr")
-        seconds = time.perf_counter() - began
-        result.train_seconds += seconds
-        result.train_images += seen
-        val_acc = accuracy(selected, val_images, val_labels, normalizer, device)
-        if val_acc > result.best_val_acc:
-            result.best_val_acc, result.best_epoch, stale = val_acc, epoch, 0
-            best_state = {k: v.detach().clone() for k, v in selected.state_dict().items()}
-        else:
-            stale += 1
-        row = {"epoch": epoch, "train/loss": total_loss / seen, "val/acc": val_acc,
-               "train/lr": optimizer.param_groups[0]["lr"], "train/images_per_second": seen / seconds,
-               **method.epoch_metrics()}
-        if (figures := method.epoch_figures(epoch)) and on_figures:
-            on_figures(figures)
-        result.history.append(row)
-        log.info("epoch %d/%d  loss %.4f  val/acc %.4f  %.0f img/s", epoch, cfg.epochs, row["train/loss"],
-                 val_acc, row["train/images_per_second"])
-        if on_epoch:  # before the checkpoint: a crash in between repeats the epoch, never loses its row
-            on_epoch(selected, row)
-        save_atomically({
-            "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
-            "torch_rng": torch.get_rng_state(), "best_model": best_state,
-            "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch, "history": result.history,
-            "stale": stale, "train_seconds": result.train_seconds, "train_images": result.train_images,
-            **({"ema": ema.state_dict()} if ema is not None else {}), "method": method.train_state(),
-        }, checkpoint)
+    for index, stage in enumerate(stages):
+        if index < state.get("stage", 0):
+            first += stage.epochs
+            continue
+        method.begin_stage(model, index)
+        optimizer = method.optimizer(method.param_groups(model))
+        total_steps, warmup = stage.epochs * len(batches), round(cfg.warmup_epochs * len(batches))
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, cfg.schedule, total=total_steps,
+                                                                         warmup=warmup))
+        if state.get("stage", 0) == index and "optimizer" in state:  # resumed inside this stage
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+        for epoch in range(max(first, state.get("epoch", 0)) + 1, first + stage.epochs + 1):
+            if stage.selects and cfg.patience and stale >= cfg.patience:
+                break
+            model.train()
+            method.begin_stage(model, index)  # a stage may keep parts of the model in eval mode
+            # The loss is summed on the device and read once per epoch: a read per step would wait for the step.
+            loss_sum, seen, began = torch.zeros((), device=device), 0, time.perf_counter()
+            bar = tqdm(batches, desc=f"{stage.name} epoch {epoch}", leave=False, disable=None, unit="batch")
+            for step, (x, y) in enumerate(bar, 1):
+                try:
+                    loss = method.train_step(model, optimizer, x.contiguous(memory_format=torch.channels_last), y,
+                                             autocast)
+                except DivergedError as exc:  # the method saw it coming (a sampler's energies exploding)
+                    raise DivergedError(f"training diverged at epoch {epoch}, step {step}: {exc}") from None
+                scheduler.step()
+                if ema is not None:
+                    ema.update_parameters(model)
+                loss_sum += loss * len(y)
+                seen += len(y)
+                if step % CHECK_EVERY == 0 and not torch.isfinite(loss_sum):
+                    raise DivergedError(f"training diverged at epoch {epoch}, step {step} (the loss is not finite); "
+                                        "lower lr")
+            total_loss = loss_sum.item()
+            if not math.isfinite(total_loss):
+                raise DivergedError(f"training diverged at epoch {epoch} (loss is {total_loss}); lower lr")
+            seconds = time.perf_counter() - began
+            result.train_seconds += seconds
+            result.train_images += seen
+            row = {"epoch": epoch, stage.loss_name: total_loss / seen, "train/lr": optimizer.param_groups[0]["lr"],
+                   "train/images_per_second": seen / seconds, **method.epoch_metrics()}
+            if stage.selects:
+                row["val/acc"] = val_acc = accuracy(selected, val_images, val_labels, normalizer, device)
+                if val_acc > result.best_val_acc:
+                    result.best_val_acc, result.best_epoch, stale = val_acc, epoch, 0
+                    best_state = {k: v.detach().clone() for k, v in selected.state_dict().items()}
+                else:
+                    stale += 1
+            if (figures := method.epoch_figures(epoch)) and on_figures:
+                on_figures(figures)
+            result.history.append(row)
+            log.info("%s epoch %d/%d  loss %.4f  val/acc %.4f  %.0f img/s", stage.name, epoch, first + stage.epochs,
+                     total_loss / seen, row.get("val/acc", float("nan")), row["train/images_per_second"])
+            if on_epoch:  # before the checkpoint: a crash in between repeats the epoch, never loses its row
+                on_epoch(selected, row)
+            save_atomically({
+                "stage": index, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "generator": generator.get_state(),
+                "torch_rng": torch.get_rng_state(), "best_model": best_state,
+                "best_val_acc": result.best_val_acc, "best_epoch": result.best_epoch, "history": result.history,
+                "stale": stale, "train_seconds": result.train_seconds, "train_images": result.train_images,
+                **({"ema": ema.state_dict()} if ema is not None else {}), "method": method.train_state(),
+            }, checkpoint)
+            if cfg.max_hours and epoch == first + 1:
+                check_budget(cfg.max_hours, stage.name, time.perf_counter() - began_run,
+                             time.perf_counter() - began, stage.epochs - 1)
+        first += stage.epochs
+        state = {}  # later stages start afresh
 
     model.load_state_dict(best_state)
     model.eval()
     return result
+
+
+def check_budget(max_hours: float, stage: str, elapsed: float, epoch_seconds: float, epochs_left: int) -> None:
+    """Stop a run that its first epoch shows cannot finish within `max_hours` (it keeps its checkpoint)."""
+    need = elapsed + epoch_seconds * epochs_left
+    if need > max_hours * 3600:
+        raise BudgetError(f"{stage}: the first epoch took {epoch_seconds:.0f} s, so its {epochs_left + 1} epochs "
+                          f"need about {need / 3600:.2f} h, more than max_hours={max_hours:g}; give fewer epochs, a "
+                          "smaller model or more max_hours")

@@ -43,6 +43,18 @@ class Calibration:
     records: dict[str, Any] = field(default_factory=dict)  # artifact path -> JSON-serialisable object
 
 
+@dataclass(frozen=True)
+class Stage:
+    """A phase of training with its own optimiser, schedule and epochs (CSI: contrastive pretraining, then
+    linear heads on the frozen backbone). Only a stage that `selects` reads the validation accuracy, keeps
+    the best model and stops early."""
+
+    name: str
+    epochs: int
+    selects: bool = True
+    loss_name: str = "train/loss"  # the curve this stage's loss is logged as
+
+
 # Roles in a study: the `classifier` is the reference every gain is measured against, the oracle
 # representation bounds what the architecture can hold (q2), and every other method is a variant.
 REFERENCE, ORACLE_REPRESENTATION, VARIANT = "reference", "oracle_representation", "variant"
@@ -86,6 +98,18 @@ class Method:
     # --- network ---
     def build(self, num_classes: int, in_channels: int, image_size: int) -> OpenSetNet:
         return create_model(self.cfg.arch, num_classes, in_channels)
+
+    def stages(self) -> list[Stage]:
+        """The phases of training: one by default, `epochs` long, selecting on validation accuracy."""
+        return [Stage("train", self.cfg.epochs)]
+
+    def begin_stage(self, model: nn.Module, index: int) -> None:
+        """Before each epoch of stage `index` (after `model.train()`): freeze or set modes of parts."""
+
+    def optimizer(self, param_groups: list[dict]) -> torch.optim.Optimizer:
+        """The optimiser of a stage: SGD with Nesterov momentum at the configured peak learning rate."""
+        return torch.optim.SGD(param_groups, lr=self.cfg.lr, momentum=self.cfg.momentum,
+                               nesterov=self.cfg.momentum > 0)
 
     def param_groups(self, model: nn.Module) -> list[dict]:
         """Weight decay on conv and linear weights; none on norms and biases."""
