@@ -63,7 +63,7 @@ def epoch_logger(prep: Prepared, analyse: bool = True, then: EpochHook | None = 
     every = prep.cfg.val_auroc_every if analyse and method_for(prep.cfg).scores_logits else 0
 
     def on_epoch(model: OpenSetNet, normalizer: Normalizer, row: dict[str, float]) -> None:
-        if every and int(row["epoch"]) % every == 0:
+        if every and int(row["epoch"]) % every == 0 and "val/acc" in row:  # not in stages that do not select
             row = row | classic_val_aurocs(prep, model, normalizer)
         log_epoch(row)
         if then:

@@ -101,7 +101,7 @@ def test_tune_targets_name_methods_with_a_search_space():
     assert TuneConfig(target="godin").scorers == ["godin"]
     assert method_of("recon_weight", ExperimentConfig(head="godin")).cfg.method == "hybrid"
     with pytest.raises(ConfigError, match="unknown target 'oracle_rep'; choose one of hybrid, godin, rotation, geom, "
-                                          "recolor, sobel, svgd, jem, recipe, recon_weight"):
+                                          "recolor, sobel, svgd, jem, csi, recipe, recon_weight"):
         TuneConfig(target="oracle_rep")
 
 

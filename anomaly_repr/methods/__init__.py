@@ -71,4 +71,4 @@ __all__ = ["METHODS", "ORACLE_REPRESENTATION", "REFERENCE", "VARIANT", "Calibrat
 
 # Each module registers its method (and its scorers) on import; order = the default order of a study.
 from anomaly_repr.methods import classifier, hybrid, godin, oracle_rep  # noqa: E402, F401, I001
-from anomaly_repr.methods import rotation, geom, recolor, sobel, ensemble, svgd, jem  # noqa: E402, F401, I001
+from anomaly_repr.methods import rotation, geom, recolor, sobel, ensemble, svgd, jem, csi  # noqa: E402, F401, I001

@@ -1,0 +1,294 @@
+"""`csi`: contrastive learning on distributionally shifted instances (Tack et al., NeurIPS 2020), supervised
+(SupCSI), in two stages of one run.
+
+Stage 1, `contrastive` (`csi_epochs` epochs): every image of a batch is rotated by 0, 90, 180 and 270
+degrees (the shifted instances), and each rotation gets two SimCLR views (`augment.simclr_view`: resized
+crop, flip, colour jitter, greyscale, as batched tensor ops); the backbone's z goes through a projection
+head (two linear layers, 128 outputs, normalised), and the loss is the supervised contrastive loss (Khosla
+et al. 2020, eq. 2, "L_out") with temperature `csi_temperature`, whose labels are the joint (known class,
+rotation) pairs, plus `csi_rotation_weight` times the cross-entropy of a 4-way rotation head on z (the
+paper's shift classification, lambda = 1). Curve: `train/contrastive_loss`. Stage 2, `heads` (`epochs`
+epochs): the backbone is frozen (and its batch norm in eval mode) and two linear heads on z are trained
+with cross-entropy: the K-way class head (upright images, the usual crop and flip) and the 4K-way joint
+(class, rotation) head (all four rotations); model selection and early stopping read the class head's
+validation accuracy, as for the classifier. Curves: `train/loss` (their sum), `train/class_loss`,
+`train/joint_loss`, `val/acc`. `csi_optimizer` is `lars` (the paper's, You et al. 2017: SGD with momentum
+whose step per layer is scaled by |w| / |grad|, trust coefficient 0.001; not for biases and norms) or
+`sgd`; both stages use `lr` and `batch_size`. The paper trains 700 + 100 epochs at batch 512 (on GPUs);
+the defaults here, 10 + 30 epochs at batch 128, fit a CPU: each contrastive step runs 8 views of every
+image (4 rotations x 2), so an epoch of stage 1 costs about 8 epochs of the classifier (`max_hours` stops a
+run whose first epoch shows it cannot finish).
+
+Scores (higher = more anomalous): `csi`, 1 - max softmax of the class head; `csi_ens`, 1 - max over classes
+of the softmax of the joint head's block for rotation k on the image turned by k, averaged over the four
+rotations (the paper's "CSI-ens"); `csi_unlabeled`, the negated detection score of the paper (sec. 2.2): for
+each rotation k, the largest cosine similarity of the test image's normalised projection to those of the
+nominal training images turned by k, times the norm of its projection, plus the rotation head's
+probability of k, each term divided by its mean over the nominal validation images (the paper's
+weights, computed without an image meeting itself), summed over the rotations and averaged over
+`csi_test_views` SimCLR views of the test image (0: 10 on a GPU, 2 on a CPU).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from anomaly_repr.augment import simclr_view
+from anomaly_repr.errors import ConfigError
+from anomaly_repr.extract import batches
+from anomaly_repr.methods import Method, register_method
+from anomaly_repr.methods.base import Autocast, Calibration, Stage
+from anomaly_repr.models import ModelOutput, OpenSetNet, build_backbone
+from anomaly_repr.pipeline import Normalizer
+from anomaly_repr.scorers import FunctionScorer, msp, register_scorer
+
+if TYPE_CHECKING:
+    import optuna
+
+    from tuning.config import TuneConfig
+
+ROTATIONS = 4
+PROJECTION = 128  # width of the projection head's output
+TEMPERATURE_RANGE, ROTATION_WEIGHT_RANGE = (0.03, 0.5), (0.1, 10.0)  # `tune --target csi`, log-uniform
+TRUST = 0.001  # LARS trust coefficient
+CHUNK = 1024  # test rows against all training features at once in the similarity search
+
+
+class CsiNet(OpenSetNet):
+    """Backbone, class head (the logits), 4K-way joint head, projection head and rotation head on z."""
+
+    def __init__(self, backbone: nn.Module, z_dim: int, num_classes: int):
+        super().__init__(backbone, z_dim, nn.Linear(z_dim, num_classes))
+        self.joint = nn.Linear(z_dim, ROTATIONS * num_classes)  # class c, rotation k -> output c * 4 + k
+        self.projection = nn.Sequential(nn.Linear(z_dim, z_dim), nn.ReLU(inplace=True), nn.Linear(z_dim, PROJECTION))
+        self.rotation = nn.Linear(z_dim, ROTATIONS)
+
+    def forward_head(self, z: torch.Tensor) -> ModelOutput:
+        return ModelOutput(logits=self.head(z), z=z, extras={
+            "joint": self.joint(z), "projection": self.projection(z), "rotation": self.rotation(z)})
+
+
+def rotations(x: torch.Tensor) -> torch.Tensor:
+    """(4N, ...): the batch turned by 0, 90, 180 and 270 degrees, rotation-major."""
+    return torch.cat([torch.rot90(x, k, dims=(-2, -1)) for k in range(ROTATIONS)])
+
+
+def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Khosla et al. 2020, eq. 2: for each anchor, the mean over its positives (same label, itself excluded)
+    of -log softmax of the similarities over every other sample; features normalised (N, P)."""
+    sim = features @ features.T / temperature
+    own = torch.eye(len(features), dtype=torch.bool, device=features.device)
+    sim = sim.masked_fill(own, float("-inf"))
+    log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
+    positive = (labels[:, None] == labels[None, :]) & ~own
+    return -(log_prob.masked_fill(~positive, 0).sum(1) / positive.sum(1).clamp_min(1)).mean()
+
+
+class Lars(torch.optim.SGD):
+    """SGD with momentum whose update of each weight tensor is scaled by TRUST * |w| / |grad + wd w| (You et
+    al. 2017); groups without weight decay (biases, norms) keep plain SGD, as in SimCLR."""
+
+    @torch.no_grad()
+    def step(self, closure: Any = None) -> Any:
+        decays = [group["weight_decay"] for group in self.param_groups]
+        for group in self.param_groups:
+            if not group["weight_decay"]:
+                continue
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                p.grad.add_(p, alpha=group["weight_decay"])  # the decay joins the gradient before the scaling
+                w_norm, g_norm = p.norm(), p.grad.norm()
+                if w_norm > 0 and g_norm > 0:
+                    p.grad.mul_(TRUST * w_norm / g_norm)
+            group["weight_decay"] = 0.0  # already in the gradient
+        try:
+            return super().step(closure)
+        finally:
+            for group, decay in zip(self.param_groups, decays, strict=True):
+                group["weight_decay"] = decay
+
+
+def views(x: torch.Tensor, normalizer: Normalizer, count: int, generator: torch.Generator) -> Iterable[torch.Tensor]:
+    """`count` SimCLR views of normalised images, normalised again (count 0: the images themselves)."""
+    if count == 0:
+        yield x
+        return
+    mean, std = normalizer.mean.to(x.device).view(1, -1, 1, 1), normalizer.std.to(x.device).view(1, -1, 1, 1)
+    pixels = (x * std + mean).clamp(0, 1)
+    for _ in range(count):
+        yield (simclr_view(pixels, generator) - mean) / std
+
+
+@register_method("csi")
+class Csi(Method):
+    extra_outputs = frozenset({"csi_ens", "csi_unlabeled"})
+    tune_scorer = "csi_ens"
+
+    def __init__(self, cfg: Any):
+        super().__init__(cfg)
+        self.stage = 0  # the stage being trained (`begin_stage`)
+
+    @classmethod
+    def settle(cls, cfg: Any) -> dict:
+        if cfg.mixup or cfg.cutmix:
+            raise ConfigError("method=csi pairs images by their labels in the contrastive loss; mixup and cutmix "
+                              "mix the labels: set them to 0")
+        return {}
+
+    def build(self, num_classes: int, in_channels: int, image_size: int) -> OpenSetNet:
+        backbone, z_dim = build_backbone(self.cfg.arch, in_channels)
+        return CsiNet(backbone, z_dim, num_classes)
+
+    # --- training ---
+    def stages(self) -> list[Stage]:
+        return [Stage("contrastive", self.cfg.csi_epochs, selects=False, loss_name="train/contrastive_loss"),
+                Stage("heads", self.cfg.epochs)]
+
+    def start(self, normalizer: Normalizer, device: torch.device) -> None:
+        self.normalizer = normalizer
+        self.generator = torch.Generator(device=device).manual_seed(self.cfg.seed)
+        self.sums = {"class_loss": 0.0, "joint_loss": 0.0, "steps": 0}
+
+    def begin_stage(self, model: nn.Module, index: int) -> None:
+        self.stage = index
+        if index == 1:
+            model.backbone.eval()  # type: ignore[union-attr]  # frozen: its batch norm keeps its statistics
+
+    def param_groups(self, model: nn.Module) -> list[dict]:
+        if self.stage == 0:
+            return super().param_groups(model)
+        heads = [p for name, p in model.named_parameters() if name.startswith(("head.", "joint."))]
+        return [{"params": [p for p in heads if p.ndim > 1], "weight_decay": self.cfg.weight_decay},
+                {"params": [p for p in heads if p.ndim <= 1], "weight_decay": 0.0}]
+
+    def optimizer(self, param_groups: list[dict]) -> torch.optim.Optimizer:
+        if self.stage == 0 and self.cfg.csi_optimizer == "lars":
+            return Lars(param_groups, lr=self.cfg.lr, momentum=self.cfg.momentum)
+        return super().optimizer(param_groups)
+
+    def train_step(self, model: OpenSetNet, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                   autocast: Autocast) -> torch.Tensor:
+        assert isinstance(model, CsiNet)
+        cfg, n = self.cfg, len(x)
+        turned = rotations(x)
+        joint = (y.repeat(ROTATIONS) * ROTATIONS + torch.arange(ROTATIONS, device=x.device).repeat_interleave(n))
+        if self.stage == 0:
+            batch = torch.cat(list(views(turned, self.normalizer, 2, self.generator)))  # 2 views of 4 rotations
+            with autocast():
+                out = model(batch.contiguous(memory_format=torch.channels_last))
+            features = F.normalize(out.extras["projection"].float(), dim=1)
+            shift = torch.arange(ROTATIONS, device=x.device).repeat_interleave(n).repeat(2)
+            loss = (supcon_loss(features, joint.repeat(2), cfg.csi_temperature)
+                    + cfg.csi_rotation_weight * F.cross_entropy(out.extras["rotation"].float(), shift))
+        else:
+            with torch.no_grad(), autocast():
+                z = model.forward_features(turned.contiguous(memory_format=torch.channels_last)).float()
+            class_loss = F.cross_entropy(model.head(z[:n]), y, label_smoothing=cfg.label_smoothing)
+            joint_loss = F.cross_entropy(model.joint(z), joint)
+            loss = class_loss + joint_loss
+            self.sums["class_loss"] += float(class_loss.detach())
+            self.sums["joint_loss"] += float(joint_loss.detach())
+            self.sums["steps"] += 1
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
+    def train_state(self) -> dict[str, Any]:
+        return {"views": self.generator.get_state()}  # the SimCLR views' random state
+
+    def load_train_state(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["views"].cpu())
+
+    def epoch_metrics(self) -> dict[str, float]:
+        steps = self.sums.pop("steps")
+        out = {f"train/{name}": value / steps for name, value in self.sums.items()} if steps else {}
+        self.sums = {"class_loss": 0.0, "joint_loss": 0.0, "steps": 0}
+        return out
+
+    # --- extraction and scores ---
+    @torch.no_grad()
+    def _features(self, model: CsiNet, images: torch.Tensor, normalizer: Normalizer, device: torch.device,
+                  count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per image, view and rotation k (on the image turned by k): the normalised projection (N, V, 4, P),
+        the projection's norm (N, V, 4) and the rotation head's probability of k (N, V, 4); V = count or 1."""
+        model.eval()
+        generator = torch.Generator(device=device).manual_seed(self.cfg.seed)
+        projections, norms, rotation_p = [], [], []
+        for x in batches(images, normalizer, device, 256):
+            per_view = []
+            for view in views(x, normalizer, count, generator):
+                out = model(rotations(view).contiguous(memory_format=torch.channels_last))
+                proj = out.extras["projection"].float().view(ROTATIONS, len(x), -1).transpose(0, 1)
+                p_rot = F.softmax(out.extras["rotation"].float(), dim=1).view(ROTATIONS, len(x), ROTATIONS)
+                p_right = torch.stack([p_rot[k, :, k] for k in range(ROTATIONS)], dim=1)
+                per_view.append((proj, p_right))
+            proj = torch.stack([v[0] for v in per_view], dim=1)
+            projections.append(F.normalize(proj, dim=-1).cpu())
+            norms.append(proj.norm(dim=-1).cpu())
+            rotation_p.append(torch.stack([v[1] for v in per_view], dim=1).cpu())
+        return torch.cat(projections), torch.cat(norms), torch.cat(rotation_p)
+
+    def _terms(self, projections: torch.Tensor, norms: torch.Tensor, rotation_p: torch.Tensor,
+               reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(similarity term, rotation term), each (N, V, 4): max cosine similarity to the reference (the
+        nominal training projections, (M, 4, P)) of the same rotation times the norm; the rotation head's p."""
+        best = torch.empty(norms.shape)
+        for k in range(ROTATIONS):
+            for start in range(0, len(projections), CHUNK):
+                rows = projections[start:start + CHUNK, :, k]  # (n, V, P)
+                best[start:start + CHUNK, :, k] = (rows @ reference[:, k].T).amax(dim=-1)
+        return best * norms, rotation_p
+
+    def calibrate(self, model: OpenSetNet, nominal_val: torch.Tensor, normalizer: Normalizer, device: torch.device,
+                  nominal_train: torch.Tensor) -> Calibration:
+        """The nominal training images' projections (the reference of `csi_unlabeled`) and the score terms'
+        means over the nominal validation images (their weights)."""
+        assert isinstance(model, CsiNet)
+        reference = self._features(model, nominal_train, normalizer, device, 0)[0][:, 0]
+        sim, rot = self._terms(*self._features(model, nominal_val, normalizer, device, 0), reference)
+        weights = (1 / sim.mean(dim=(0, 1)), 1 / rot.mean(dim=(0, 1)))
+        return Calibration(values={"reference": reference, "weights": weights},
+                           metrics={f"csi/weight_{name}_{k}": float(w[k])
+                                    for name, w in zip(("sim", "rot"), weights, strict=True) for k in range(ROTATIONS)})
+
+    def test_views(self, device: torch.device) -> int:
+        return self.cfg.csi_test_views or (10 if device.type == "cuda" else 2)
+
+    def extra_passes(self, model: OpenSetNet, images: torch.Tensor, normalizer: Normalizer, device: torch.device,
+                     calibration: Calibration) -> dict[str, np.ndarray]:
+        assert isinstance(model, CsiNet)
+        # csi_ens: the joint head's class block of rotation k on the image turned by k, averaged over k
+        probs = []
+        with torch.no_grad():
+            for x in batches(images, normalizer, device, 256):
+                joint = model(rotations(x).contiguous(memory_format=torch.channels_last)).extras["joint"].float()
+                joint = joint.view(ROTATIONS, len(x), -1, ROTATIONS)  # rotation of the input, class, rotation
+                blocks = torch.stack([joint[k, :, :, k] for k in range(ROTATIONS)])  # (4, n, K)
+                probs.append(F.softmax(blocks, dim=-1).mean(dim=0).cpu())
+        ens = 1 - torch.cat(probs).amax(dim=1)
+        sim, rot = self._terms(*self._features(model, images, normalizer, device, self.test_views(device)),
+                               calibration.values["reference"])
+        w_sim, w_rot = calibration.values["weights"]
+        score = (sim * w_sim + rot * w_rot).sum(dim=-1).mean(dim=1)  # over rotations, then over views
+        return {"csi_ens": ens.numpy(), "csi_unlabeled": (-score).numpy()}
+
+    # --- tuning ---
+    def suggest(self, trial: optuna.Trial, tcfg: TuneConfig) -> dict[str, Any]:
+        return {"csi_temperature": trial.suggest_float("csi_temperature", *TEMPERATURE_RANGE, log=True),
+                "csi_rotation_weight": trial.suggest_float("csi_rotation_weight", *ROTATION_WEIGHT_RANGE, log=True)}
+
+    def talk_values(self, tcfg: TuneConfig) -> list[dict[str, Any]]:
+        return [{"csi_temperature": 0.07, "csi_rotation_weight": 1.0}]  # the paper's
+
+
+register_scorer("csi")(lambda cfg: FunctionScorer(lambda o: msp(o.logits), requires=("logits", "csi_ens")))
+register_scorer("csi_ens")(lambda cfg: FunctionScorer(lambda o: o.csi_ens, requires=("csi_ens",)))
+register_scorer("csi_unlabeled")(lambda cfg: FunctionScorer(lambda o: o.csi_unlabeled, requires=("csi_unlabeled",)))

@@ -1,0 +1,147 @@
+"""CSI: the supervised contrastive loss by hand, rotations, LARS, the two stages in one run (the backbone frozen
+in the second), resume across stages, the time budget, its scorers, and CSI in `reproduce` and `tune`."""
+
+from __future__ import annotations
+
+import math
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+
+import anomaly_repr.train as train_module
+from anomaly_repr.cli import main
+from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.errors import BudgetError, ConfigError
+from anomaly_repr.methods import method_for
+from anomaly_repr.methods.csi import Lars, rotations, supcon_loss
+from anomaly_repr.study import Study, run_reproduce
+from anomaly_repr.workflow import fit, prepare
+
+FAST = ExperimentConfig(method="csi", csi_epochs=1, epochs=2, device="cpu", oracle_trees=20, bootstrap=50,
+                        val_auroc_every=0)
+
+
+def test_the_supervised_contrastive_loss_by_hand():
+    features = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+    # anchors 0 and 1 are each other's positive against one negative at similarity 0; anchor 2 has none
+    expected = 2 * -math.log(math.e / (math.e + 1)) / 3
+    assert supcon_loss(features, torch.tensor([0, 0, 1]), temperature=1.0).item() == pytest.approx(expected)
+    colder = supcon_loss(features, torch.tensor([0, 0, 1]), temperature=0.5).item()
+    assert colder == pytest.approx(2 * -math.log(math.e ** 2 / (math.e ** 2 + 1)) / 3)
+
+
+def test_four_rotations_in_turn():
+    x = torch.arange(2 * 1 * 3 * 3, dtype=torch.float32).view(2, 1, 3, 3)
+    turned = rotations(x)
+    assert turned.shape == (8, 1, 3, 3)
+    for k in range(4):
+        assert torch.equal(turned[2 * k:2 * k + 2], torch.rot90(x, k, dims=(-2, -1)))
+
+
+def test_lars_scales_each_layers_step_by_its_trust_ratio():
+    w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))  # |w| = 5
+    w.grad = torch.tensor([0.0, 2.0])  # with weight decay 0.5: grad + wd w = (1.5, 4), |.| = sqrt(18.25)
+    Lars([{"params": [w], "weight_decay": 0.5}], lr=1.0, momentum=0.0).step()
+    step = 0.001 * 5 / math.sqrt(18.25) * torch.tensor([1.5, 4.0])
+    assert torch.allclose(w.detach(), torch.tensor([3.0, 4.0]) - step)
+
+
+def test_the_stages_log_their_curves_and_the_second_keeps_the_backbone(tracking):
+    assert main(["train", "--method", "csi", "--csi_epochs", "1", "--epochs", "2", "--device", "cpu",
+                 "--val_auroc_every", "1"]) == 0
+    client = mlflow.MlflowClient(tracking)
+    [run] = client.search_runs(["1"], "tags.stage = 'train'")
+
+    def steps(key: str) -> list[int]:
+        return [m.step for m in client.get_metric_history(run.info.run_id, key)]
+
+    assert steps("train/contrastive_loss") == [1] and steps("train/loss") == [2, 3]
+    assert steps("val/acc") == [2, 3] and steps("train/class_loss") == [2, 3] and steps("train/joint_loss") == [2, 3]
+    assert steps("val/max_logit/auroc") == [2, 3]  # the analysis reads the class head once it trains
+    assert run.data.metrics["train/best_epoch"] in (2, 3)
+
+
+def test_the_heads_stage_changes_the_heads_alone(tracking, tmp_path, monkeypatch):
+    states = {}
+    real = train_module.save_atomically
+
+    def remember(state, path):
+        states[state["epoch"]] = {k: v.clone() for k, v in state["model"].items()}
+        real(state, path)
+
+    monkeypatch.setattr(train_module, "save_atomically", remember)
+    fit(prepare(FAST), tmp_path / "csi.pt")
+    after_contrastive, final = states[1], states[3]
+    backbone = [k for k in final if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(after_contrastive[k], final[k]) for k in backbone)  # frozen, BN included
+    assert not torch.equal(after_contrastive["head.weight"], final["head.weight"])
+    assert not torch.equal(after_contrastive["joint.weight"], final["joint.weight"])
+
+
+def test_a_resume_inside_the_second_stage_reaches_the_uninterrupted_result(tracking, tmp_path):
+    prep = prepare(FAST.replace(epochs=3))
+    whole = fit(prep, tmp_path / "whole.pt")
+
+    def crash(model, normalizer, row):
+        if row["epoch"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(prep, tmp_path / "part.pt", on_epoch=crash)
+    resumed = fit(prep, tmp_path / "part.pt", resume=True)
+    assert [r.get("val/acc") for r in resumed.result.history] == [r.get("val/acc") for r in whole.result.history]
+    for key, value in whole.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_max_hours_stops_a_run_its_first_epoch_shows_cannot_finish(tracking, capsys):
+    assert main(["train", "--method", "csi", "--csi_epochs", "3", "--epochs", "2", "--device", "cpu",
+                 "--max_hours", "0.000001"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("anomaly-repr: error: contrastive: the first epoch took ")
+    assert "epochs need about" in err and "more than max_hours=1e-06" in err
+    [run] = mlflow.MlflowClient(tracking).search_runs(["1"], "tags.stage = 'train'")
+    assert run.info.status == "FAILED"
+    with pytest.raises(BudgetError):
+        train_module.check_budget(1.0, "train", elapsed=100, epoch_seconds=400, epochs_left=9)
+    train_module.check_budget(1.0, "train", elapsed=100, epoch_seconds=300, epochs_left=9)  # 3100 s fits
+
+
+def test_the_csi_scores_of_a_trained_model(tracking):
+    assert main(["train", "--method", "csi", "--csi_epochs", "1", "--epochs", "2", "--device", "cpu",
+                 "--csi_test_views", "2"]) == 0
+    client = mlflow.MlflowClient(tracking)
+    [run] = client.search_runs(["1"], "tags.stage = 'train'")
+    assert main(["evaluate", "--train_run_id", run.info.run_id]) == 0
+    [evaluation] = client.search_runs(["1"], "tags.stage = 'evaluate'")
+    m = evaluation.data.metrics
+    for name in ("csi", "csi_ens", "csi_unlabeled"):
+        assert 0 <= m[f"test/{name}/auroc"] <= 1, name
+    assert m["test/csi/auroc"] == pytest.approx(m["test/msp/auroc"])  # the class head's softmax
+    assert all(m[f"csi/weight_sim_{k}"] > 0 and m[f"csi/weight_rot_{k}"] > 0 for k in range(4))
+    with np.load(mlflow.artifacts.download_artifacts(run_id=evaluation.info.run_id,
+                                                     artifact_path="outputs/test.npz")) as test:
+        assert ((0 <= test["csi_ens"]) & (test["csi_ens"] < 1)).all() and np.isfinite(test["csi_unlabeled"]).all()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"mixup": 0.2}, "method=csi pairs images by their labels"),
+    ({"csi_optimizer": "adam"}, "unknown csi_optimizer 'adam'; choose one of sgd, lars"),
+    ({"csi_temperature": 0.0}, "csi_temperature positive"),
+])
+def test_bad_csi_settings_are_one_line_errors(change, message):
+    with pytest.raises(ConfigError, match=message):
+        ExperimentConfig(method="csi", **change)
+
+
+def test_reproduce_with_csi_logs_its_gains(tracking):
+    parent_id = run_reproduce(Study(FAST.replace(method="", epochs=1), methods=("classifier", "csi")))
+    m = mlflow.get_run(parent_id).data.metrics
+    assert {"test/gain/csi/oracle_rf", "test/gain/csi/best_score", "test/csi/csi_unlabeled/auroc"} <= set(m)
+
+
+def test_lars_trains_the_contrastive_stage():
+    method = method_for(ExperimentConfig(method="csi", csi_optimizer="lars"))
+    assert isinstance(method.optimizer([{"params": [torch.nn.Parameter(torch.ones(2))], "weight_decay": 0.0}]), Lars)
