@@ -5,7 +5,8 @@ Usage:  python bench/methods_cifar10.py --methods classifier,rotation,geom [--ep
 `reproduce` of the listed methods (the classifier first: the reference) with the same architecture and
 epochs (tracking in bench/out/). Prints the parent's AUROC table and gap table, then per child: wall time
 and its ratio to the classifier's, training images/s (per stage for methods with stages), epochs, accuracy,
-the seconds per test image of each of its own scorers' extra passes where it logs them, and, for JEM, the
+the seconds a forward pass and the method's extra passes take on `--cost_images` test images (each
+transform of GEOM, the input gradients of JEM, the views of CSI), and, for JEM, the
 per-epoch energies of data and samples (is training stable?) and the sampler's time per step.
 Options after the script's own go to the CLI as they are (`--csi_epochs 5`, `--jem_sgld_steps 10`, ...).
 """
@@ -13,13 +14,40 @@ Options after the script's own go to the CLI as they are (`--csi_epochs 5`, `--j
 from __future__ import annotations
 
 import argparse
+import time
 
 import mlflow
+import numpy as np
+import torch
 from common import SPLIT0_NAMES, cifar10_folder, cifar10_subset, hardware, run_cli
+
+from anomaly_repr.extract import extract
+from anomaly_repr.methods import method_for
+from anomaly_repr.tracking import load_config, load_weights
+from anomaly_repr.workflow import new_model, prepare
 
 
 def history(client: mlflow.MlflowClient, run_id: str, key: str) -> dict[int, float]:
     return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+
+
+def scoring_cost(run_id: str, n: int) -> tuple[float, float]:
+    """Seconds to extract n test images with a child's model, and for its method's extra passes (every
+    transform, SGLD-free input gradients, augmented views...), after its calibration."""
+    cfg = load_config(run_id)
+    prep = prepare(cfg, parts=("train", "val", "test"))
+    model, normalizer, _ = load_weights(run_id, new_model(prep))
+    method, device = method_for(cfg), torch.device("cpu")
+    images = prep.images(prep.split.test[:n])
+    nominal = {part: prep.images(prep.split.nominal(getattr(prep.split, part), prep.data.labels)[:2000])
+               for part in ("val", "train")}
+    calibration = method.calibrate(model, nominal["val"], normalizer, device, nominal["train"])
+    began = time.perf_counter()
+    extract(model, images, np.zeros(len(images)), normalizer, device, method.batch_extras)
+    forward = time.perf_counter() - began
+    began = time.perf_counter()
+    method.extra_passes(model, images, normalizer, device, calibration)
+    return forward, time.perf_counter() - began
 
 
 def main() -> None:
@@ -27,6 +55,7 @@ def main() -> None:
     parser.add_argument("--methods", default="classifier,rotation")
     parser.add_argument("--epochs", default="10")
     parser.add_argument("--per_class", type=int, default=0)
+    parser.add_argument("--cost_images", type=int, default=1000)
     args, rest = parser.parse_known_args()
     root = cifar10_subset(args.per_class) if args.per_class else cifar10_folder()
     cli = ["reproduce", "--dataset", "imagefolder", "--data_root", str(root), "--known_classes", SPLIT0_NAMES,
@@ -54,11 +83,9 @@ def main() -> None:
             second = [v for step, v in speed.items() if step not in contrastive]
             print(f"  images/s per stage: contrastive {sum(first) / len(first):.0f}, heads "
                   f"{sum(second) / max(1, len(second)):.0f}")
-        own = [k.split("/")[1] for k in m if k.endswith("/score_seconds") and k.split("/")[1].startswith(method[:3])]
-        if own:
-            n = len(mlflow.artifacts.load_dict(f"runs:/{run_id}/split/manifest.json")["test"])
-            print("  own scorers, seconds of scoring per 1000 test images (extra passes run in extraction): "
-                  + ", ".join(f"{s} {1000 * m[f'test/{s}/score_seconds'] / n:.3f}" for s in own))
+        forward, extra = scoring_cost(run_id, args.cost_images)
+        print(f"  scoring {args.cost_images} test images: one forward pass {forward:.2f} s, the method's extra "
+              f"passes {extra:.2f} s ({(forward + extra) / forward:.1f}x a forward pass)")
         data, samples = history(client, run_id, "train/energy_data"), history(client, run_id, "train/energy_samples")
         if data:
             sgld = history(client, run_id, "train/sgld_seconds")
