@@ -129,8 +129,12 @@ class MemberRuns:
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             futures = [pool.submit(_member_process, prep.cfg, self.run_id, index, str(checkpoint),
                                    mlflow.get_tracking_uri()) for index in indices]
-            for future in as_completed(futures):
-                yield future.result()
+            try:
+                for future in as_completed(futures):
+                    yield future.result()
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # a member failed: the queued ones do not start
+                raise
 
 
 def _member_process(cfg: ExperimentConfig, run_id: str, index: int, checkpoint: str,
@@ -139,7 +143,7 @@ def _member_process(cfg: ExperimentConfig, run_id: str, index: int, checkpoint: 
     mlflow.set_tracking_uri(tracking_uri)
     prep = prepare(cfg)
     result = fit_member(prep, training_data(prep), index, Path(checkpoint), MemberRuns(run_id, epoch_logger(prep)))
-    return index, result.model.state_dict(), result.summary_fields()
+    return index, {k: v.cpu() for k, v in result.model.state_dict().items()}, result.summary_fields()
 
 
 def evaluate_logged(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, val_index: np.ndarray | None = None,

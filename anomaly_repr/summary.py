@@ -133,6 +133,7 @@ def summarise(results: Results, n_resamples: int) -> dict[str, float]:
             if scorer != BASELINE and BASELINE in cells[0].scores and not is_oracle(scorer):
                 summary |= _gap(results, boot, f"test/{method}/{scorer}/vs_{BASELINE}", (method, scorer),
                                 (method, BASELINE))
+    summary |= _policy_gains(results, boot, summary)  # each policy row against its own method's row
     reference = reference_method(results)
     if reference is None:
         return summary
@@ -145,7 +146,6 @@ def summarise(results: Results, n_resamples: int) -> dict[str, float]:
         if summary["test/q1_gap"] > 0:
             best_classic = summary[f"test/{reference}/{classic[1]}/auroc"]
             summary["test/q1_closed"] = (summary["test/q1_best_deployable"] - best_classic) / summary["test/q1_gap"]
-    summary |= _policy_gains(results, boot, summary)
     for method in (row for row in results if row == row_method(row)):
         cls = METHODS[method]
         if f"test/{method}/oracle_rf/auroc" in summary and cls.role in (ORACLE_REPRESENTATION, VARIANT):

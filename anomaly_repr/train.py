@@ -155,7 +155,7 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
         model.load_state_dict(state["model"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
-        method.load_train_state(state["method"])
+        method.load_train_state(state.get("method", {}))  # checkpoints of earlier versions have none
         generator.set_state(state["generator"].cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         best_state = state["best_model"]
@@ -164,6 +164,7 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
         result.train_seconds, result.train_images = state["train_seconds"], state["train_images"]
         log.info("resumed from %s after epoch %d", checkpoint, state["epoch"])
     began_run, stale, first = time.perf_counter(), state.get("stale", 0), 0  # first: epochs before this stage
+    state_seconds = result.train_seconds  # of the epochs before a resume
 
     for index, stage in enumerate(stages):
         if index < state.get("stage", 0):
@@ -171,12 +172,14 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
             continue
         method.begin_stage(model, index)
         optimizer = method.optimizer(method.param_groups(model))
-        total_steps, warmup = stage.epochs * len(batches), round(cfg.warmup_epochs * len(batches))
+        # warm-up: the first stage's (a later one starts from trained weights)
+        total_steps, warmup = stage.epochs * len(batches), round(cfg.warmup_epochs * len(batches)) if index == 0 else 0
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(lr_factor, cfg.schedule, total=total_steps,
                                                                          warmup=warmup))
         if state.get("stage", 0) == index and "optimizer" in state:  # resumed inside this stage
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
+        checked = False
         for epoch in range(max(first, state.get("epoch", 0)) + 1, first + stage.epochs + 1):
             if stage.selects and cfg.patience and stale >= cfg.patience:
                 break
@@ -229,9 +232,10 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
                 "stale": stale, "train_seconds": result.train_seconds, "train_images": result.train_images,
                 **({"ema": ema.state_dict()} if ema is not None else {}), "method": method.train_state(),
             }, checkpoint)
-            if cfg.max_hours and epoch == first + 1:
-                check_budget(cfg.max_hours, stage.name, time.perf_counter() - began_run,
-                             time.perf_counter() - began, stage.epochs - 1)
+            if cfg.max_hours and not checked:  # the first epoch this process runs of the stage
+                check_budget(cfg.max_hours, stage.name, time.perf_counter() - began_run + state_seconds,
+                             time.perf_counter() - began, first + stage.epochs - epoch)
+                checked = True
         first += stage.epochs
         state = {}  # later stages start afresh
 
@@ -241,9 +245,10 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
 
 
 def check_budget(max_hours: float, stage: str, elapsed: float, epoch_seconds: float, epochs_left: int) -> None:
-    """Stop a run that its first epoch shows cannot finish within `max_hours` (it keeps its checkpoint)."""
+    """Stop a run that an epoch shows cannot finish within `max_hours` (it keeps its checkpoint): `elapsed`
+    seconds so far and `epochs_left` more epochs of `epoch_seconds` (later stages are not counted)."""
     need = elapsed + epoch_seconds * epochs_left
     if need > max_hours * 3600:
-        raise BudgetError(f"{stage}: the first epoch took {epoch_seconds:.0f} s, so its {epochs_left + 1} epochs "
-                          f"need about {need / 3600:.2f} h, more than max_hours={max_hours:g}; give fewer epochs, a "
-                          "smaller model or more max_hours")
+        raise BudgetError(f"{stage}: an epoch took {epoch_seconds:.0f} s, so the stage needs about {need / 3600:.2f} "
+                          f"h in all ({epochs_left} epochs to go), more than max_hours={max_hours:g}; give fewer "
+                          "epochs, a smaller model or more max_hours")

@@ -32,7 +32,7 @@ from anomaly_repr.scorers import CLASSIC_SCORERS, SCORERS, applies, is_oracle, m
 from anomaly_repr.sources import ImageData, load_source
 from anomaly_repr.split import OpenSetSplit
 from anomaly_repr.summary import evaluation_intervals
-from anomaly_repr.train import TrainResult, accuracy, pick_device, save_atomically, train
+from anomaly_repr.train import TrainResult, accuracy, check_budget, pick_device, save_atomically, train
 
 log = logging.getLogger(__name__)
 
@@ -217,10 +217,15 @@ def fit_members(prep: Prepared, data: TrainData, checkpoint: Path, resume: bool,
     if hooks and prep.cfg.ensemble_workers > 1 and len(pending) > 1:
         for index, state, fields in hooks.elsewhere(prep, pending, checkpoint, prep.cfg.ensemble_workers):
             keep(index, state, fields)
+    began, trained = time.perf_counter(), 0
     for index in pending:
         if index not in done:
             result = fit_member(prep, data, index, checkpoint, hooks, finished=len(done))
             keep(index, result.model.state_dict(), result.summary_fields())
+            trained, elapsed = trained + 1, time.perf_counter() - began
+            left = sum(i not in done for i in pending)
+            if prep.cfg.max_hours and left:  # each member has the budget's check; the members together too
+                check_budget(prep.cfg.max_hours, "members", elapsed, elapsed / trained, left)
     models, results = [], []
     for index, cfg in enumerate(configs):
         model = new_model(dataclasses.replace(prep, cfg=cfg))

@@ -67,7 +67,7 @@ def test_two_confident_members_that_disagree():
 def test_members_have_their_own_seeds_and_initial_weights():
     method = method_for(ExperimentConfig(method="ensemble", seed=2, ensemble_size=3))
     configs = method.member_configs()
-    assert [c.seed for c in configs] == [6, 7, 8] and {c.method for c in configs} == {"classifier"}
+    assert [c.seed for c in configs] == [2, 1002, 2002] and {c.method for c in configs} == {"classifier"}
     heads = []
     for cfg in configs:
         torch.manual_seed(cfg.seed)
@@ -186,7 +186,7 @@ def test_a_diverging_member_fails_the_run_naming_it_and_keeps_the_finished_ones(
     real = workflow.train
 
     def second_member_diverges(cfg, *args, **kwargs):
-        if cfg.seed == 1:
+        if cfg.seed == 1000:  # member 1
             raise DivergedError("training diverged at epoch 2, step 25 (the loss is not finite); lower lr")
         return real(cfg, *args, **kwargs)
 
@@ -210,7 +210,7 @@ def test_the_ensemble_run_holds_the_ensembles_metrics_and_each_member_its_own(tr
     client = mlflow.MlflowClient(tracking)
     [run] = client.search_runs(["1"], "tags.stage = 'train'")
     members = member_runs(client, run.info.run_id)
-    assert [members[i].data.params["seed"] for i in (0, 1)] == ["0", "1"]
+    assert [members[i].data.params["seed"] for i in (0, 1)] == ["0", "1000"]
     assert all(len(client.get_metric_history(m.info.run_id, "val/acc")) == 2 for m in members.values())
     assert "model/weights.pt" in {a.path for m in members.values() for a in client.list_artifacts(m.info.run_id,
                                                                                                    "model")}

@@ -125,3 +125,13 @@ def test_bar_chart_draws_every_cell_with_its_interval():
     assert len(fig.axes[0].patches) == 7  # six classifier cells and one oracle_rep cell
     assert fig.axes[0].get_ylim()[0] == 0  # AUROCs below chance are drawn, beside the chance line
     assert [line.get_ydata()[0] for line in fig.axes[0].get_lines() if line.get_label() == "chance"] == [0.5]
+
+
+def test_a_policy_row_is_measured_against_its_own_method_even_without_a_classifier():
+    stronger = {name: d + 0.4 for name, d in CLASSIFIER.items()}
+    s = summarise({"hybrid": [cell(CLASSIFIER)], "hybrid.trivialaugment": [cell(stronger, seed=0)]}, 200)
+    gain = s["test/hybrid.trivialaugment/max_logit/auroc"] - s["test/hybrid/max_logit/auroc"]
+    assert s["test/gain/hybrid.trivialaugment/max_logit"] == pytest.approx(gain) and gain > 0
+    assert s["test/gain/hybrid.trivialaugment/max_logit_ci_low"] > 0  # paired: the same test images
+    assert "test/gain/hybrid.trivialaugment/best_score" in s and s["test/gain/hybrid.trivialaugment/acc"] == 0
+    assert "test/q1_gap" not in s  # no reference method in this study

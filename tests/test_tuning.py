@@ -13,7 +13,7 @@ import sqlalchemy
 
 from anomaly_repr.cli import main
 from anomaly_repr.config import ExperimentConfig
-from anomaly_repr.errors import ConfigError, SealedError
+from anomaly_repr.errors import AnomalyReprError, ConfigError, SealedError
 from anomaly_repr.sources import SOURCES, ImageData, load_source
 from anomaly_repr.split import OpenSetSplit
 from anomaly_repr.workflow import prepare, unseal
@@ -307,3 +307,11 @@ def test_a_csi_study_searches_temperature_and_rotation_weight(tracking):
     assert all(set(t.params) == {"csi_temperature", "csi_rotation_weight"} for t in study.trials)
     assert "figures/param_importances.png" in {a.path for a in mlflow.MlflowClient().list_artifacts(parent_id,
                                                                                                   "figures")}
+
+
+def test_trials_over_the_time_budget_fail_and_the_search_goes_on_until_three_in_a_row(tracking):
+    with pytest.raises(AnomalyReprError, match="3 trials in a row failed"):
+        run_tune(FAST.replace(max_hours=1e-9), tune_cfg(n_trials=4, study_name="budget"))
+    study = optuna.load_study(study_name="budget", storage=f"sqlite:///{tracking.removeprefix('sqlite:///')}"
+                              .replace("mlflow.db", "optuna.db"))
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 3

@@ -119,6 +119,8 @@ class Objective:
             metric = f"val/{scorer}/auroc"
 
             def score_and_prune(model: OpenSetNet, normalizer: Normalizer, row: dict[str, float]) -> None:
+                if "val/acc" not in row:  # a stage that does not select (CSI's contrastive one): heads untrained
+                    return
                 value = validation_auroc(prep, model, normalizer, scorer, self.view.val)
                 mlflow.log_metric(metric, value, step=int(row["epoch"]))
                 trial.report(value, int(row["epoch"]))

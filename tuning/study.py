@@ -32,7 +32,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from anomaly_repr import pool
 from anomaly_repr.config import ExperimentConfig
-from anomaly_repr.errors import AnomalyReprError, DivergedError
+from anomaly_repr.errors import AnomalyReprError, BudgetError, DivergedError
 from anomaly_repr.pool import MACHINE_FIELDS, POLL_SECONDS, check_identity, open_storage
 from anomaly_repr.runs import evaluate_logged
 from anomaly_repr.tracking import (
@@ -147,7 +147,7 @@ def work(study: optuna.Study, objective: Objective, tcfg: TuneConfig, heartbeats
         queued, running = counts[TrialState.WAITING], counts[TrialState.RUNNING]
         planned = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + running + queued
         if time.monotonic() < deadline and (queued or planned < tcfg.n_trials):
-            study.optimize(objective, n_trials=1, catch=(DivergedError,), callbacks=[record])
+            study.optimize(objective, n_trials=1, catch=(DivergedError, BudgetError), callbacks=[record])
             if failures[-MAX_FAILURES_IN_A_ROW:] == [True] * MAX_FAILURES_IN_A_ROW:
                 raise AnomalyReprError(f"{MAX_FAILURES_IN_A_ROW} trials in a row failed; see their runs' logs")
         elif wait_for is not None and running and (heartbeats or any(p.poll() is None for p in wait_for)):

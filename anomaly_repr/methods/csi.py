@@ -140,6 +140,9 @@ class Csi(Method):
         if cfg.mixup or cfg.cutmix:
             raise ConfigError("method=csi pairs images by their labels in the contrastive loss; mixup and cutmix "
                               "mix the labels: set them to 0")
+        if cfg.warmup_epochs >= cfg.csi_epochs:
+            raise ConfigError(f"warmup_epochs ({cfg.warmup_epochs}) warms up CSI's contrastive stage and must be "
+                              f"shorter than its csi_epochs ({cfg.csi_epochs})")
         return {}
 
     def build(self, num_classes: int, in_channels: int, image_size: int) -> OpenSetNet:

@@ -2,7 +2,7 @@
 ensemble shares (the SVGD ensemble of `svgd.py` too): the joined network, its outputs and its scorers.
 
 Each member is the classifier of the same architecture, trained on its own on the known classes with its
-own seed (`seed * ensemble_size + i`: member 0 is the classifier of the same seed), hence its own initial
+own seed (`seed + 1000 i`: member 0 is the classifier of the same seed), hence its own initial
 weights and data order, and its own early stopping on validation accuracy; members train one after
 another (`ensemble_workers` > 1: in that many local processes). The ensemble predicts with the members'
 mean logits; z is the members' z side by side, so the oracles (and the feature-space scorers) read the
@@ -73,9 +73,12 @@ def check_size(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"ensemble_size must be at least 2, got {cfg.ensemble_size}")
 
 
+MEMBER_SEED_STRIDE = 1000  # member i's seed is seed + 1000 i: apart for the seeds of a study (below 1000)
+
+
 def member_seeds(cfg: ExperimentConfig) -> list[int]:
-    """Member i's seed: seed * ensemble_size + i (member 0 is the classifier of the same seed)."""
-    return [cfg.seed * cfg.ensemble_size + i for i in range(cfg.ensemble_size)]
+    """Member i's seed: seed + 1000 i (member 0 is the classifier of the same seed)."""
+    return [cfg.seed + MEMBER_SEED_STRIDE * i for i in range(cfg.ensemble_size)]
 
 
 def member_views(outputs: dict[str, Outputs]) -> list[dict[str, Outputs]]:
