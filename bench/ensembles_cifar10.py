@@ -39,7 +39,8 @@ def main() -> None:
             if any(c is not None for c in cells):
                 print(f"| {label} | " + " | ".join("" if c is None else f"{c:.3f}" for c in cells) + " |")
     print()
-    for key in sorted(k for k in m if k.startswith("test/gain/") and k.count("/") == 3):
+    for key in sorted(k for k in m if k.startswith("test/gain/") and k.count("/") == 3
+                   and not k.endswith(("_ci_low", "_ci_high", "_p", "_std", "_mean", "_ci95"))):
         print(f"{key} {m[key]:+.4f} [{m.get(key + '_ci_low', np.nan):+.4f}, {m.get(key + '_ci_high', np.nan):+.4f}] "
               f"p {m.get(key + '_p', np.nan):.3f}")
     kids = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")

@@ -92,7 +92,8 @@ def main() -> None:
             print("  epoch: mean energy of data / of samples: "
                   + "; ".join(f"{e}: {data[e]:.2f} / {samples[e]:.2f}" for e in sorted(data)))
             print(f"  sampler seconds per training step (mean over epochs): {sum(sgld.values()) / len(sgld):.3f}")
-    gains = sorted(k for k in parent.data.metrics if k.startswith("test/gain/") and k.count("/") == 3)
+    gains = sorted(k for k in parent.data.metrics if k.startswith("test/gain/") and k.count("/") == 3
+                   and not k.endswith(("_ci_low", "_ci_high", "_p", "_std", "_mean", "_ci95")))
     print("\n" + "\n".join(f"{k} {parent.data.metrics[k]:+.4f} [{parent.data.metrics.get(k + '_ci_low', 0):+.4f}, "
                            f"{parent.data.metrics.get(k + '_ci_high', 0):+.4f}] p "
                            f"{parent.data.metrics.get(k + '_p', float('nan')):.3f}" for k in gains))

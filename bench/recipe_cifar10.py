@@ -60,7 +60,8 @@ def study(argv: list[str]) -> None:
               f"{(kid.info.end_time - kid.info.start_time) / 1000:.0f} s |")
     print(f"\nvalidation picks: {max(chosen)[2]} (best validation max-logit AUROC at the kept epoch)\n")
     print(mlflow.artifacts.load_text(f"runs:/{parent_id}/results/auroc_table.md"))
-    for key in sorted(k for k in m if k.startswith("test/gain/") and k.count("/") == 3):
+    for key in sorted(k for k in m if k.startswith("test/gain/") and k.count("/") == 3
+                      and not k.endswith(("_ci_low", "_ci_high", "_p", "_std", "_mean", "_ci95"))):
         print(f"{key} {m[key]:+.4f} [{m.get(key + '_ci_low', float('nan')):+.4f}, "
               f"{m.get(key + '_ci_high', float('nan')):+.4f}] p {m.get(key + '_p', float('nan')):.3f}")
     print("   ".join(f"{k} {v:.3f}" for k, v in sorted(m.items()) if k.startswith("accuracy_vs_auroc/")))
