@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from anomaly_repr.models import ModelOutput, OpenSetNet
-from anomaly_repr.pipeline import Normalizer, eval_batches
+from anomaly_repr.pipeline import Normalizer, eval_batch_size, eval_batches
 from anomaly_repr.split import UNKNOWN
 
 CORE = ("z", "logits", "labels")
@@ -86,9 +86,9 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
 
 
 def batches(images: torch.Tensor, normalizer: Normalizer, device: torch.device,
-            batch_size: int = 512) -> Iterator[torch.Tensor]:
-    """Normalised, channels-last evaluation batches on `device`."""
-    for x in eval_batches(images, normalizer, batch_size, device):
+            batch_size: int | None = None) -> Iterator[torch.Tensor]:
+    """Normalised, channels-last evaluation batches on `device` (`batch_size` None: the device's own)."""
+    for x in eval_batches(images, normalizer, batch_size or eval_batch_size(device), device):
         yield channels_last(x)
 
 
@@ -103,7 +103,7 @@ def final_layer(model: OpenSetNet) -> FinalLayer | None:
 
 @torch.no_grad()
 def extract(model: OpenSetNet, images: torch.Tensor, labels: np.ndarray, normalizer: Normalizer,
-            device: torch.device, batch_extras: BatchExtras | None = None, batch_size: int = 512) -> Outputs:
+            device: torch.device, batch_extras: BatchExtras | None = None, batch_size: int | None = None) -> Outputs:
     """Run `model` once over uint8 `images`; `labels` are open-set labels (-1 = anomaly).
     `batch_extras(out, x)` names the method's extra outputs of each batch."""
     model.eval()

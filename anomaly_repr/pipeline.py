@@ -92,6 +92,15 @@ class DeviceBatches:
             yield x, y
 
 
+EVAL_BATCH = {"cpu": 128}  # images per evaluation forward by device type; other devices EVAL_BATCH_DEFAULT
+EVAL_BATCH_DEFAULT = 512  # (on a 2-core CPU, a ResNet-20 pass over 7,200 images took 3.8 s at 128, 7.4 s at 1,024)
+
+
+def eval_batch_size(device: torch.device) -> int:
+    """Images per evaluation forward: small on a CPU, where a batch's activations should stay in cache."""
+    return EVAL_BATCH.get(device.type, EVAL_BATCH_DEFAULT)
+
+
 def eval_batches(images: torch.Tensor, normalizer: Normalizer, batch_size: int,
                  device: torch.device) -> Iterator[torch.Tensor]:
     """Normalised, unaugmented batches in order, moved to `device` one batch at a time."""
