@@ -64,6 +64,9 @@ def test_every_registered_scorer_is_an_estimator(name):
                   godin_g=rng.random(40) + 0.1, godin_h_perturbed=rng.normal(size=40),
                   rotation_logp=-rng.random((40, 4)), geom_logp=-rng.random((40, 8)),
                   geom_dirichlet_nll=rng.normal(size=40), recolor_logp=-rng.random((40, 6)), sobel_error=rng.random(40),
+                  member_logits=rng.normal(size=(40, 3, 3)), member_z=rng.normal(size=(40, 3, 4)),
+                  jem_logpx=rng.normal(size=40), jem_pxgrad=rng.random(40), csi_ens=rng.random(40),
+                  csi_unlabeled=rng.normal(size=40),
                   final_layer=(rng.normal(size=(3, 4)).astype(np.float32), np.zeros(3, dtype=np.float32)))
     scorer = make_scorer(name, ExperimentConfig(oracle_trees=10, oracle_neighbors=3, knn_k=5))
     reference = out if is_oracle(name) else out.rows(~out.is_anomaly)  # only oracles learn from anomalies
@@ -81,7 +84,8 @@ def test_model_specific_scorers_apply_only_where_their_outputs_exist():
     cfg = ExperimentConfig()
     assert applies(make_scorer("max_logit", cfg), plain) and applies(make_scorer("oracle_rf", cfg), plain)
     for name in ("recon_error", "godin", "godin_quotient", "godin_g", "rotation", "rotation_only", "geom",
-                 "geom_dirichlet", "recolor", "sobel_error"):
+                 "geom_dirichlet", "recolor", "sobel_error", "ens_msp", "ens_entropy", "mutual_info", "ens_max_logit",
+                 "ens_energy", "disagreement", "jem_px", "jem_py", "jem_pxgrad", "csi", "csi_ens", "csi_unlabeled"):
         assert not applies(make_scorer(name, cfg), plain)
         with pytest.raises(ValueError, match="lack"):
             make_scorer(name, cfg).fit(plain).score(plain)
