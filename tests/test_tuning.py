@@ -179,7 +179,16 @@ def test_resume_by_study_name_adds_only_the_missing_trials(tracking):
         run_tune(FAST, tune_cfg(n_trials=3, study_name="again", lambda_high=5.0))
 
 
-def test_two_workers_share_a_journal_study(tracking, tmp_path):
+def test_two_workers_share_a_journal_study(tracking, tmp_path, monkeypatch):
+    import tuning.objective
+
+    real = tuning.objective.train_logged
+
+    def slow(*args, **kwargs):  # the driver's trials only (the worker is another process): the worker, which
+        time.sleep(6)  # needs seconds to start, must find trials left however fast the driver trains
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tuning.objective, "train_logged", slow)
     journal = f"journal:{tmp_path}/study.log"
     cfg = FAST.replace(epochs=4)
     parent_id = run_tune(cfg, tune_cfg(n_trials=6, workers=2, storage=journal, target="godin", study_name="pair"))
