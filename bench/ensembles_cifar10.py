@@ -1,6 +1,6 @@
 """Deep ensembles and SVGD ensembles against one classifier, on the real CIFAR-10 images (split 0).
 
-Usage:  python bench/ensembles_cifar10.py [--epochs 10] [--ensemble_size 5] [--seeds 0] [options]
+Usage:  python bench/ensembles_cifar10.py [--per_class N] [--epochs 10] [--ensemble_size 5] [--seeds 0] [options]
 
 `reproduce` of classifier, ensemble and svgd with the same architecture and epochs (tracking in bench/out/).
 Prints every scorer's AUROC for each model with the member means (one member's scorers, averaged over the
@@ -11,20 +11,23 @@ images/s (summed over its members for the deep ensemble).
 
 from __future__ import annotations
 
-import sys
+import argparse
 
 import mlflow
 import numpy as np
-from common import SPLIT0_NAMES, cifar10_folder, hardware, run_cli
+from common import SPLIT0_NAMES, cifar10_folder, cifar10_subset, hardware, run_cli
 
 SCORERS = ("msp", "entropy", "max_logit", "energy", "ens_msp", "ens_entropy", "mutual_info", "ens_energy",
            "disagreement", "knn", "oracle_rf")
 
 
 def main() -> None:
-    args = ["reproduce", "--dataset", "imagefolder", "--data_root", str(cifar10_folder()), "--known_classes",
-            SPLIT0_NAMES, "--arch", "resnet20", "--epochs", "10", "--methods", "classifier,ensemble,svgd",
-            *sys.argv[1:]]
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--per_class", type=int, default=0, help="a CPU-sized slice: this many images per class")
+    own, rest = parser.parse_known_args()
+    root = cifar10_subset(own.per_class) if own.per_class else cifar10_folder()
+    args = ["reproduce", "--dataset", "imagefolder", "--data_root", str(root), "--known_classes",
+            SPLIT0_NAMES, "--arch", "resnet20", "--epochs", "10", "--methods", "classifier,ensemble,svgd", *rest]
     parent_id, wall, env = run_cli(args, "bench-ensembles")
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     client = mlflow.MlflowClient()
