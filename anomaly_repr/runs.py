@@ -1,7 +1,7 @@
 """The single-model entry points as MLflow runs: `train` and `evaluate`, and the logged stages that
 studies and tuning share (`train_logged`, `evaluate_logged`).
 
-The computing stages (`workflow.fit`, `workflow.evaluate`) return values; here they are logged to the
+The computing stages (`workflow.fit`, `evaluation.evaluate`) return values; here they are logged to the
 active run through `tracking`.
 """
 
@@ -22,6 +22,7 @@ import numpy as np
 
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import AnomalyReprError, ConfigError
+from anomaly_repr.evaluation import Evaluation, classic_val_aurocs, evaluate, evaluated_parts
 from anomaly_repr.methods import method_for
 from anomaly_repr.models import OpenSetNet
 from anomaly_repr.pipeline import Normalizer
@@ -40,13 +41,9 @@ from anomaly_repr.tracking import (
 )
 from anomaly_repr.workflow import (
     EpochHook,
-    Evaluation,
     Fitted,
     Prepared,
     checkpoint_path,
-    classic_val_aurocs,
-    evaluate,
-    evaluated_parts,
     fit,
     fit_member,
     new_model,
@@ -148,7 +145,7 @@ def _member_process(cfg: ExperimentConfig, run_id: str, index: int, checkpoint: 
 
 def evaluate_logged(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, val_index: np.ndarray | None = None,
                     test_index: np.ndarray | None = None) -> Evaluation:
-    """`workflow.evaluate`, logged to the active run."""
+    """`evaluation.evaluate`, logged to the active run."""
     evaluation = evaluate(prep, model, normalizer, val_index, test_index)
     log_evaluation(evaluation)
     return evaluation

@@ -27,11 +27,12 @@ from mlflow.models import infer_signature
 
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import AnomalyReprError
+from anomaly_repr.evaluation import Evaluation
 from anomaly_repr.lineage import log_dataset_inputs
 from anomaly_repr.models import OpenSetNet
 from anomaly_repr.pipeline import Normalizer
 from anomaly_repr.split import OpenSetSplit
-from anomaly_repr.workflow import Evaluation, Prepared
+from anomaly_repr.workflow import Prepared
 
 log = logging.getLogger(__name__)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # a local SQLite store in the working directory

@@ -22,10 +22,11 @@ from matplotlib.figure import Figure
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm.auto import tqdm
 
-from anomaly_repr.augment import Mixing, Policy
+from anomaly_repr.augment import Policy
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import BudgetError, DivergedError
 from anomaly_repr.methods import method_for
+from anomaly_repr.mixing import Mixing
 from anomaly_repr.models import OpenSetNet
 from anomaly_repr.pipeline import DeviceBatches, Normalizer, eval_batch_size, eval_batches
 

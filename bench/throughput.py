@@ -37,8 +37,9 @@ import torch.nn.functional as F
 from common import SPLIT0, cifar10_folder, hardware
 from torchvision import datasets, transforms
 
-from anomaly_repr.augment import Mixing, Policy
+from anomaly_repr.augment import Policy
 from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.mixing import Mixing
 from anomaly_repr.models import create_model
 from anomaly_repr.pipeline import DeviceBatches, Normalizer
 from anomaly_repr.train import bf16_native, train

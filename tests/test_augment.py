@@ -10,7 +10,7 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms import functional as TF
 from torchvision.transforms.autoaugment import _apply_op  # torchvision's op, as its policies call it
 
-from anomaly_repr import augment
+from anomaly_repr import augment, image_ops, mixing
 from anomaly_repr.config import AUGMENTS, ExperimentConfig
 from anomaly_repr.errors import ConfigError
 from anomaly_repr.pipeline import DeviceBatches, Normalizer
@@ -47,7 +47,7 @@ def test_every_op_at_every_magnitude_is_torchvisions(policy, channels):
     for op in space:
         for m in signed_magnitudes(space, op):
             expected = torch.stack([_apply_op(im, op, m, InterpolationMode.NEAREST, None) for im in x])
-            got = augment.OPS[op](x, torch.full((len(x),), m, dtype=torch.float64))
+            got = image_ops.OPS[op](x, torch.full((len(x),), m, dtype=torch.float64))
             assert got.dtype == torch.uint8 and torch.equal(got, expected), (policy, op, m)
 
 
@@ -96,8 +96,8 @@ def test_autoaugment_applies_its_steps_with_their_probabilities():
 
 def test_random_erasing_boxes_are_torchvisions_erase():
     x = torch.randn(200, 3, 32, 32)
-    boxes = augment.erase_boxes(len(x), 32, 32, 1.0, torch.Generator().manual_seed(0), x.device)
-    out = augment.erase(x, boxes)
+    boxes = mixing.erase_boxes(len(x), 32, 32, 1.0, torch.Generator().manual_seed(0), x.device)
+    out = mixing.erase(x, boxes)
     for i in range(0, 200, 17):
         top, left, h, w = boxes[i].tolist()
         assert torch.equal(out[i], TF.erase(x[i], top, left, h, w, torch.tensor(0.0)))
@@ -105,7 +105,7 @@ def test_random_erasing_boxes_are_torchvisions_erase():
     erased = area > 0
     assert erased.float().mean() > 0.95  # p = 1: every image that found a box in 10 tries
     assert area[erased].min() >= 0.015 and area[erased].max() <= 0.36  # the scale range, up to rounding
-    none = augment.erase_boxes(50, 32, 32, 0.0, torch.Generator().manual_seed(0), x.device)
+    none = mixing.erase_boxes(50, 32, 32, 0.0, torch.Generator().manual_seed(0), x.device)
     assert (none[:, 2] * none[:, 3]).sum() == 0
 
 
@@ -114,7 +114,7 @@ def test_mixup_is_torchvisions(monkeypatch):
     mix = v2.MixUp(alpha=1.0, num_classes=5)
     monkeypatch.setattr(mix, "_dist", type("Fixed", (), {"sample": lambda self, shape=(): torch.tensor(0.3)})())
     expected_x, expected_y = mix(x, y)
-    got_x, got_y = augment.mixup(x, F.one_hot(y, 5).float(), 0.3)
+    got_x, got_y = mixing.mixup(x, F.one_hot(y, 5).float(), 0.3)
     assert torch.allclose(got_x, expected_x) and torch.allclose(got_y, expected_y)
 
 
@@ -125,7 +125,7 @@ def test_cutmix_is_torchvisions():
     torch.manual_seed(7)  # the same draws, in torchvision's order: lam, then the box centre's column and row
     lam = float(torch.distributions.Beta(torch.tensor([1.0]), torch.tensor([1.0])).sample(()))
     column, row = int(torch.randint(32, size=(1,))), int(torch.randint(32, size=(1,)))
-    got_x, got_y = augment.cutmix(x, F.one_hot(y, 5).float(), lam, (row, column))
+    got_x, got_y = mixing.cutmix(x, F.one_hot(y, 5).float(), lam, (row, column))
     assert torch.equal(got_x, expected_x) and torch.allclose(got_y, expected_y)
     assert torch.allclose(got_y.sum(1), torch.ones(8))
 
@@ -135,7 +135,7 @@ def test_the_pipeline_runs_each_policy_with_erasing_and_mixing():
     norm = Normalizer.fit(x)
     for name in AUGMENTS:
         batches = DeviceBatches(x, labels, norm, 16, True, torch.Generator().manual_seed(0),
-                                augment.Policy(name, 32, 32), 0.5, augment.Mixing(0.2, 1.0, 4))
+                                augment.Policy(name, 32, 32), 0.5, mixing.Mixing(0.2, 1.0, 4))
         for xb, yb in batches:
             assert xb.dtype == torch.float32 and xb.shape[1:] == (3, 32, 32)
             assert yb.shape == (len(xb), 4) and torch.allclose(yb.sum(1), torch.ones(len(xb)))

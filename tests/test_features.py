@@ -199,14 +199,14 @@ def trained(tmp_path_factory):
 def test_no_deployable_scorer_reads_an_anomaly_or_a_label(trained, monkeypatch, reference):
     import dataclasses
 
-    import anomaly_repr.workflow as workflow
+    import anomaly_repr.evaluation as evaluation_module
 
-    real = workflow.make_scorer
-    monkeypatch.setattr(workflow, "make_scorer",
+    real = evaluation_module.make_scorer
+    monkeypatch.setattr(evaluation_module, "make_scorer",
                         lambda name, cfg: real(name, cfg) if is_oracle(name) else Spy(real(name, cfg)))
     prep, fitted = trained["classifier"]
     prep = dataclasses.replace(prep, cfg=prep.cfg.replace(scorer_reference=reference))
-    evaluation = workflow.evaluate(prep, fitted.model, fitted.normalizer)
+    evaluation = evaluation_module.evaluate(prep, fitted.model, fitted.normalizer)
     for name in FEATURE_SCORERS:  # every one ran, through the spy, and scored something
         assert 0 <= evaluation.metrics[f"test/{name}/auroc"] <= 1
     train = evaluation.outputs["train"]
@@ -216,7 +216,7 @@ def test_no_deployable_scorer_reads_an_anomaly_or_a_label(trained, monkeypatch, 
 
 
 def test_godin_gets_the_feature_scorers_that_need_no_linear_head(trained):
-    from anomaly_repr.workflow import evaluate
+    from anomaly_repr.evaluation import evaluate
 
     prep, fitted = trained["godin"]
     metrics = evaluate(prep, fitted.model, fitted.normalizer).metrics

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import anomaly_repr.evaluation as evaluation
 import anomaly_repr.workflow as workflow
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import ConfigError
@@ -136,7 +137,7 @@ def test_calibration_inside_extraction_reads_only_nominal_validation_images(trac
     try:
         model = workflow.new_model(prep)
         norm = Normalizer.fit(prep.images(prep.split.train))
-        outputs, calibration = workflow.extract_parts(prep, model, norm, {"test": prep.split.test})
+        outputs, calibration = evaluation.extract_parts(prep, model, norm, {"test": prep.split.test})
     finally:
         type(method).calibrate = original
     nominal_val = prep.images(prep.split.nominal(prep.split.val, prep.data.labels))

@@ -133,7 +133,8 @@ def test_bfloat16_and_float32_reach_nearly_the_same_accuracy(digits, tmp_path):
 
 
 def test_the_per_epoch_validation_aurocs_skip_non_finite_scores(caplog):
-    from anomaly_repr.workflow import classic_val_aurocs, new_model, prepare
+    from anomaly_repr.evaluation import classic_val_aurocs
+    from anomaly_repr.workflow import new_model, prepare
 
     prep = prepare(ExperimentConfig(device="cpu"))
     model = new_model(prep)

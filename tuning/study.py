@@ -33,6 +33,7 @@ from optuna.trial import FrozenTrial, TrialState
 from anomaly_repr import pool
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import AnomalyReprError, BudgetError, DivergedError
+from anomaly_repr.evaluation import evaluated_parts
 from anomaly_repr.pool import MACHINE_FIELDS, POLL_SECONDS, check_identity, open_storage
 from anomaly_repr.runs import evaluate_logged
 from anomaly_repr.tracking import (
@@ -46,7 +47,7 @@ from anomaly_repr.tracking import (
     log_provenance,
     setup_tracking,
 )
-from anomaly_repr.workflow import Prepared, evaluated_parts, new_model, prepare, unseal
+from anomaly_repr.workflow import Prepared, new_model, prepare, unseal
 from tuning.config import TuneConfig
 from tuning.objective import Objective, ProtocolView
 from tuning.report import study_figures, summarise_trials

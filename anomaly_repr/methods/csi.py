@@ -2,7 +2,7 @@
 (SupCSI), in two stages of one run.
 
 Stage 1, `contrastive` (`csi_epochs` epochs): every image of a batch is rotated by 0, 90, 180 and 270
-degrees (the shifted instances), and each rotation gets two SimCLR views (`augment.simclr_view`: resized
+degrees (the shifted instances), and each rotation gets two SimCLR views (`views.simclr_view`: resized
 crop, flip, colour jitter, greyscale, as batched tensor ops); the backbone's z goes through a projection
 head (two linear layers, 128 outputs, normalised), and the loss is the supervised contrastive loss (Khosla
 et al. 2020, eq. 2, "L_out") with temperature `csi_temperature`, whose labels are the joint (known class,
@@ -39,7 +39,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly_repr.augment import simclr_view
 from anomaly_repr.errors import ConfigError
 from anomaly_repr.extract import batches
 from anomaly_repr.methods import Method, register_method
@@ -47,6 +46,7 @@ from anomaly_repr.methods.base import Autocast, Calibration, Stage
 from anomaly_repr.models import ModelOutput, OpenSetNet, build_backbone
 from anomaly_repr.pipeline import Normalizer
 from anomaly_repr.scorers import FunctionScorer, msp, register_scorer
+from anomaly_repr.views import simclr_view
 
 if TYPE_CHECKING:
     import optuna

@@ -1,0 +1,153 @@
+"""Evaluation as a plain computation: extract once per split, calibrate the method, fit every applicable
+scorer on nominal references, score, and measure. `evaluate` returns an `Evaluation`; `runs.py` logs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from matplotlib.figure import Figure
+
+from anomaly_repr.extract import Outputs, extract
+from anomaly_repr.methods import Calibration, method_for
+from anomaly_repr.metrics import anomaly_metrics, closed_set_accuracy
+from anomaly_repr.models import OpenSetNet
+from anomaly_repr.pipeline import Normalizer
+from anomaly_repr.report import histogram_figure, roc_figure
+from anomaly_repr.scorers import CLASSIC_SCORERS, SCORERS, applies, is_oracle, make_scorer
+from anomaly_repr.summary import evaluation_intervals
+from anomaly_repr.train import pick_device
+from anomaly_repr.workflow import Prepared
+
+log = logging.getLogger(__name__)
+
+
+def classic_val_aurocs(prep: Prepared, model: OpenSetNet, normalizer: Normalizer) -> dict[str, float]:
+    """`val/<scorer>/auroc` of the classic scorers on the validation images, nominal and anomaly: logged per
+    epoch for analysis (does accuracy track detection?), never read by early stopping or selection."""
+    val = extract(model, prep.images(prep.split.val), prep.open_labels[prep.split.val], normalizer,
+                  pick_device(prep.cfg.device))
+    nominal = val.rows(~val.is_anomaly)  # fixed functions learn nothing; the fit only follows the protocol
+    aurocs = {}
+    for name in CLASSIC_SCORERS:
+        scores = make_scorer(name, prep.cfg).fit(nominal).score(val)
+        if np.isfinite(scores).all():  # an analysis curve must not stop a training whose loss is still finite
+            aurocs[f"val/{name}/auroc"] = anomaly_metrics(scores, val.is_anomaly)["auroc"]
+        else:
+            log.warning("val/%s/auroc not logged: %d validation score(s) are not finite", name,
+                        int((~np.isfinite(scores)).sum()))
+    return aurocs
+
+
+def extract_parts(prep: Prepared, model: OpenSetNet, normalizer: Normalizer,
+                  parts: dict[str, np.ndarray]) -> tuple[dict[str, Outputs], Calibration]:
+    """Outputs of `model` on each named index set, once each, with its method's extras; a method that
+    calibrates does so on nominal images only (validation for G-ODIN's ε, training for GEOM's
+    Dirichlets), before its extra passes. The `train` part (the nominal reference of the feature
+    scorers) gets no extra passes: no scorer of a method's own extras learns from a reference."""
+    method, device = method_for(prep.cfg), pick_device(prep.cfg.device)
+    model.to(device).to(memory_format=torch.channels_last)
+    outputs = {part: extract(model, prep.images(index), prep.open_labels[index], normalizer, device,
+                             method.batch_extras) for part, index in parts.items()}
+    nominal = {part: prep.images(prep.split.nominal(getattr(prep.split, part), prep.data.labels))
+               for part in ("val", "train")}
+    calibration = method.calibrate(model, nominal["val"], normalizer, device, nominal["train"])
+    extras = {part: method.extra_passes(model, prep.images(parts[part]), normalizer, device, calibration)
+              for part in parts if part != "train"}
+    return {part: out.with_extras(**extras.get(part, {})) for part, out in outputs.items()}, calibration
+
+
+def evaluated_parts(prep: Prepared) -> tuple[str, ...]:
+    """The split parts `evaluate` reads: the nominal training images too where feature scorers learn."""
+    return ("train", "val", "test") if method_for(prep.cfg).scores_logits else ("val", "test")
+
+
+def nominal_reference(prep: Prepared, outputs: dict[str, Outputs]) -> Outputs:
+    """What deployable scorers learn from (`scorer_reference`): the outputs of the nominal training images,
+    or the nominal rows of the validation outputs. Never an anomaly."""
+    if prep.cfg.scorer_reference == "train":
+        return outputs["train"]
+    val = outputs["val"]
+    return val.rows(~val.is_anomaly)
+
+
+def score_outputs(prep: Prepared, outputs: dict[str, Outputs],
+                  scores_logits: bool = True) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Every applicable scorer fitted (deployable ones on the nominal reference, oracles on the validation
+    outputs with their anomaly labels) and scored on the test outputs: (scores, test/<scorer>/<metric>).
+    Without `scores_logits` (logits over the anomaly classes too), the oracles alone."""
+    test = outputs["test"]
+    nominal = nominal_reference(prep, outputs) if scores_logits else None
+    scores, metrics = {}, {}
+    for name in SCORERS:
+        scorer = make_scorer(name, prep.cfg)
+        if applies(scorer, test) and (scores_logits or is_oracle(name)):
+            reference = outputs["val"] if is_oracle(name) or nominal is None else nominal
+            began = time.perf_counter()
+            scorer.fit(reference)
+            fitted = time.perf_counter()
+            scores[name] = scorer.score(test)
+            metrics.update({f"test/{name}/{k}": v for k, v in anomaly_metrics(scores[name], test.is_anomaly).items()})
+            metrics.update({f"test/{name}/fit_seconds": fitted - began,
+                            f"test/{name}/score_seconds": time.perf_counter() - fitted})
+    return scores, metrics
+
+
+def view_means(prep: Prepared, views: list[dict[str, Outputs]]) -> dict[str, float]:
+    """`test/member_mean/<scorer>/auroc`: each scorer's test AUROC on every view (an ensemble's members, one
+    at a time), averaged over the views."""
+    aurocs: dict[str, list[float]] = {}
+    for view in views:
+        for key, value in score_outputs(prep, view)[1].items():
+            if key.endswith("/auroc"):
+                aurocs.setdefault(key.split("/")[1], []).append(value)
+    return {f"test/member_mean/{name}/auroc": float(np.mean(values)) for name, values in aurocs.items()}
+
+
+@dataclass
+class Evaluation:
+    """What `evaluate` found: the outputs, every applicable scorer's test scores, the metrics, the
+    calibration and the figures (for the tracking layer to log, and close)."""
+
+    outputs: dict[str, Outputs]
+    scores: dict[str, np.ndarray]
+    metrics: dict[str, float]  # test/acc and test/<scorer>/<metric>
+    calibration: Calibration
+    figures: dict[str, Figure] = field(default_factory=dict)  # artifact path -> figure
+
+
+def evaluate(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, val_index: np.ndarray | None = None,
+             test_index: np.ndarray | None = None) -> Evaluation:
+    """Extract outputs once per split, fit every applicable scorer, score the test split.
+
+    Deployable scorers fit on the nominal reference (`nominal_reference`: the nominal training images by
+    default), the oracles on the validation outputs with their anomaly labels. `val_index` and
+    `test_index` default to the split's validation and test parts (tuning's class-holdout protocol
+    narrows them). A method whose logits cover the anomaly classes (the oracle representation) gets the
+    oracles only: its logit and feature scores mean nothing.
+    """
+    method = method_for(prep.cfg)
+    parts = {"val": prep.split.val if val_index is None else val_index,
+             "test": prep.split.test if test_index is None else test_index}
+    if method.scores_logits:
+        parts["train"] = prep.split.nominal(prep.split.train, prep.data.labels)
+    outputs, calibration = extract_parts(prep, model, normalizer, parts)
+    test = outputs["test"]
+    metrics = {"test/acc": closed_set_accuracy(test.logits, test.labels)} if method.scores_logits else {}
+    scores, scorer_metrics = score_outputs(prep, outputs, method.scores_logits)
+    metrics |= scorer_metrics
+    if views := method.views(outputs):
+        metrics |= view_means(prep, views)
+    if prep.cfg.bootstrap:
+        began = time.perf_counter()
+        metrics |= evaluation_intervals(scores, test.is_anomaly, metrics, prep.cfg.bootstrap, prep.cfg.seed)
+        metrics["test/bootstrap_seconds"] = time.perf_counter() - began
+    aurocs = {name: metrics[f"test/{name}/auroc"] for name in scores}
+    log.info("%s test AUROC: %s", method.name, "  ".join(f"{k} {v:.4f}" for k, v in aurocs.items()))
+    figures = {"figures/roc.png": roc_figure(scores, test.is_anomaly, aurocs),
+               "figures/score_histograms.png": histogram_figure(scores, test.is_anomaly)}
+    return Evaluation(outputs, scores, metrics, calibration, figures)

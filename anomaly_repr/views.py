@@ -1,0 +1,79 @@
+"""SimCLR's view augmentation (Chen et al. 2020) for contrastive methods, batched on the device, on images
+in [0, 1]: random resized crop and flip, colour jitter, greyscale; each image its own draw."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+CROP_SCALE, CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)  # random resized crop
+JITTER, JITTER_P, GREY_P = (0.4, 0.4, 0.4, 0.1), 0.8, 0.2  # colour jitter (brightness, contrast, saturation, hue)
+
+
+def _uniform(low: float, high: float, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
+    return low + (high - low) * torch.rand(n, device=device, generator=generator)
+
+
+def resized_crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Each image: a random crop of 8-100 % of its area and aspect ratio 3/4-4/3, resized back to the
+    image's size (bilinear), then flipped with probability 1/2."""
+    n, device = len(x), x.device
+    area = _uniform(*CROP_SCALE, n, generator, device)
+    ratio = torch.exp(_uniform(math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]), n, generator, device))
+    width, height = torch.sqrt(area * ratio).clamp(max=1.0), torch.sqrt(area / ratio).clamp(max=1.0)
+    cx = (1 - width) * (2 * torch.rand(n, device=device, generator=generator) - 1)  # the box stays inside
+    cy = (1 - height) * (2 * torch.rand(n, device=device, generator=generator) - 1)
+    flip = torch.where(torch.rand(n, device=device, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(n, 2, 3, device=device)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = width * flip, cx, height, cy
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+def colour_jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """With probability 0.8 an image's brightness, contrast and saturation are scaled by factors drawn in
+    [0.6, 1.4] and its hue turned by up to 0.1 of a circle (a rotation of the chroma plane in YIQ space, the
+    batched stand-in for torchvision's HSV shift), in that order; then greyscale with probability 0.2."""
+    n, device = len(x), x.device
+    jitter = (torch.rand(n, device=device, generator=generator) < JITTER_P).view(-1, 1, 1, 1)
+    b, c, s, h = JITTER
+
+    def factor(spread: float) -> torch.Tensor:
+        return _uniform(1 - spread, 1 + spread, n, generator, device).view(-1, 1, 1, 1)
+
+    out = x * factor(b)
+    grey = _grey(out)
+    out = grey.mean(dim=(-2, -1), keepdim=True) + factor(c) * (out - grey.mean(dim=(-2, -1), keepdim=True))
+    if x.shape[1] == 3:
+        grey = _grey(out)
+        out = grey + factor(s) * (out - grey)
+        angle = _uniform(-h, h, n, generator, device) * 2 * math.pi
+        out = _turn_hue(out, angle)
+    out = torch.where(jitter, out.clamp(0, 1), x)
+    to_grey = (torch.rand(n, device=device, generator=generator) < GREY_P).view(-1, 1, 1, 1)
+    return torch.where(to_grey, _grey(out).expand_as(out), out)
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x
+    return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+
+
+YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def _turn_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    to_yiq, from_yiq = YIQ.to(x.device), torch.linalg.inv(YIQ).to(x.device)
+    yiq = torch.einsum("ij,njhw->nihw", to_yiq, x)
+    cos, sin = torch.cos(angle).view(-1, 1, 1), torch.sin(angle).view(-1, 1, 1)
+    i, q = yiq[:, 1], yiq[:, 2]
+    yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], dim=1)
+    return torch.einsum("ij,njhw->nihw", from_yiq, yiq)
+
+
+def simclr_view(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One SimCLR view of every image of a batch in [0, 1]: resized crop, flip, colour jitter, greyscale."""
+    return colour_jitter(resized_crop_flip(x, generator), generator)
