@@ -14,10 +14,12 @@ import anomaly_repr.train as train_module
 from anomaly_repr.cli import main
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import BudgetError, ConfigError
+from anomaly_repr.evaluation import extract_parts
 from anomaly_repr.methods import method_for
-from anomaly_repr.methods.csi import Lars, rotations, supcon_loss
+from anomaly_repr.methods.csi import Csi, Lars, joint_labels, rotation_ensemble, rotations, supcon_loss
+from anomaly_repr.pipeline import Normalizer
 from anomaly_repr.study import Study, run_reproduce
-from anomaly_repr.workflow import fit, prepare
+from anomaly_repr.workflow import Prepared, fit, new_model, prepare
 
 FAST = ExperimentConfig(method="csi", csi_epochs=1, epochs=2, device="cpu", oracle_trees=20, bootstrap=50,
                         val_auroc_every=0)
@@ -38,6 +40,47 @@ def test_four_rotations_in_turn():
     assert turned.shape == (8, 1, 3, 3)
     for k in range(4):
         assert torch.equal(turned[2 * k:2 * k + 2], torch.rot90(x, k, dims=(-2, -1)))
+
+
+def test_joint_labels_pair_each_turned_image_with_its_class_and_rotation():
+    y = torch.tensor([2, 0, 1])
+    x = torch.randn(3, 1, 3, 3)
+    turned, labels = rotations(x), joint_labels(y)
+    assert labels.shape == (12,)
+    for i, label in enumerate(labels.tolist()):
+        c, k = divmod(label, 4)
+        assert c == y[i % 3] and torch.equal(turned[i], torch.rot90(x[i % 3], k, dims=(-2, -1)))
+
+
+def test_csi_ens_on_hand_made_joint_logits():
+    # one image, two classes; row k holds the joint head on the image turned by k, output c * 4 + j
+    joint = torch.full((4, 8), 100.0)  # the blocks of the other rotations: they must be ignored
+    for k, (a, b) in enumerate([(math.log(3), 0.0), (0.0, 0.0), (math.log(3), 0.0), (0.0, math.log(3))]):
+        joint[k, 0 * 4 + k], joint[k, 1 * 4 + k] = a, b
+    # class probabilities per rotation: .75/.25, .5/.5, .75/.25, .25/.75; mean .5625/.4375
+    assert rotation_ensemble(joint).tolist() == pytest.approx([1 - 0.5625])
+
+
+def test_csi_unlabeled_reads_no_anomaly_of_the_training_or_validation_split(tracking):
+    prep = prepare(FAST.replace(csi_test_views=1))
+    anomalies = {int(i) for part in (prep.split.train, prep.split.val) for i in part[prep.open_labels[part] < 0]}
+    assert anomalies
+
+    class Sealed(Prepared):
+        def images(self, index):
+            if anomalies & set(index.tolist()):
+                raise AssertionError("an anomaly of the training or validation split was read")
+            return super().images(index)
+
+    torch.manual_seed(0)
+    model, normalizer = new_model(prep), Normalizer.fit(prep.images(prep.split.train))
+    outputs, calibration = extract_parts(Sealed(**vars(prep)), model, normalizer, {"test": prep.split.test})
+    nominal_train = prep.images(prep.split.nominal(prep.split.train, prep.data.labels))
+    method = method_for(prep.cfg)
+    assert isinstance(method, Csi)
+    expected = method._features(model, nominal_train, normalizer, torch.device("cpu"), 0)[0][:, 0]
+    assert torch.allclose(calibration.values["reference"], expected)  # the reference: nominal training images
+    assert np.isfinite(outputs["test"].csi_unlabeled).all()
 
 
 def test_lars_scales_each_layers_step_by_its_trust_ratio():

@@ -167,3 +167,41 @@ def test_reproduce_on_an_image_folder_with_several_seeds(mlflow_server, tmp_path
     assert "test/classifier/max_logit/auroc_std" in m and "test/oracle_rep/oracle_rf/auroc_std" in m
     assert "test/q3_gap" not in m  # no hybrid in this study
     assert "+-" in mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/results/auroc_table.csv")
+
+
+def _reproduce_parent(mlflow_server, tmp_path, params: dict, where: str):
+    pairs = [arg for key, value in params.items() for arg in ("-P", f"{key}={value}")]
+    proc = mlflow_run(mlflow_server, tmp_path, "-e", "reproduce", *pairs)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    mlflow.set_tracking_uri(mlflow_server)  # for the `runs:/` URIs
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("e2e")
+    [parent] = client.search_runs([experiment.experiment_id], f"{where} and tags.stage = 'reproduce'")
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    return parent, children
+
+
+def test_reproduce_with_jem_and_csi_against_the_server(mlflow_server, tmp_path):
+    parent, children = _reproduce_parent(mlflow_server, tmp_path, {
+        "methods": "classifier,jem,csi", "epochs": 1, "csi_epochs": 1, "jem_sgld_steps": 2, "jem_buffer_size": 200,
+        "lr": 0.05, "oracle_trees": 20, "bootstrap": 50, "val_auroc_every": 0}, "params.methods = 'classifier,jem,csi'")
+    assert parent.info.status == "FINISHED"
+    assert sorted(c.data.params["method"] for c in children) == ["classifier", "csi", "jem"]
+    m = parent.data.metrics
+    own = {"jem": ("jem_px", "jem_py", "jem_pxgrad"), "csi": ("csi", "csi_ens", "csi_unlabeled")}
+    for method, scorers in own.items():
+        assert {f"test/gain/{method}/oracle_rf", f"test/gain/{method}/best_score"} <= set(m), method
+        assert all(0 <= m[f"test/{method}/{s}/auroc"] <= 1 for s in scorers), method
+
+
+def test_reproduce_with_two_augmentation_policies_against_the_server(mlflow_server, tmp_path):
+    parent, children = _reproduce_parent(mlflow_server, tmp_path, {
+        "augment": "crop_flip,trivialaugment", "methods": "classifier", "epochs": 2, "oracle_trees": 20,
+        "bootstrap": 50, "val_auroc_every": 0}, "params.augment = 'crop_flip,trivialaugment'")
+    assert parent.info.status == "FINISHED"
+    assert sorted(c.data.params["augment"] for c in children) == ["crop_flip", "trivialaugment"]
+    m = parent.data.metrics
+    assert {"test/classifier.trivialaugment/max_logit/auroc", "test/gain/classifier.trivialaugment/max_logit",
+            "test/gain/classifier.trivialaugment/acc", "test/classifier/max_logit/auroc"} <= set(m)
+    assert "| classifier.trivialaugment |" in mlflow.artifacts.load_text(
+        f"runs:/{parent.info.run_id}/results/auroc_table.md")

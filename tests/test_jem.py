@@ -15,8 +15,8 @@ from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import ConfigError
 from anomaly_repr.extract import Outputs
 from anomaly_repr.methods import method_for
-from anomaly_repr.methods.jem import Jem, ReplayBuffer, without_batch_norm
-from anomaly_repr.models import create_model
+from anomaly_repr.methods.jem import Jem, ReplayBuffer, generative_term, without_batch_norm
+from anomaly_repr.models import ModelOutput, create_model
 from anomaly_repr.pipeline import Normalizer
 from anomaly_repr.scorers import applies, make_scorer
 from anomaly_repr.study import Study, run_reproduce
@@ -53,6 +53,65 @@ def test_sgld_climbs_the_density_and_writes_back_to_the_buffer():
     assert (end_lse.mean() > start_lse.mean()).item()  # gradient ascent on log p(x), no noise
     rows, start = ReplayBuffer(10, (1, 2, 2), torch.zeros(1), torch.ones(1), torch.device("cpu")).draw(1000, 1.0)
     assert rows.shape == (1000,) and 0 <= start.min() and start.max() <= 1  # every start fresh noise
+
+
+def test_the_buffer_reinitialises_the_configured_share_of_its_starting_points():
+    torch.manual_seed(0)
+    buffer = ReplayBuffer(100, (1, 2, 2), torch.zeros(1), torch.ones(1), torch.device("cpu"))
+    buffer.images.fill_(5.0)  # outside the noise's range [0, 1]: a fresh start is told apart from a kept one
+    for share in (0.0, 0.05, 0.3):
+        rows, start = buffer.draw(20000, share)
+        fresh = (start != 5.0).flatten(1).all(dim=1)
+        assert ((start == 5.0).flatten(1).all(dim=1) | fresh).all()  # kept whole or drawn afresh whole
+        assert fresh.float().mean().item() == pytest.approx(share, abs=0.01), share
+        assert rows.min() >= 0 and rows.max() < 100
+
+
+def test_the_generative_term_falls_as_the_datas_density_rises_against_the_samples():
+    data, fake = torch.randn(8, 5), torch.randn(8, 5)
+    base = generative_term(data, fake)
+    # the energy is -logsumexp: adding c to every logit of the data lowers its energy by c, the term by c
+    assert generative_term(data + 2.0, fake).item() == pytest.approx(base.item() - 2.0, abs=1e-5)
+    assert generative_term(data, fake + 2.0).item() == pytest.approx(base.item() + 2.0, abs=1e-5)
+    # one gradient step on the term lowers the data's energy and raises the samples'
+    torch.manual_seed(0)
+    layer = nn.Linear(3, 4)
+    x_data, x_fake = torch.randn(16, 3), torch.randn(16, 3) + 2.0
+    energy = lambda x: -torch.logsumexp(layer(x), dim=1).mean()  # noqa: E731
+    before = (energy(x_data).item(), energy(x_fake).item())
+    generative_term(layer(x_data), layer(x_fake)).backward()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p -= 0.1 * p.grad
+    assert energy(x_data).item() < before[0] and energy(x_fake).item() > before[1]
+
+
+class _Quadratic(nn.Module):
+    """logits_k = sum_i w_ki x_i^2: a tiny model with an input gradient that finite differences check."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(3, 2 * 3 * 3))
+
+    def forward(self, x):
+        return ModelOutput(logits=(x.flatten(1) ** 2) @ self.w.T, z=x.flatten(1))
+
+
+def test_pxgrad_is_the_norm_of_the_input_gradient_by_finite_differences():
+    torch.manual_seed(0)
+    model, images = _Quadratic(), torch.randint(0, 256, (5, 2, 3, 3), dtype=torch.uint8)
+    normalizer = Normalizer(torch.full((2,), 0.5), torch.full((2,), 0.25))
+    method = Jem(ExperimentConfig(method="jem"))
+    got = method.extra_passes(model, images, normalizer, torch.device("cpu"), None)["jem_pxgrad"]
+    x, eps = normalizer(images).double(), 1e-6
+    logpx = lambda v: torch.logsumexp((v.flatten(1) ** 2) @ model.w.detach().double().T, dim=1)  # noqa: E731
+    grad = torch.zeros_like(x)
+    for i in range(x[0].numel()):
+        step = torch.zeros(x[0].numel(), dtype=torch.float64)
+        step[i] = eps
+        step = step.view_as(x[0])
+        grad.view(len(x), -1)[:, i] = (logpx(x + step) - logpx(x - step)) / (2 * eps)
+    assert np.allclose(got, grad.flatten(1).norm(dim=1).numpy(), rtol=1e-3)
 
 
 def test_the_density_scorers_on_known_outputs_and_only_for_jem_models():

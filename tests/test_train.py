@@ -182,6 +182,35 @@ def test_the_moving_average_is_what_validation_selects_and_the_caller_gets(digit
     assert "ema" in torch.load(tmp_path / "c.pt", weights_only=True)
 
 
+def test_the_moving_average_of_two_steps_by_hand(digits, tmp_path, monkeypatch):
+    from anomaly_repr.methods.base import Method
+
+    decay, after_step, averaged = 0.75, [], {}
+    cfg = digits[0].replace(ema_decay=decay, epochs=2, batch_size=4096, lr=0.5)  # one step an epoch
+    real = Method.train_step
+
+    def remember_step(self, model, *a, **k):
+        loss = real(self, model, *a, **k)
+        after_step.append({name: v.detach().clone() for name, v in model.state_dict().items()})
+        return loss
+
+    def remember_average(model, row):
+        averaged[row["epoch"]] = {name: v.detach().clone() for name, v in model.state_dict().items()}
+
+    monkeypatch.setattr(Method, "train_step", remember_step)
+    run(cfg, digits, tmp_path / "c.pt", on_epoch=remember_average)
+    first, second = after_step
+    compared = 0
+    for name, value in averaged[2].items():
+        if value.is_floating_point():
+            # the first update copies the weights; the second moves them (1 - decay) of the way to the new ones
+            expected = decay * first[name] + (1 - decay) * second[name]
+            assert torch.allclose(value, expected, atol=1e-6), name
+            assert torch.equal(averaged[1][name], first[name]), name
+            compared += 1
+    assert compared > 10 and not torch.equal(first["head.weight"], second["head.weight"])
+
+
 @pytest.mark.parametrize("recipe", [{"ema_decay": 0.9}, {"augment": "trivialaugment", "random_erasing": 0.5,
                                                           "mixup": 0.2, "cutmix": 1.0}])
 def test_resume_with_the_recipe_matches_an_uninterrupted_run(digits, tmp_path, recipe):

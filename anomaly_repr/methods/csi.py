@@ -79,6 +79,20 @@ def rotations(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.rot90(x, k, dims=(-2, -1)) for k in range(ROTATIONS)])
 
 
+def joint_labels(y: torch.Tensor) -> torch.Tensor:
+    """(4N,): the joint (class, rotation) label of each image of `rotations(x)`: class c turned by k is c * 4 + k."""
+    return y.repeat(ROTATIONS) * ROTATIONS + torch.arange(ROTATIONS, device=y.device).repeat_interleave(len(y))
+
+
+def rotation_ensemble(joint: torch.Tensor) -> torch.Tensor:
+    """CSI-ens from the joint head's logits on `rotations(x)` ((4N, 4K)): 1 - the largest class probability of
+    the softmax over the class block of rotation k on the image turned by k, averaged over k."""
+    n = len(joint) // ROTATIONS
+    joint = joint.float().view(ROTATIONS, n, -1, ROTATIONS)  # rotation of the input, class, rotation
+    blocks = torch.stack([joint[k, :, :, k] for k in range(ROTATIONS)])  # (4, n, K)
+    return 1 - F.softmax(blocks, dim=-1).mean(dim=0).amax(dim=1)
+
+
 def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
     """Khosla et al. 2020, eq. 2: for each anchor, the mean over its positives (same label, itself excluded)
     of -log softmax of the similarities over every other sample; features normalised (N, P)."""
@@ -181,7 +195,7 @@ class Csi(Method):
         assert isinstance(model, CsiNet)
         cfg, n = self.cfg, len(x)
         turned = rotations(x)
-        joint = (y.repeat(ROTATIONS) * ROTATIONS + torch.arange(ROTATIONS, device=x.device).repeat_interleave(n))
+        joint = joint_labels(y)
         if self.stage == 0:
             batch = torch.cat(list(views(turned, self.normalizer, 2, self.generator)))  # 2 views of 4 rotations
             with autocast():
@@ -268,15 +282,10 @@ class Csi(Method):
     def extra_passes(self, model: OpenSetNet, images: torch.Tensor, normalizer: Normalizer, device: torch.device,
                      calibration: Calibration) -> dict[str, np.ndarray]:
         assert isinstance(model, CsiNet)
-        # csi_ens: the joint head's class block of rotation k on the image turned by k, averaged over k
-        probs = []
         with torch.no_grad():
-            for x in batches(images, normalizer, device, 256):
-                joint = model(rotations(x).contiguous(memory_format=torch.channels_last)).extras["joint"].float()
-                joint = joint.view(ROTATIONS, len(x), -1, ROTATIONS)  # rotation of the input, class, rotation
-                blocks = torch.stack([joint[k, :, :, k] for k in range(ROTATIONS)])  # (4, n, K)
-                probs.append(F.softmax(blocks, dim=-1).mean(dim=0).cpu())
-        ens = 1 - torch.cat(probs).amax(dim=1)
+            ens = torch.cat([rotation_ensemble(model(rotations(x).contiguous(memory_format=torch.channels_last))
+                                               .extras["joint"]).cpu()
+                             for x in batches(images, normalizer, device, 256)])
         sim, rot = self._terms(*self._features(model, images, normalizer, device, self.test_views(device)),
                                calibration.values["reference"])
         w_sim, w_rot = calibration.values["weights"]

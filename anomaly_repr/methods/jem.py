@@ -79,6 +79,13 @@ def logsumexp(logits: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(logits.float(), dim=1)
 
 
+def generative_term(data_logits: torch.Tensor, sample_logits: torch.Tensor) -> torch.Tensor:
+    """JEM's generative loss, the mean energy of the data minus that of the samples (energy = -logsumexp of
+    the logits, -log p(x) up to the shared constant): minimising it lowers the data's energy and raises the
+    samples' (the gradient of the log-likelihood, eq. 2 of Grathwohl et al. 2020, by contrastive divergence)."""
+    return logsumexp(sample_logits).mean() - logsumexp(data_logits).mean()
+
+
 class ReplayBuffer:
     """SGLD's persistent starting points, on the training device, in normalised pixel units."""
 
@@ -147,13 +154,13 @@ class Jem(Method):
         with autocast():
             data = model(x).logits
             fake = model(samples.contiguous(memory_format=torch.channels_last)).logits
-        lse_data, lse_samples = logsumexp(data).mean(), logsumexp(fake).mean()
-        sample_energy = float(-lse_samples.detach())  # read every step: divergence is caught inside the epoch
+        lse_data, lse_samples = logsumexp(data.detach()).mean(), logsumexp(fake.detach()).mean()
+        sample_energy = float(-lse_samples)  # read every step: divergence is caught inside the epoch
         if not math.isfinite(sample_energy) or abs(sample_energy) > cfg.jem_energy_limit:
             raise DivergedError(f"the samples' energy exploded ({sample_energy:.3g}, limit {cfg.jem_energy_limit:g}); "
                                 "resume from the last epoch's checkpoint with a smaller jem_sgld_step")
         loss = (F.cross_entropy(data, y, label_smoothing=cfg.label_smoothing)
-                + cfg.jem_weight * (lse_samples - lse_data))
+                + cfg.jem_weight * generative_term(data, fake))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
