@@ -57,7 +57,7 @@ class ExperimentConfig:
     ensemble_size: int = 5  # ensemble, svgd: members (particles)
     ensemble_workers: int = 1  # ensemble: local processes that train members at once
     svgd_space: SvgdSpace = "function"  # svgd: the kernel reads the particles' predictions (function) or weights
-    svgd_repulsion: float = 0.3  # svgd: weight of the repulsive term, per example; 0 = kernel off (independent steps)
+    svgd_repulsion: float = 0.03  # svgd: weight of the repulsive term, per example; 0 = kernel off (independent steps)
     svgd_bandwidth: float = 1.0  # svgd: scale of the median-heuristic kernel bandwidth
     jem_weight: float = 1.0  # jem: weight of the generative term (log p(x) by SGLD samples) beside cross-entropy
     jem_buffer_size: int = 10000  # jem: images in SGLD's replay buffer

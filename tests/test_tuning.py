@@ -287,7 +287,7 @@ def test_an_svgd_study_searches_repulsion_and_bandwidth(tracking):
     parent, trials, _ = runs_of(parent_id)
     assert parent.info.status == "FINISHED" and len(trials) == 2
     first = trials[0].data.params  # the defaults first
-    assert (first["svgd_repulsion"], first["svgd_bandwidth"]) == ("0.3", "1.0")
+    assert (first["svgd_repulsion"], first["svgd_bandwidth"]) == ("0.03", "1.0")
     assert all(t.data.params["method"] == "svgd" for t in trials)
     study = optuna.load_study(study_name="svgd", storage=parent.data.tags["optuna_storage"])
     assert all(set(t.params) == {"svgd_repulsion", "svgd_bandwidth"} for t in study.trials)
