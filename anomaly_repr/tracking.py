@@ -31,6 +31,7 @@ from anomaly_repr.evaluation import Evaluation
 from anomaly_repr.lineage import log_dataset_inputs
 from anomaly_repr.models import OpenSetNet
 from anomaly_repr.pipeline import Normalizer
+from anomaly_repr.served import PixelsToLogits
 from anomaly_repr.split import OpenSetSplit
 from anomaly_repr.workflow import Prepared
 
@@ -189,32 +190,6 @@ def log_provenance(prep: Prepared, stage: str, parts: Sequence[str] = ("train", 
         mlflow.log_text("\n".join(prep.data.left_out) + "\n", "split/bad_images.txt")
 
 
-class _PixelsToLogits(torch.nn.Module):
-    """Served form of a model: uint8-range pixels (N, C, H, W) in, one tensor out (as pyfunc wants): the
-    class logits, then the extra outputs a method's network serves (an auxiliary head's logits), side by
-    side; the LoggedModel's metadata `outputs` names their columns."""
-
-    def __init__(self, model: OpenSetNet, normalizer: Normalizer):
-        super().__init__()
-        self.model = model
-        self.mean: torch.Tensor
-        self.std: torch.Tensor
-        self.register_buffer("mean", normalizer.mean.view(1, -1, 1, 1) * 255.0)
-        self.register_buffer("std", normalizer.std.view(1, -1, 1, 1) * 255.0)
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        out = self.model((pixels - self.mean) / self.std)
-        return torch.cat(list(self.model.served_outputs(out).values()), dim=1)
-
-    def columns(self, pixels: torch.Tensor) -> dict[str, list[int]]:
-        """Each named output's [first, last + 1) columns in the served tensor."""
-        out = self.model((pixels - self.mean) / self.std)
-        bounds, start = {}, 0
-        for name, value in self.model.served_outputs(out).items():
-            bounds[name], start = [start, start + value.shape[1]], start + value.shape[1]
-        return bounds
-
-
 def log_weights(model: OpenSetNet, normalizer: Normalizer) -> None:
     """`model/weights.pt` (a plain state dict) and `model/normalizer.json`: what `load_weights` reads back
     with `weights_only=True`."""
@@ -233,7 +208,7 @@ def log_model(model: OpenSetNet, normalizer: Normalizer, example: torch.Tensor) 
     # takes a non-contiguous weight for a slice of a larger tensor and warns ("No complete tensor found").
     cpu_model = copy.deepcopy(model).to("cpu").to(memory_format=torch.contiguous_format).eval()
     log_weights(cpu_model, normalizer)
-    served = _PixelsToLogits(cpu_model, normalizer).eval()
+    served = PixelsToLogits(cpu_model, normalizer).eval()
     pixels = example[:4].float().numpy()
     with torch.no_grad():
         logits = served(torch.from_numpy(pixels)).numpy()

@@ -15,8 +15,9 @@ from anomaly_repr.cli import main
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import BudgetError, ConfigError
 from anomaly_repr.evaluation import extract_parts
+from anomaly_repr.lars import Lars
 from anomaly_repr.methods import method_for
-from anomaly_repr.methods.csi import Csi, Lars, joint_labels, rotation_ensemble, rotations, supcon_loss
+from anomaly_repr.methods.csi import Csi, joint_labels, rotation_ensemble, rotations, supcon_loss
 from anomaly_repr.pipeline import Normalizer
 from anomaly_repr.study import Study, run_reproduce
 from anomaly_repr.workflow import Prepared, fit, new_model, prepare

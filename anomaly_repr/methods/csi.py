@@ -41,6 +41,7 @@ from torch import nn
 
 from anomaly_repr.errors import ConfigError
 from anomaly_repr.extract import batches
+from anomaly_repr.lars import Lars
 from anomaly_repr.methods import Method, register_method
 from anomaly_repr.methods.base import Autocast, Calibration, Stage
 from anomaly_repr.models import ModelOutput, OpenSetNet, build_backbone
@@ -56,7 +57,6 @@ if TYPE_CHECKING:
 ROTATIONS = 4
 PROJECTION = 128  # width of the projection head's output
 TEMPERATURE_RANGE, ROTATION_WEIGHT_RANGE = (0.03, 0.5), (0.1, 10.0)  # `tune --target csi`, log-uniform
-TRUST = 0.001  # LARS trust coefficient
 CHUNK = 1024  # test rows against all training features at once in the similarity search
 
 
@@ -102,31 +102,6 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float
     log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
     positive = (labels[:, None] == labels[None, :]) & ~own
     return -(log_prob.masked_fill(~positive, 0).sum(1) / positive.sum(1).clamp_min(1)).mean()
-
-
-class Lars(torch.optim.SGD):
-    """SGD with momentum whose update of each weight tensor is scaled by TRUST * |w| / |grad + wd w| (You et
-    al. 2017); groups without weight decay (biases, norms) keep plain SGD, as in SimCLR."""
-
-    @torch.no_grad()
-    def step(self, closure: Any = None) -> Any:
-        decays = [group["weight_decay"] for group in self.param_groups]
-        for group in self.param_groups:
-            if not group["weight_decay"]:
-                continue
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                p.grad.add_(p, alpha=group["weight_decay"])  # the decay joins the gradient before the scaling
-                w_norm, g_norm = p.norm(), p.grad.norm()
-                if w_norm > 0 and g_norm > 0:
-                    p.grad.mul_(TRUST * w_norm / g_norm)
-            group["weight_decay"] = 0.0  # already in the gradient
-        try:
-            return super().step(closure)
-        finally:
-            for group, decay in zip(self.param_groups, decays, strict=True):
-                group["weight_decay"] = decay
 
 
 def views(x: torch.Tensor, normalizer: Normalizer, count: int, generator: torch.Generator) -> Iterable[torch.Tensor]:
