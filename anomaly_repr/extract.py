@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from anomaly_repr.models import ModelOutput, OpenSetNet
-from anomaly_repr.pipeline import Normalizer, eval_batch_size, eval_batches
+from anomaly_repr.pipeline import Normalizer, eval_batches
 from anomaly_repr.split import UNKNOWN
 
 CORE = ("z", "logits", "labels")
@@ -88,7 +88,7 @@ def channels_last(x: torch.Tensor) -> torch.Tensor:
 def batches(images: torch.Tensor, normalizer: Normalizer, device: torch.device,
             batch_size: int | None = None) -> Iterator[torch.Tensor]:
     """Normalised, channels-last evaluation batches on `device` (`batch_size` None: the device's own)."""
-    for x in eval_batches(images, normalizer, batch_size or eval_batch_size(device), device):
+    for x in eval_batches(images, normalizer, batch_size, device):
         yield channels_last(x)
 
 

@@ -102,8 +102,10 @@ def eval_batch_size(device: torch.device) -> int:
     return EVAL_BATCH.get(device.type, EVAL_BATCH_DEFAULT)
 
 
-def eval_batches(images: torch.Tensor, normalizer: Normalizer, batch_size: int,
+def eval_batches(images: torch.Tensor, normalizer: Normalizer, batch_size: int | None,
                  device: torch.device) -> Iterator[torch.Tensor]:
-    """Normalised, unaugmented batches in order, moved to `device` one batch at a time."""
+    """Normalised, unaugmented batches in order, moved to `device` one batch at a time (`batch_size` None:
+    the device's own, `eval_batch_size`)."""
+    batch_size = batch_size or eval_batch_size(device)
     for start in range(0, len(images), batch_size):
         yield normalizer(images[start:start + batch_size].to(device, non_blocking=True))

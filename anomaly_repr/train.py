@@ -28,7 +28,7 @@ from anomaly_repr.errors import BudgetError, DivergedError
 from anomaly_repr.methods import method_for
 from anomaly_repr.mixing import Mixing
 from anomaly_repr.models import OpenSetNet
-from anomaly_repr.pipeline import DeviceBatches, Normalizer, eval_batch_size, eval_batches
+from anomaly_repr.pipeline import DeviceBatches, Normalizer, eval_batches
 
 log = logging.getLogger(__name__)
 CHECK_EVERY = 25  # optimiser steps between checks of the summed loss: divergence stops an epoch early
@@ -77,7 +77,7 @@ def accuracy(model: OpenSetNet, images: torch.Tensor, labels: torch.Tensor, norm
              device: torch.device, batch_size: int | None = None) -> float:
     model.eval()
     preds = [model(x.contiguous(memory_format=torch.channels_last)).logits.argmax(1).cpu()
-             for x in eval_batches(images, normalizer, batch_size or eval_batch_size(device), device)]
+             for x in eval_batches(images, normalizer, batch_size, device)]
     return (torch.cat(preds) == labels.cpu()).float().mean().item()
 
 
