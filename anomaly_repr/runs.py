@@ -37,6 +37,7 @@ from anomaly_repr.tracking import (
     log_new_params,
     log_provenance,
     log_weights,
+    logged_epochs,
     setup_tracking,
 )
 from anomaly_repr.workflow import (
@@ -58,11 +59,21 @@ def epoch_logger(prep: Prepared, analyse: bool = True, then: EpochHook | None = 
     """Log each epoch's row to the active run, with every `val_auroc_every` epochs (when `analyse`) the
     classic scorers' validation AUROC; then `then`."""
     every = prep.cfg.val_auroc_every if analyse and method_for(prep.cfg).scores_logits else 0
+    logged: dict[str, set[int]] = {}  # per run (a member's epochs go to the member's run)
 
     def on_epoch(model: OpenSetNet, normalizer: Normalizer, row: dict[str, float]) -> None:
-        if every and int(row["epoch"]) % every == 0 and "val/acc" in row:  # not in stages that do not select
-            row = row | classic_val_aurocs(prep, model, normalizer)
-        log_epoch(row)
+        run_id = mlflow.active_run().info.run_id  # type: ignore[union-attr]
+        if run_id not in logged:
+            logged[run_id] = logged_epochs(run_id)
+        # A process killed after logging an epoch but before its checkpoint repeats that epoch when resumed
+        # (bit for bit): its row is in the run already, and a second one would double the curve's point.
+        if int(row["epoch"]) in logged[run_id]:
+            log.info("epoch %d is logged already in run %s: not logged again", int(row["epoch"]), run_id)
+        else:
+            if every and int(row["epoch"]) % every == 0 and "val/acc" in row:  # not in stages that do not select
+                row = row | classic_val_aurocs(prep, model, normalizer)
+            log_epoch(row)
+            logged[run_id].add(int(row["epoch"]))
         if then:
             then(model, normalizer, row)
 

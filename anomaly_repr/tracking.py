@@ -245,6 +245,11 @@ def log_epoch(row: dict[str, float]) -> None:
             time.sleep(2.0 ** attempt)
 
 
+def logged_epochs(run_id: str) -> set[int]:
+    """The epochs whose row `log_epoch` has logged to the run (every row holds the learning rate)."""
+    return {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "train/lr")}
+
+
 def log_evaluation(evaluation: Evaluation) -> None:
     """An evaluation's metrics (calibration's included), calibration records, outputs of every
     split and the test scores as npz artifacts, and the figures."""

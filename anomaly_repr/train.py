@@ -223,7 +223,7 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
             result.history.append(row)
             log.info("%s epoch %d/%d  loss %.4f  val/acc %.4f  %.0f img/s", stage.name, epoch, first + stage.epochs,
                      total_loss / seen, row.get("val/acc", float("nan")), row["train/images_per_second"])
-            if on_epoch:  # before the checkpoint: a crash in between repeats the epoch, never loses its row
+            if on_epoch:  # before the checkpoint: a crash in between repeats the epoch (its row is not logged twice)
                 on_epoch(selected, row)
             save_atomically({
                 "stage": index, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),

@@ -64,3 +64,28 @@ def test_other_logging_errors_are_not_retried(tracking, monkeypatch):
     with mlflow.start_run(), pytest.raises(MlflowException, match="out of range"):
         track.log_epoch({"epoch": 1, "val/acc": 0.5})
     assert calls == [1]
+
+
+def test_a_resumed_run_does_not_log_the_repeated_epoch_twice(tracking):
+    """A process killed after logging an epoch but before writing its checkpoint repeats that epoch when
+    resumed: the repeated row is not logged again, the hook after logging still sees it."""
+    from types import SimpleNamespace
+
+    from anomaly_repr.config import ExperimentConfig
+    from anomaly_repr.runs import epoch_logger
+
+    prep, seen = SimpleNamespace(cfg=ExperimentConfig()), []
+
+    def row(epoch: int) -> dict[str, float]:
+        return {"epoch": epoch, "train/loss": 1.0 / epoch, "train/lr": 0.1, "val/acc": 0.5 + epoch / 10}
+
+    with mlflow.start_run() as run:
+        killed = epoch_logger(prep, analyse=False, then=lambda model, normalizer, r: seen.append(r["epoch"]))
+        killed(None, None, row(1))
+        killed(None, None, row(2))  # logged; the process dies before epoch 2's checkpoint
+        resumed = epoch_logger(prep, analyse=False, then=lambda model, normalizer, r: seen.append(r["epoch"]))
+        resumed(None, None, row(2))  # resumed from epoch 1's checkpoint
+        resumed(None, None, row(3))
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val/acc")
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.6), (2, 0.7), (3, 0.8)]
+    assert seen == [1, 2, 2, 3]
