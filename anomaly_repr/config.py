@@ -23,9 +23,10 @@ ScorerReference = Literal["train", "val_nominal"]
 Augment = Literal["crop_flip", "trivialaugment", "randaugment", "autoaugment"]  # see anomaly_repr/augment.py
 SvgdSpace = Literal["function", "weights"]
 CsiOptimizer = Literal["sgd", "lars"]
-SCHEDULES, DEVICES, AMPS, HEADS, GODIN_H, BAD_IMAGES, SCORER_REFERENCES, AUGMENTS, SVGD_SPACES, CSI_OPTIMIZERS = (
-    get_args(t) for t in (Schedule, Device, Amp, Head, GodinH, BadImages, ScorerReference, Augment, SvgdSpace,
-                          CsiOptimizer))
+JemOptimizer = Literal["adam", "sgd"]
+(SCHEDULES, DEVICES, AMPS, HEADS, GODIN_H, BAD_IMAGES, SCORER_REFERENCES, AUGMENTS, SVGD_SPACES, CSI_OPTIMIZERS,
+ JEM_OPTIMIZERS) = (get_args(t) for t in (Schedule, Device, Amp, Head, GodinH, BadImages, ScorerReference, Augment,
+                                          SvgdSpace, CsiOptimizer, JemOptimizer))
 GEOM_TRANSFORMS = (8, 18, 72)  # the transform sets of the geom method
 DEFAULT_METHODS = ("classifier", "hybrid", "godin", "oracle_rep")  # the talk's four: what `reproduce` trains
 
@@ -68,10 +69,13 @@ class ExperimentConfig:
     jem_data_noise: float = 0.03  # jem: Gaussian noise on the training images
     jem_energy_limit: float = 1000.0  # jem: |mean energy of the samples| beyond which training has diverged
     jem_sample_every: int = 5  # jem: log a figure of replay-buffer samples every N epochs; 0 = never
+    jem_optimizer: JemOptimizer = "adam"  # jem: adam (the paper's, at jem_lr) | sgd (at lr, like the other methods)
+    jem_lr: float = 1e-4  # jem: Adam's peak learning rate (the paper's 1e-4), on the schedule's warm-up and decay
     csi_epochs: int = 10  # csi: epochs of the contrastive stage (then `epochs` of the linear heads)
     csi_temperature: float = 0.07  # csi: temperature of the supervised contrastive loss
     csi_rotation_weight: float = 1.0  # csi: weight of the rotation head's loss in the contrastive stage
     csi_optimizer: CsiOptimizer = "sgd"  # csi: optimiser of the contrastive stage: sgd | lars (the paper's)
+    csi_jitter: float = 0.4  # csi: colour jitter strength of the SimCLR views (RGB only); 0 = no colour distortion
     csi_test_views: int = 0  # csi: SimCLR views per test image of csi_unlabeled; 0 = 10 on a GPU, 2 on a CPU
     # --- optimisation ---
     epochs: int = 30  # maximum training epochs
@@ -161,10 +165,18 @@ class ExperimentConfig:
         if not 0 <= self.jem_reinit <= 1 or not self.jem_sgld_step > 0 or not self.jem_energy_limit > 0:
             raise ConfigError(f"jem_reinit must be in [0, 1] and jem_sgld_step and jem_energy_limit positive, got "
                               f"{self.jem_reinit}, {self.jem_sgld_step} and {self.jem_energy_limit}")
+        if self.jem_optimizer not in JEM_OPTIMIZERS:
+            raise ConfigError(f"unknown jem_optimizer {self.jem_optimizer!r}; choose one of "
+                              f"{', '.join(JEM_OPTIMIZERS)}")
+        if not self.jem_lr > 0:
+            raise ConfigError(f"jem_lr must be positive, got {self.jem_lr}")
         if self.csi_epochs < 1 or self.csi_test_views < 0 or not self.csi_temperature > 0 \
                 or self.csi_rotation_weight < 0:
             raise ConfigError("csi_epochs must be positive, csi_temperature positive, csi_test_views and "
                               "csi_rotation_weight not negative")
+        if not 0 <= self.csi_jitter <= 1:
+            raise ConfigError(f"csi_jitter must be in [0, 1] (brightness, contrast and saturation factors in "
+                              f"[1 - csi_jitter, 1 + csi_jitter]), got {self.csi_jitter}")
         if self.csi_optimizer not in CSI_OPTIMIZERS:
             raise ConfigError(f"unknown csi_optimizer {self.csi_optimizer!r}; choose one of "
                               f"{', '.join(CSI_OPTIMIZERS)}")

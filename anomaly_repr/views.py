@@ -1,5 +1,6 @@
 """SimCLR's view augmentation (Chen et al. 2020) for contrastive methods, batched on the device, on images
-in [0, 1]: random resized crop and flip, colour jitter, greyscale; each image its own draw."""
+in [0, 1]: random resized crop and flip, colour jitter, greyscale; each image its own draw. The colour
+distortions need RGB images."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 CROP_SCALE, CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)  # random resized crop
-JITTER, JITTER_P, GREY_P = (0.4, 0.4, 0.4, 0.1), 0.8, 0.2  # colour jitter (brightness, contrast, saturation, hue)
+JITTER_P, GREY_P = 0.8, 0.2  # SimCLR's: colour jitter with probability 0.8, then greyscale with probability 0.2
 
 
 def _uniform(low: float, high: float, n: int, generator: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -32,13 +33,15 @@ def resized_crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tens
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
 
-def colour_jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """With probability 0.8 an image's brightness, contrast and saturation are scaled by factors drawn in
-    [0.6, 1.4] and its hue turned by up to 0.1 of a circle (a rotation of the chroma plane in YIQ space, the
-    batched stand-in for torchvision's HSV shift), in that order; then greyscale with probability 0.2."""
+def colour_jitter(x: torch.Tensor, generator: torch.Generator, strength: float) -> torch.Tensor:
+    """With probability 0.8 an RGB image's brightness, contrast and saturation are scaled by factors drawn in
+    [1 - strength, 1 + strength] and its hue turned by up to strength / 4 of a circle (SimCLR's CIFAR
+    setting, 0.4, 0.4, 0.4 and 0.1, at strength 0.4; the hue turn is a rotation of the chroma plane in YIQ
+    space, the batched stand-in for torchvision's HSV shift), in that order; then greyscale with
+    probability 0.2."""
     n, device = len(x), x.device
     jitter = (torch.rand(n, device=device, generator=generator) < JITTER_P).view(-1, 1, 1, 1)
-    b, c, s, h = JITTER
+    b, c, s, h = strength, strength, strength, strength / 4
 
     def factor(spread: float) -> torch.Tensor:
         return _uniform(1 - spread, 1 + spread, n, generator, device).view(-1, 1, 1, 1)
@@ -46,19 +49,15 @@ def colour_jitter(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     out = x * factor(b)
     grey = _grey(out)
     out = grey.mean(dim=(-2, -1), keepdim=True) + factor(c) * (out - grey.mean(dim=(-2, -1), keepdim=True))
-    if x.shape[1] == 3:
-        grey = _grey(out)
-        out = grey + factor(s) * (out - grey)
-        angle = _uniform(-h, h, n, generator, device) * 2 * math.pi
-        out = _turn_hue(out, angle)
+    grey = _grey(out)
+    out = grey + factor(s) * (out - grey)
+    out = _turn_hue(out, _uniform(-h, h, n, generator, device) * 2 * math.pi)
     out = torch.where(jitter, out.clamp(0, 1), x)
     to_grey = (torch.rand(n, device=device, generator=generator) < GREY_P).view(-1, 1, 1, 1)
     return torch.where(to_grey, _grey(out).expand_as(out), out)
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
-    if x.shape[1] == 1:
-        return x
     return (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
 
 
@@ -74,6 +73,8 @@ def _turn_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,njhw->nihw", from_yiq, yiq)
 
 
-def simclr_view(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """One SimCLR view of every image of a batch in [0, 1]: resized crop, flip, colour jitter, greyscale."""
-    return colour_jitter(resized_crop_flip(x, generator), generator)
+def simclr_view(x: torch.Tensor, generator: torch.Generator, jitter: float) -> torch.Tensor:
+    """One SimCLR view of every image of a batch in [0, 1]: resized crop and flip, then, with `jitter` > 0,
+    colour jitter of that strength and greyscale."""
+    view = resized_crop_flip(x, generator)
+    return colour_jitter(view, generator, jitter) if jitter > 0 else view

@@ -20,10 +20,11 @@ from anomaly_repr.methods import method_for
 from anomaly_repr.methods.csi import Csi, joint_labels, rotation_ensemble, rotations, supcon_loss
 from anomaly_repr.pipeline import Normalizer
 from anomaly_repr.study import Study, run_reproduce
+from anomaly_repr.views import resized_crop_flip, simclr_view
 from anomaly_repr.workflow import Prepared, fit, new_model, prepare
 
 FAST = ExperimentConfig(method="csi", csi_epochs=1, epochs=2, device="cpu", oracle_trees=20, bootstrap=50,
-                        val_auroc_every=0)
+                        val_auroc_every=0, csi_jitter=0.0)  # digits have one channel: no colour jitter
 
 
 def test_the_supervised_contrastive_loss_by_hand():
@@ -33,6 +34,33 @@ def test_the_supervised_contrastive_loss_by_hand():
     assert supcon_loss(features, torch.tensor([0, 0, 1]), temperature=1.0).item() == pytest.approx(expected)
     colder = supcon_loss(features, torch.tensor([0, 0, 1]), temperature=0.5).item()
     assert colder == pytest.approx(2 * -math.log(math.e ** 2 / (math.e ** 2 + 1)) / 3)
+
+
+def test_the_supervised_contrastive_loss_by_hand_on_four_samples():
+    features = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]])
+    e = math.e
+    # anchor: -log(exp(positive's similarity) / sum of exp(the other three's similarities))
+    expected = [math.log(e + 1 + 1 / e) - 1, math.log(e + 1 + 1 / e) - 1, math.log(3), math.log(1 + 2 / e)]
+    loss = supcon_loss(features, torch.tensor([0, 0, 1, 1]), temperature=1.0).item()
+    assert loss == pytest.approx(sum(expected) / 4)
+
+
+def test_simclr_views_distort_colour_only_at_a_positive_jitter():
+    x = torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    plain = simclr_view(x, torch.Generator().manual_seed(1), 0.0)
+    assert torch.equal(plain, resized_crop_flip(x, torch.Generator().manual_seed(1)))
+    coloured = simclr_view(x, torch.Generator().manual_seed(1), 0.4)  # the same crops, then colour
+    grey = ((coloured[:, 0] == coloured[:, 1]) & (coloured[:, 1] == coloured[:, 2])).flatten(1).all(1)
+    changed = (coloured - plain).flatten(1).abs().amax(1) > 1e-3
+    assert 0 < grey.sum() < 32 and changed.float().mean() > 0.5  # greyscale p 0.2; jitter p 0.8
+    assert coloured.min() >= 0 and coloured.max() <= 1
+
+
+def test_single_channel_data_with_colour_jitter_is_refused(tracking, capsys):
+    assert main(["train", "--method", "csi", "--csi_epochs", "1", "--epochs", "1", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "anomaly-repr: error: method=csi's colour jitter needs RGB images, but the digits images have 1 channel(s); "
+        "set csi_jitter 0")
 
 
 def test_four_rotations_in_turn():
@@ -93,8 +121,8 @@ def test_lars_scales_each_layers_step_by_its_trust_ratio():
 
 
 def test_the_stages_log_their_curves_and_the_second_keeps_the_backbone(tracking):
-    assert main(["train", "--method", "csi", "--csi_epochs", "1", "--epochs", "2", "--device", "cpu",
-                 "--val_auroc_every", "1"]) == 0
+    assert main(["train", "--method", "csi", "--csi_jitter", "0", "--csi_epochs", "1", "--epochs", "2",
+                 "--device", "cpu", "--val_auroc_every", "1"]) == 0
     client = mlflow.MlflowClient(tracking)
     [run] = client.search_runs(["1"], "tags.stage = 'train'")
 
@@ -141,8 +169,8 @@ def test_a_resume_inside_the_second_stage_reaches_the_uninterrupted_result(track
 
 
 def test_max_hours_stops_a_run_its_first_epoch_shows_cannot_finish(tracking, capsys):
-    assert main(["train", "--method", "csi", "--csi_epochs", "3", "--epochs", "2", "--device", "cpu",
-                 "--max_hours", "0.000001"]) == 2
+    assert main(["train", "--method", "csi", "--csi_jitter", "0", "--csi_epochs", "3", "--epochs", "2",
+                 "--device", "cpu", "--max_hours", "0.000001"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("anomaly-repr: error: contrastive: an epoch took ")
     assert "the stage needs about" in err and "(2 epochs to go), more than max_hours=1e-06" in err
@@ -154,8 +182,8 @@ def test_max_hours_stops_a_run_its_first_epoch_shows_cannot_finish(tracking, cap
 
 
 def test_the_csi_scores_of_a_trained_model(tracking):
-    assert main(["train", "--method", "csi", "--csi_epochs", "1", "--epochs", "2", "--device", "cpu",
-                 "--csi_test_views", "2"]) == 0
+    assert main(["train", "--method", "csi", "--csi_jitter", "0", "--csi_epochs", "1", "--epochs", "2",
+                 "--device", "cpu", "--csi_test_views", "2"]) == 0
     client = mlflow.MlflowClient(tracking)
     [run] = client.search_runs(["1"], "tags.stage = 'train'")
     assert main(["evaluate", "--train_run_id", run.info.run_id]) == 0
@@ -174,6 +202,7 @@ def test_the_csi_scores_of_a_trained_model(tracking):
     ({"mixup": 0.2}, "method=csi pairs images by their labels"),
     ({"csi_optimizer": "adam"}, "unknown csi_optimizer 'adam'; choose one of sgd, lars"),
     ({"csi_temperature": 0.0}, "csi_temperature positive"),
+    ({"csi_jitter": 1.5}, "csi_jitter must be in \\[0, 1\\]"),
 ])
 def test_bad_csi_settings_are_one_line_errors(change, message):
     with pytest.raises(ConfigError, match=message):

@@ -183,8 +183,9 @@ def _reproduce_parent(mlflow_server, tmp_path, params: dict, where: str):
 
 def test_reproduce_with_jem_and_csi_against_the_server(mlflow_server, tmp_path):
     parent, children = _reproduce_parent(mlflow_server, tmp_path, {
-        "methods": "classifier,jem,csi", "epochs": 1, "csi_epochs": 1, "jem_sgld_steps": 2, "jem_buffer_size": 200,
-        "lr": 0.05, "oracle_trees": 20, "bootstrap": 50, "val_auroc_every": 0}, "params.methods = 'classifier,jem,csi'")
+        "methods": "classifier,jem,csi", "epochs": 1, "csi_epochs": 1, "csi_jitter": 0, "jem_sgld_steps": 2,
+        "jem_buffer_size": 200, "lr": 0.05, "oracle_trees": 20, "bootstrap": 50, "val_auroc_every": 0},
+        "params.methods = 'classifier,jem,csi'")
     assert parent.info.status == "FINISHED"
     assert sorted(c.data.params["method"] for c in children) == ["classifier", "csi", "jem"]
     m = parent.data.metrics

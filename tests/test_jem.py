@@ -131,10 +131,21 @@ def test_the_density_scorers_on_known_outputs_and_only_for_jem_models():
 @pytest.mark.parametrize("change, message", [
     ({"jem_reinit": 1.5}, "jem_reinit must be in"), ({"jem_sgld_step": 0.0}, "jem_sgld_step"),
     ({"jem_sgld_steps": 0}, "jem_buffer_size and jem_sgld_steps must be positive"),
+    ({"jem_optimizer": "rmsprop"}, "unknown jem_optimizer 'rmsprop'"), ({"jem_lr": 0.0}, "jem_lr must be positive"),
 ])
 def test_bad_jem_settings_are_one_line_errors(change, message):
     with pytest.raises(ConfigError, match=message):
         ExperimentConfig(method="jem", **change)
+
+
+def test_the_optimiser_is_adam_at_jem_lr_or_sgd_at_lr():
+    def optimiser(**change) -> torch.optim.Optimizer:
+        method = method_for(ExperimentConfig(method="jem", lr=0.05, jem_lr=3e-4, **change))
+        return method.optimizer(method.param_groups(method.build(4, 3, 8)))
+
+    adam, sgd = optimiser(), optimiser(jem_optimizer="sgd")
+    assert type(adam) is torch.optim.Adam and {g["lr"] for g in adam.param_groups} == {3e-4}
+    assert type(sgd) is torch.optim.SGD and {g["lr"] for g in sgd.param_groups} == {0.05}
 
 
 def test_a_run_logs_energies_sampler_time_samples_and_its_scores(tracking):

@@ -305,7 +305,7 @@ def test_a_jem_study_searches_the_sampler_step_and_the_generative_weight(trackin
 
 
 def test_a_csi_study_searches_temperature_and_rotation_weight(tracking):
-    cfg = FAST.replace(epochs=1, csi_epochs=1)
+    cfg = FAST.replace(epochs=1, csi_epochs=1, csi_jitter=0.0)  # digits: one channel
     parent_id = run_tune(cfg, tune_cfg(n_trials=2, target="csi", study_name="csi"))
     parent, trials, _ = runs_of(parent_id)
     assert parent.info.status == "FINISHED" and len(trials) == 2

@@ -3,7 +3,8 @@
 
 Stage 1, `contrastive` (`csi_epochs` epochs): every image of a batch is rotated by 0, 90, 180 and 270
 degrees (the shifted instances), and each rotation gets two SimCLR views (`views.simclr_view`: resized
-crop, flip, colour jitter, greyscale, as batched tensor ops); the backbone's z goes through a projection
+crop, flip, colour jitter of strength `csi_jitter`, greyscale, as batched tensor ops; single-channel data
+needs `csi_jitter=0`, no colour distortion); the backbone's z goes through a projection
 head (two linear layers, 128 outputs, normalised), and the loss is the supervised contrastive loss (Khosla
 et al. 2020, eq. 2, "L_out") with temperature `csi_temperature`, whose labels are the joint (known class,
 rotation) pairs, plus `csi_rotation_weight` times the cross-entropy of a 4-way rotation head on z (the
@@ -39,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly_repr.errors import ConfigError
+from anomaly_repr.errors import ConfigError, DataError
 from anomaly_repr.extract import batches
 from anomaly_repr.lars import Lars
 from anomaly_repr.methods import Method, register_method
@@ -104,7 +105,8 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float
     return -(log_prob.masked_fill(~positive, 0).sum(1) / positive.sum(1).clamp_min(1)).mean()
 
 
-def views(x: torch.Tensor, normalizer: Normalizer, count: int, generator: torch.Generator) -> Iterable[torch.Tensor]:
+def views(x: torch.Tensor, normalizer: Normalizer, count: int, generator: torch.Generator,
+          jitter: float) -> Iterable[torch.Tensor]:
     """`count` SimCLR views of normalised images, normalised again (count 0: the images themselves)."""
     if count == 0:
         yield x
@@ -112,7 +114,7 @@ def views(x: torch.Tensor, normalizer: Normalizer, count: int, generator: torch.
     mean, std = normalizer.mean.to(x.device).view(1, -1, 1, 1), normalizer.std.to(x.device).view(1, -1, 1, 1)
     pixels = (x * std + mean).clamp(0, 1)
     for _ in range(count):
-        yield (simclr_view(pixels, generator) - mean) / std
+        yield (simclr_view(pixels, generator, jitter) - mean) / std
 
 
 @register_method("csi")
@@ -133,6 +135,11 @@ class Csi(Method):
             raise ConfigError(f"warmup_epochs ({cfg.warmup_epochs}) warms up CSI's contrastive stage and must be "
                               f"shorter than its csi_epochs ({cfg.csi_epochs})")
         return {}
+
+    def check_data(self, shape: tuple[int, int, int]) -> None:
+        if shape[0] != 3 and self.cfg.csi_jitter > 0:
+            raise DataError(f"method=csi's colour jitter needs RGB images, but the {self.cfg.dataset} images have "
+                            f"{shape[0]} channel(s); set csi_jitter 0")
 
     def build(self, num_classes: int, in_channels: int, image_size: int) -> OpenSetNet:
         backbone, z_dim = build_backbone(self.cfg.arch, in_channels)
@@ -172,7 +179,8 @@ class Csi(Method):
         turned = rotations(x)
         joint = joint_labels(y)
         if self.stage == 0:
-            batch = torch.cat(list(views(turned, self.normalizer, 2, self.generator)))  # 2 views of 4 rotations
+            # 2 views of 4 rotations
+            batch = torch.cat(list(views(turned, self.normalizer, 2, self.generator, cfg.csi_jitter)))
             with autocast():
                 out = model(batch.contiguous(memory_format=torch.channels_last))
             features = F.normalize(out.extras["projection"].float(), dim=1)
@@ -216,7 +224,7 @@ class Csi(Method):
         projections, norms, rotation_p = [], [], []
         for x in batches(images, normalizer, device, 256):
             per_view = []
-            for view in views(x, normalizer, count, generator):
+            for view in views(x, normalizer, count, generator, self.cfg.csi_jitter):
                 out = model(rotations(view).contiguous(memory_format=torch.channels_last))
                 proj = out.extras["projection"].float().view(ROTATIONS, len(x), -1).transpose(0, 1)
                 p_rot = F.softmax(out.extras["rotation"].float(), dim=1).view(ROTATIONS, len(x), ROTATIONS)
