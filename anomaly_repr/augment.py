@@ -12,9 +12,9 @@ tests compare them):
   up to 0.99, TranslateX/Y up to 32 px, Rotate up to 135°, Brightness/Color/Contrast/Sharpness up to
   ±0.99, Posterize 8..2 bits, Solarize 255..0, AutoContrast, Equalize), a magnitude bin of 31 drawn
   uniformly, a random sign for the signed ops;
-- `randaugment`: RandAugment (Cubuk et al. 2020) with torchvision's defaults: 2 ops per image in turn, of
-  the same 14 with the narrower ranges (shear 0.3, translate 150/331 of the side, rotate 30°, colour
-  0.9, posterize 8..4 bits), magnitude bin 9 of 31;
+- `randaugment`: RandAugment (Cubuk et al. 2020): `randaugment_ops` ops per image in turn (torchvision's
+  default 2), of the same 14 with the narrower ranges (shear 0.3, translate 150/331 of the side, rotate
+  30°, colour 0.9, posterize 8..4 bits), all at magnitude bin `randaugment_magnitude` of 31 (default 9);
 - `autoaugment`: AutoAugment (Cubuk et al. 2019), torchvision's CIFAR-10 policy: one of 25 sub-policies
   per image, each two (op, probability, magnitude bin of 10) steps, Invert among the ops.
 
@@ -83,7 +83,7 @@ AUTOAUGMENT_CIFAR10: list[tuple[tuple[str, float, int | None], tuple[str, float,
     (("AutoContrast", 0.9, None), ("Solarize", 0.8, 3)), (("Equalize", 0.8, None), ("Invert", 0.1, None)),
     (("TranslateY", 0.7, 9), ("AutoContrast", 0.9, None)),
 ]
-RANDAUGMENT_OPS, RANDAUGMENT_MAGNITUDE, RANDAUGMENT_BINS = 2, 9, 31  # torchvision's defaults
+RANDAUGMENT_BINS = 31  # torchvision's
 AUTOAUGMENT_BINS = 10
 
 
@@ -100,10 +100,11 @@ def apply_ops(x: torch.Tensor, ops: list[str], chosen: torch.Tensor, magnitudes:
 class Policy:
     """A batch augmentation policy: `policy(images, generator)` -> images, uint8 (N, C, H, W) both."""
 
-    def __init__(self, name: str, height: int, width: int):
+    def __init__(self, name: str, height: int, width: int, ops: int = 2, magnitude: int = 9):
+        """`ops` and `magnitude` (a bin of 31) are RandAugment's (torchvision's defaults)."""
         if name not in AUGMENTS:
             raise ValueError(f"unknown augmentation policy {name!r}; choose one of {', '.join(AUGMENTS)}")
-        self.name = name
+        self.name, self.randaugment_ops, self.randaugment_magnitude = name, ops, magnitude
         if name == "trivialaugment":
             self.space = trivialaugment_space()
         elif name == "randaugment":
@@ -137,9 +138,9 @@ class Policy:
             return [(chosen, self._magnitudes(chosen, bins, negative))]
         rounds = []
         if self.name == "randaugment":
-            for _ in range(RANDAUGMENT_OPS):
+            for _ in range(self.randaugment_ops):
                 chosen, negative = draw(len(self.ops)), draw(2).bool()
-                bins = torch.full((n,), RANDAUGMENT_MAGNITUDE)
+                bins = torch.full((n,), self.randaugment_magnitude)
                 rounds.append((chosen, self._magnitudes(chosen, bins, negative)))
             return rounds
         sub_policy = draw(len(AUTOAUGMENT_CIFAR10))

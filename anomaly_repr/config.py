@@ -93,6 +93,8 @@ class ExperimentConfig:
     # --- augmentation (anomaly_repr/augment.py; random crop and flip always) ---
     augment: Augment = "crop_flip"  # per-image policy on top: crop_flip (none) | trivialaugment | randaugment |
     #                                 autoaugment (torchvision's op sets and magnitude ranges)
+    randaugment_ops: int = 2  # randaugment: ops applied in turn to each image (torchvision's default)
+    randaugment_magnitude: int = 9  # randaugment: magnitude bin of 31, 0-30, every op (torchvision's default)
     random_erasing: float = 0.0  # probability that an image gets a random box erased (torchvision's defaults)
     mixup: float = 0.0  # mixup's Beta(alpha, alpha) alpha; 0 = off
     cutmix: float = 0.0  # cutmix's Beta(alpha, alpha) alpha; 0 = off (with mixup too: one of them per batch)
@@ -131,6 +133,9 @@ class ExperimentConfig:
             raise ConfigError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
         if self.augment not in AUGMENTS:
             raise ConfigError(f"unknown augment {self.augment!r}; choose one of {', '.join(AUGMENTS)}")
+        if self.randaugment_ops < 1 or not 0 <= self.randaugment_magnitude <= 30:
+            raise ConfigError(f"randaugment_ops must be positive and randaugment_magnitude a bin in [0, 30], got "
+                              f"{self.randaugment_ops} and {self.randaugment_magnitude}")
         if not 0 <= self.random_erasing <= 1:
             raise ConfigError(f"random_erasing is a probability in [0, 1], got {self.random_erasing}")
         if self.mixup < 0 or self.cutmix < 0:

@@ -133,9 +133,10 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
     model.to(device).to(memory_format=torch.channels_last)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     num_classes = int(max(train_labels.max(), val_labels.max())) + 1
+    height, width = train_images.shape[-2:]
+    policy = Policy(cfg.augment, height, width, cfg.randaugment_ops, cfg.randaugment_magnitude)
     batches = DeviceBatches(train_images.to(device), train_labels.to(device), normalizer, cfg.batch_size,
-                            hflip, generator, Policy(cfg.augment, *train_images.shape[-2:]), cfg.random_erasing,
-                            Mixing(cfg.mixup, cfg.cutmix, num_classes))
+                            hflip, generator, policy, cfg.random_erasing, Mixing(cfg.mixup, cfg.cutmix, num_classes))
     # The weights' moving average (buffers too: batch-norm statistics) is what validation selects and what
     # the caller gets back when ema_decay is set.
     ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True) \

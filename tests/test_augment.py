@@ -83,6 +83,11 @@ def test_draws_cover_the_policy_and_follow_the_generator():
                                                                  torch.device("cpu"))
     ops = augment.Policy("randaugment", 32, 32).ops
     assert set(ra_mags[ra == ops.index("Rotate")].abs().tolist()) == {9.0}
+    # other settings: 3 ops in turn, bin 30 of 31 (rotate 30 degrees)
+    plan = augment.Policy("randaugment", 32, 32, ops=3, magnitude=30).plan(2000, torch.Generator().manual_seed(0),
+                                                                          torch.device("cpu"))
+    assert len(plan) == 3
+    assert all(set(m[c == ops.index("Rotate")].abs().tolist()) == {30.0} for c, m in plan)
 
 
 def test_autoaugment_applies_its_steps_with_their_probabilities():
@@ -146,6 +151,8 @@ def test_the_pipeline_runs_each_policy_with_erasing_and_mixing():
 @pytest.mark.parametrize("change, message", [
     ({"augment": "cutout"}, "unknown augment 'cutout'; choose one of crop_flip, trivialaugment"),
     ({"random_erasing": 1.5}, "random_erasing is a probability in"),
+    ({"randaugment_magnitude": 31}, r"randaugment_magnitude a bin in \[0, 30\], got 2 and 31"),
+    ({"randaugment_ops": 0}, "randaugment_ops must be positive"),
     ({"mixup": -0.2}, "mixup and cutmix are Beta alphas"),
     ({"ema_decay": 1.0}, r"ema_decay must be in \[0, 1\)"),
     ({"warmup_epochs": 2.0}, "warmup_epochs applies to schedule=cosine"),
