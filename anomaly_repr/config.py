@@ -64,9 +64,9 @@ class ExperimentConfig:
     jem_buffer_size: int = 10000  # jem: images in SGLD's replay buffer
     jem_reinit: float = 0.05  # jem: share of SGLD's starting points drawn afresh from uniform noise
     jem_sgld_steps: int = 20  # jem: SGLD steps per training step
-    jem_sgld_step: float = 1.0  # jem: SGLD step size on grad_x logsumexp f(x) (normalised pixel units)
-    jem_sgld_noise: float = 0.01  # jem: SGLD noise standard deviation
-    jem_data_noise: float = 0.03  # jem: Gaussian noise on the training images
+    jem_sgld_step: float = 1.0  # jem: SGLD step size on grad_x logsumexp f(x), pixels in [-1, 1] as in the paper
+    jem_sgld_noise: float = 0.01  # jem: SGLD noise standard deviation (pixels in [-1, 1])
+    jem_data_noise: float = 0.03  # jem: Gaussian noise on the training images (pixels in [-1, 1])
     jem_energy_limit: float = 1000.0  # jem: |mean energy of the samples| beyond which training has diverged
     jem_sample_every: int = 5  # jem: log a figure of replay-buffer samples every N epochs; 0 = never
     jem_optimizer: JemOptimizer = "adam"  # jem: adam (the paper's, at jem_lr) | sgd (at lr, like the other methods)
