@@ -55,6 +55,21 @@ def test_sgld_climbs_the_density_and_writes_back_to_the_buffer():
     assert rows.shape == (1000,) and 0 <= start.min() and start.max() <= 1  # every start fresh noise
 
 
+def test_the_sgld_step_is_in_the_papers_pixel_units():
+    """Pixels in [-1, 1] are 2σ times the normalised ones: a step α there is α / (4σ²) on the model's input."""
+    method = Jem(ExperimentConfig(method="jem", jem_sgld_noise=0.0, jem_sgld_step=0.5, jem_sgld_steps=1,
+                                  jem_reinit=0.0, jem_buffer_size=1))
+    torch.manual_seed(0)
+    model = method.build(4, 3, 8).eval()
+    std = torch.tensor([0.25, 0.5, 1.0])
+    method.start(Normalizer(torch.zeros(3), std), torch.device("cpu"))
+    start = method._buffer((3, 8, 8)).images.clone()
+    x = start.clone().requires_grad_(True)
+    grad = torch.autograd.grad(torch.logsumexp(model(x).logits, 1).sum(), x)[0]
+    expected = start + 0.5 / (4 * std.view(1, 3, 1, 1) ** 2) * grad
+    assert torch.allclose(method.sample(model, 1, (3, 8, 8), OFF), expected, atol=1e-6)
+
+
 def test_the_buffer_reinitialises_the_configured_share_of_its_starting_points():
     torch.manual_seed(0)
     buffer = ReplayBuffer(100, (1, 2, 2), torch.zeros(1), torch.ones(1), torch.device("cpu"))
