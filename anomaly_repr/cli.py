@@ -14,7 +14,7 @@ from anomaly_repr.pool import POOL_FIELDS, PoolConfig
 from tuning.config import TUNE_FIELDS, TuneConfig
 
 if TYPE_CHECKING:
-    from anomaly_repr.study import Study
+    from anomaly_repr.cells import Study
 
 
 def _add_config_options(parser: argparse.ArgumentParser, fields: dict = FIELDS, skip: tuple[str, ...] = ()) -> None:
@@ -43,8 +43,8 @@ def _study(args: argparse.Namespace) -> Study:
     the methods to train; `split=all` is every standard split of the dataset. Two shorthands of earlier versions
     remain: `recon_weight` is the hybrid child's λ
     ('auto' = the talk's value for the dataset, 0 = no hybrid child) and `godin=false` drops the G-ODIN child."""
+    from anomaly_repr.cells import Study
     from anomaly_repr.split import STANDARD_SPLITS
-    from anomaly_repr.study import Study
 
     lists = {}
     if (args.split or "").strip() == "all":

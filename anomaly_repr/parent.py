@@ -21,7 +21,7 @@ from anomaly_repr.summary import Cell, Results, best_deployable, reference_metho
 from anomaly_repr.tracking import git_commit, log_figures
 
 if TYPE_CHECKING:
-    from anomaly_repr.study import Study
+    from anomaly_repr.cells import Study
 
 log = logging.getLogger(__name__)
 

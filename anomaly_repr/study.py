@@ -11,123 +11,44 @@ its augmentation policy. Several policies (`augment=crop_flip,trivialaugment`) t
 each; the rows of the reference policy (crop_flip when listed, else the first) keep the method's name,
 the others are `<method>.<policy>` and are measured against their method's reference row (`summary.py`).
 
-The cells are the grid split x seed x policy x method, each a trial of an Optuna study on the worker pool's storage
-(`pool.py`, shared with `tune`): the driver enqueues every cell as a trial with fixed parameters, and each
-worker (the driver, `workers - 1` local processes, and `reproduce --role worker` on other machines) pops
-the next queued cell (an atomic step of every Optuna storage, so no cell runs twice), trains and evaluates
-it in a child run of the parent. Optuna's `GridSampler` is not used: it picks among unvisited grid points
-at random once trials outnumber the grid, and counts a failed point as visited, so a failed cell could
-never run again. On an RDB storage a killed worker's cell goes stale by heartbeats and is queued again; a
-cell that fails leaves the parent FAILED with its error, and running the same command again (the study
-name follows the settings) reruns only the cells without a result. When every cell has one, the driver
-assembles the parent (`parent.py`).
+The cells are the grid split x seed x policy x method (`cells.py`), each a trial of an Optuna study on the
+worker pool's storage (`pool.py`, shared with `tune`): the driver enqueues every cell as a trial with fixed
+parameters, and each worker (the driver, `workers - 1` local processes, and `reproduce --role worker` on other
+machines) pops the next queued cell (an atomic step of every Optuna storage, so no cell runs twice), trains
+and evaluates it in a child run of the parent. Optuna's `GridSampler` is not used: it picks among unvisited
+grid points at random once trials outnumber the grid, and counts a failed point as visited, so a failed cell
+could never run again. On an RDB storage a killed worker's cell goes stale by heartbeats and is queued again;
+a cell that fails leaves the parent FAILED with its error, and running the same command again (the study name
+follows the settings) reruns only the cells without a result. When every cell has one, the driver assembles
+the parent (`parent.py`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import socket
 import subprocess
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 
 import mlflow
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from anomaly_repr import pool
-from anomaly_repr.config import AUGMENTS, DEFAULT_METHODS, ExperimentConfig
-from anomaly_repr.errors import AnomalyReprError, ConfigError
-from anomaly_repr.methods import METHODS, child_config, method_for
+from anomaly_repr.cells import CellKey, Study
+from anomaly_repr.errors import AnomalyReprError
+from anomaly_repr.methods import method_for
 from anomaly_repr.parent import load_cell, log_parent
-from anomaly_repr.pool import MACHINE_FIELDS, POLL_SECONDS, PoolConfig, check_identity, open_storage
+from anomaly_repr.pool import POLL_SECONDS, check_identity, open_storage
 from anomaly_repr.runs import evaluate_logged, train_logged
-from anomaly_repr.split import STANDARD_SPLITS
 from anomaly_repr.summary import Results
 from anomaly_repr.tracking import git_commit, log_new_params, log_provenance, run_url, setup_tracking
 from anomaly_repr.workflow import Prepared, checkpoint_path, prepare
 
 log = logging.getLogger(__name__)
-
-CellKey = tuple[int, int, str, str]  # (split, seed, method, augmentation policy)
-# Fields that change what is reported, not what a cell trains: a resumed study may change them.
-REPORTING_FIELDS = ("bootstrap", "val_auroc_every")
-
-
-@dataclass(frozen=True)
-class Study:
-    base: ExperimentConfig  # shared settings; each child replaces seed, split and its method's fields
-    seeds: tuple[int, ...] = (0,)
-    splits: tuple[int, ...] = (0,)
-    methods: tuple[str, ...] = DEFAULT_METHODS
-    augments: tuple[str, ...] = ()  # augmentation policies, every method trained under each; () = the base's
-    pool: PoolConfig = field(default_factory=PoolConfig)
-
-    def __post_init__(self) -> None:
-        if not self.seeds or not self.splits:
-            raise ConfigError("a study needs at least one seed and one split")
-        if not self.methods:
-            raise ConfigError("a study needs at least one method")
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise ConfigError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-        unknown = [a for a in self.augments if a not in AUGMENTS]
-        if unknown:
-            raise ConfigError(f"unknown augment {unknown[0]!r}; choose from {', '.join(AUGMENTS)}")
-        for name, values in (("methods", self.methods), ("seeds", self.seeds), ("splits", self.splits),
-                             ("augment", self.augments)):
-            if len(set(values)) != len(values):
-                raise ConfigError(f"{name} lists a value twice: {','.join(map(str, values))}")
-
-    @property
-    def policies(self) -> tuple[str, ...]:
-        return self.augments or (self.base.augment,)
-
-    @property
-    def reference_policy(self) -> str:
-        """The policy every other one is measured against: crop and flip alone when listed."""
-        return "crop_flip" if "crop_flip" in self.policies else self.policies[0]
-
-    def row(self, method: str, policy: str) -> str:
-        """The table row (and metric path) of a method under a policy."""
-        return method if policy == self.reference_policy else f"{method}.{policy}"
-
-    def config(self, method: str, policy: str) -> ExperimentConfig:
-        """A child's config (seed and split are set per cell)."""
-        return child_config(self.base, method).replace(augment=policy)
-
-    def cells(self) -> list[CellKey]:
-        """Every (split, seed, method, policy), in the order a single worker runs them."""
-        return [(split, seed, method, policy) for split in self.splits for seed in self.seeds
-                for policy in self.policies for method in self.methods]
-
-    def identity(self) -> dict[str, str]:
-        """What the cells depend on; stored with the study and checked on resume and join."""
-        experiment = {k: v for k, v in self.base.to_params().items()
-                      if k not in (*MACHINE_FIELDS, *REPORTING_FIELDS, "method", "augment")}
-        return experiment | {"seeds": ",".join(map(str, self.seeds)), "splits": ",".join(map(str, self.splits)),
-                             "methods": ",".join(self.methods), "augment": ",".join(self.policies)}
-
-    def name(self) -> str:
-        digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]
-        return self.pool.study_name or f"reproduce-{self.base.dataset}-{digest}"
-
-    def shared_class_sets(self) -> list[tuple[int, ...]]:
-        """Groups of requested standard splits that hold the same known classes (CIFAR-10's 0 and 1)."""
-        table = STANDARD_SPLITS.get(self.base.dataset)
-        if table is None or self.base.known_classes or self.base.num_known:
-            return []
-        groups: dict[frozenset[int], list[int]] = {}
-        for split in self.splits:
-            if split < len(table):
-                groups.setdefault(frozenset(table[split]), []).append(split)
-        return [tuple(g) for g in groups.values() if len(g) > 1]
-
 
 def cell_of(trial: FrozenTrial) -> CellKey | None:
     """A trial's cell, from its parameters (or, while it is queued, the parameters it was queued with)."""

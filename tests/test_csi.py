@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import anomaly_repr.train as train_module
+from anomaly_repr.cells import Study
 from anomaly_repr.cli import main
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import BudgetError, ConfigError
@@ -19,7 +20,7 @@ from anomaly_repr.lars import Lars
 from anomaly_repr.methods import method_for
 from anomaly_repr.methods.csi import Csi, joint_labels, rotation_ensemble, rotations, supcon_loss
 from anomaly_repr.pipeline import Normalizer
-from anomaly_repr.study import Study, run_reproduce
+from anomaly_repr.study import run_reproduce
 from anomaly_repr.views import resized_crop_flip, simclr_view
 from anomaly_repr.workflow import Prepared, fit, new_model, prepare
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from anomaly_repr.cells import Study
 from anomaly_repr.cli import main
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import ConfigError
@@ -19,7 +20,7 @@ from anomaly_repr.methods.jem import Jem, ReplayBuffer, generative_term, without
 from anomaly_repr.models import ModelOutput, create_model
 from anomaly_repr.pipeline import Normalizer
 from anomaly_repr.scorers import applies, make_scorer
-from anomaly_repr.study import Study, run_reproduce
+from anomaly_repr.study import run_reproduce
 
 TINY = ["--method", "jem", "--epochs", "2", "--device", "cpu", "--jem_sgld_steps", "2", "--jem_buffer_size", "200",
         "--lr", "0.05", "--val_auroc_every", "0", "--oracle_trees", "20", "--bootstrap", "50"]

@@ -13,6 +13,7 @@ import torch
 from mlflow import MlflowClient
 
 import anomaly_repr
+from anomaly_repr.cells import Study
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import ConfigError
 from anomaly_repr.extract import final_layer
@@ -21,7 +22,7 @@ from anomaly_repr.models import ModelOutput
 from anomaly_repr.pipeline import Normalizer
 from anomaly_repr.runs import evaluate_logged, run_evaluate
 from anomaly_repr.scorers import SCORERS, FunctionScorer, register_scorer
-from anomaly_repr.study import Study, run_reproduce
+from anomaly_repr.study import run_reproduce
 from anomaly_repr.tracking import log_model
 from anomaly_repr.train import bf16_native
 from anomaly_repr.workflow import new_model, prepare

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from mlflow import MlflowClient
 from test_cli import assert_clean_failure, cli_in_process
 
+from anomaly_repr.cells import Study
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import ConfigError, DataError
 from anomaly_repr.extract import Outputs, extract
@@ -19,7 +20,7 @@ from anomaly_repr.methods.rotation import kl_from_uniform, rotate, rotation_scor
 from anomaly_repr.methods.sobel import sobel_edges
 from anomaly_repr.pipeline import Normalizer
 from anomaly_repr.scorers import make_scorer
-from anomaly_repr.study import Study, run_reproduce
+from anomaly_repr.study import run_reproduce
 
 from conftest import mlflow_run, write_image
 
