@@ -144,3 +144,17 @@ def mlflow_run(server: str, tmp_path, *args: str) -> subprocess.CompletedProcess
     return subprocess.run([sys.executable, "-m", "mlflow", "run", ".", "--env-manager", "local",
                            "--experiment-name", "e2e", *args],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+
+
+def reproduce_parent(server: str, tmp_path, params: dict, where: str):
+    """`mlflow run . -e reproduce -P key=value ...` against the server; its parent run (found by the filter
+    `where`) and the parent's children."""
+    pairs = [arg for key, value in params.items() for arg in ("-P", f"{key}={value}")]
+    proc = mlflow_run(server, tmp_path, "-e", "reproduce", *pairs)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    mlflow.set_tracking_uri(server)  # for the `runs:/` URIs
+    client = mlflow.MlflowClient(server)
+    experiment = client.get_experiment_by_name("e2e")
+    [parent] = client.search_runs([experiment.experiment_id], f"{where} and tags.stage = 'reproduce'")
+    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    return parent, children

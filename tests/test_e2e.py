@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.sources import load_source
 
-from conftest import mlflow_run, write_image
+from conftest import mlflow_run, reproduce_parent, write_image
 
 
 @pytest.fixture(scope="module")
@@ -169,20 +169,8 @@ def test_reproduce_on_an_image_folder_with_several_seeds(mlflow_server, tmp_path
     assert "+-" in mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/results/auroc_table.csv")
 
 
-def _reproduce_parent(mlflow_server, tmp_path, params: dict, where: str):
-    pairs = [arg for key, value in params.items() for arg in ("-P", f"{key}={value}")]
-    proc = mlflow_run(mlflow_server, tmp_path, "-e", "reproduce", *pairs)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    mlflow.set_tracking_uri(mlflow_server)  # for the `runs:/` URIs
-    client = MlflowClient(mlflow_server)
-    experiment = client.get_experiment_by_name("e2e")
-    [parent] = client.search_runs([experiment.experiment_id], f"{where} and tags.stage = 'reproduce'")
-    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    return parent, children
-
-
 def test_reproduce_with_jem_and_csi_against_the_server(mlflow_server, tmp_path):
-    parent, children = _reproduce_parent(mlflow_server, tmp_path, {
+    parent, children = reproduce_parent(mlflow_server, tmp_path, {
         "methods": "classifier,jem,csi", "epochs": 1, "csi_epochs": 1, "csi_jitter": 0, "jem_sgld_steps": 2,
         "jem_buffer_size": 200, "lr": 0.05, "oracle_trees": 20, "bootstrap": 50, "val_auroc_every": 0},
         "params.methods = 'classifier,jem,csi'")
@@ -196,7 +184,7 @@ def test_reproduce_with_jem_and_csi_against_the_server(mlflow_server, tmp_path):
 
 
 def test_reproduce_with_two_augmentation_policies_against_the_server(mlflow_server, tmp_path):
-    parent, children = _reproduce_parent(mlflow_server, tmp_path, {
+    parent, children = reproduce_parent(mlflow_server, tmp_path, {
         "augment": "crop_flip,trivialaugment", "methods": "classifier", "epochs": 2, "oracle_trees": 20,
         "bootstrap": 50, "val_auroc_every": 0}, "params.augment = 'crop_flip,trivialaugment'")
     assert parent.info.status == "FINISHED"

@@ -22,7 +22,7 @@ from anomaly_repr.pipeline import Normalizer
 from anomaly_repr.scorers import make_scorer
 from anomaly_repr.study import run_reproduce
 
-from conftest import mlflow_run, write_image
+from conftest import reproduce_parent, write_image
 
 NO_AUTOCAST = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
 
@@ -263,21 +263,14 @@ def test_reproduce_trains_the_four_tasks_and_logs_their_gains(tracking, rgb_fold
 
 
 def test_mlflow_run_reproduce_with_rotation(mlflow_server, tmp_path, rgb_folder):
-    params = {"dataset": "imagefolder", "data_root": rgb_folder, "image_size": 8, "known_classes": "beetle,moth,wasp",
-              "epochs": 2, "batch_size": 8, "oracle_trees": 20, "bootstrap": 50, "methods": "classifier,rotation"}
-    pairs = [arg for key, value in params.items() for arg in ("-P", f"{key}={value}")]
-    proc = mlflow_run(mlflow_server, tmp_path, "-e", "reproduce", *pairs)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    client = MlflowClient(mlflow_server)
-    experiment = client.get_experiment_by_name("e2e")
-    [parent] = client.search_runs([experiment.experiment_id],
-                                  "params.methods = 'classifier,rotation' and tags.stage = 'reproduce'")
+    parent, children = reproduce_parent(mlflow_server, tmp_path, {
+        "dataset": "imagefolder", "data_root": rgb_folder, "image_size": 8, "known_classes": "beetle,moth,wasp",
+        "epochs": 2, "batch_size": 8, "oracle_trees": 20, "bootstrap": 50, "methods": "classifier,rotation"},
+        "params.methods = 'classifier,rotation'")
     m = parent.data.metrics
     assert parent.info.status == "FINISHED"
     assert {"test/rotation/rotation/auroc", "test/gain/rotation/oracle_rf", "test/gain/rotation/best_score"} <= set(m)
-    children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(c.data.params["method"] for c in children) == ["classifier", "rotation"]
-
 
 
 def test_the_logged_model_serves_class_and_auxiliary_logits(tracking):
