@@ -69,13 +69,13 @@ class ExperimentConfig:
     jem_data_noise: float = 0.03  # jem: Gaussian noise on the training images (pixels in [-1, 1])
     jem_energy_limit: float = 1000.0  # jem: |mean energy of the samples| beyond which training has diverged
     jem_sample_every: int = 5  # jem: log a figure of replay-buffer samples every N epochs; 0 = never
-    jem_optimizer: JemOptimizer = "adam"  # jem: adam (the paper's, at jem_lr) | sgd (at lr, like the other methods)
+    jem_optimizer: JemOptimizer = "adam"  # jem: adam (the paper's: jem_lr, no weight decay) | sgd (lr, weight_decay)
     jem_lr: float = 1e-4  # jem: Adam's peak learning rate (the paper's 1e-4), on the schedule's warm-up and decay
     csi_epochs: int = 10  # csi: epochs of the contrastive stage (then `epochs` of the linear heads)
     csi_temperature: float = 0.07  # csi: temperature of the supervised contrastive loss
     csi_rotation_weight: float = 1.0  # csi: weight of the rotation head's loss in the contrastive stage
     csi_optimizer: CsiOptimizer = "sgd"  # csi: optimiser of the contrastive stage: sgd | lars (the paper's)
-    csi_jitter: float = 0.4  # csi: colour jitter strength of the SimCLR views (RGB only); 0 = no colour distortion
+    csi_jitter: float = 0.4  # csi: SimCLR views' colour jitter spread, 0.8 x SimCLR's strength (RGB only); 0 = none
     csi_test_views: int = 0  # csi: SimCLR views per test image of csi_unlabeled; 0 = 10 on a GPU, 2 on a CPU
     # --- optimisation ---
     epochs: int = 30  # maximum training epochs

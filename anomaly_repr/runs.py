@@ -66,7 +66,8 @@ def epoch_logger(prep: Prepared, analyse: bool = True, then: EpochHook | None = 
         if run_id not in logged:
             logged[run_id] = logged_epochs(run_id)
         # A process killed after logging an epoch but before its checkpoint repeats that epoch when resumed
-        # (bit for bit): its row is in the run already, and a second one would double the curve's point.
+        # (the same values, up to GPU nondeterminism): its row is in the run already, and a second one would
+        # double the curve's point.
         if int(row["epoch"]) in logged[run_id]:
             log.info("epoch %d is logged already in run %s: not logged again", int(row["epoch"]), run_id)
         else:

@@ -35,10 +35,10 @@ def resized_crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tens
 
 def colour_jitter(x: torch.Tensor, generator: torch.Generator, strength: float) -> torch.Tensor:
     """With probability 0.8 an RGB image's brightness, contrast and saturation are scaled by factors drawn in
-    [1 - strength, 1 + strength] and its hue turned by up to strength / 4 of a circle (SimCLR's CIFAR
-    setting, 0.4, 0.4, 0.4 and 0.1, at strength 0.4; the hue turn is a rotation of the chroma plane in YIQ
-    space, the batched stand-in for torchvision's HSV shift), in that order; then greyscale with
-    probability 0.2."""
+    [1 - strength, 1 + strength] and its hue turned by up to strength / 4 of a circle, in that order; then
+    greyscale with probability 0.2. `strength` is 0.8 times SimCLR's strength s (whose CIFAR setting, s = 0.5,
+    is 0.4, 0.4, 0.4 and 0.1: strength 0.4). The hue turn is a rotation of the chroma plane in YIQ space, the
+    batched stand-in for torchvision's HSV shift."""
     n, device = len(x), x.device
     jitter = (torch.rand(n, device=device, generator=generator) < JITTER_P).view(-1, 1, 1, 1)
     b, c, s, h = strength, strength, strength, strength / 4

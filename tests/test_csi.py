@@ -61,7 +61,7 @@ def test_single_channel_data_with_colour_jitter_is_refused(tracking, capsys):
     assert main(["train", "--method", "csi", "--csi_epochs", "1", "--epochs", "1", "--device", "cpu"]) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "anomaly-repr: error: method=csi's colour jitter needs RGB images, but the digits images have 1 channel(s); "
-        "set csi_jitter 0")
+        "set csi_jitter=0")
 
 
 def test_four_rotations_in_turn():

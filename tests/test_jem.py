@@ -23,7 +23,7 @@ from anomaly_repr.scorers import applies, make_scorer
 from anomaly_repr.study import run_reproduce
 
 TINY = ["--method", "jem", "--epochs", "2", "--device", "cpu", "--jem_sgld_steps", "2", "--jem_buffer_size", "200",
-        "--lr", "0.05", "--val_auroc_every", "0", "--oracle_trees", "20", "--bootstrap", "50"]
+        "--val_auroc_every", "0", "--oracle_trees", "20", "--bootstrap", "50"]
 OFF = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
 
 
@@ -69,6 +69,18 @@ def test_the_sgld_step_is_in_the_papers_pixel_units():
     grad = torch.autograd.grad(torch.logsumexp(model(x).logits, 1).sum(), x)[0]
     expected = start + 0.5 / (4 * std.view(1, 3, 1, 1) ** 2) * grad
     assert torch.allclose(method.sample(model, 1, (3, 8, 8), OFF), expected, atol=1e-6)
+
+
+def test_the_sgld_noise_is_in_the_papers_pixel_units():
+    """Noise s on pixels in [-1, 1] is s / (2σ) per channel on the normalised pixels."""
+    method = Jem(ExperimentConfig(method="jem", jem_sgld_noise=0.1, jem_sgld_step=1e-9, jem_sgld_steps=1,
+                                  jem_reinit=0.0, jem_buffer_size=1))
+    model = method.build(4, 3, 8).eval()
+    std = torch.tensor([0.25, 0.5, 1.0])
+    method.start(Normalizer(torch.zeros(3), std), torch.device("cpu"))
+    start = method._buffer((3, 8, 8)).images.clone()
+    moved = method.sample(model, 512, (3, 8, 8), OFF) - start  # 512 draws from the one buffer image
+    assert torch.allclose(moved.transpose(0, 1).flatten(1).std(dim=1), 0.1 / (2 * std), rtol=0.02)
 
 
 def test_the_buffer_reinitialises_the_configured_share_of_its_starting_points():
@@ -161,7 +173,9 @@ def test_the_optimiser_is_adam_at_jem_lr_or_sgd_at_lr():
 
     adam, sgd = optimiser(), optimiser(jem_optimizer="sgd")
     assert type(adam) is torch.optim.Adam and {g["lr"] for g in adam.param_groups} == {3e-4}
+    assert {g["weight_decay"] for g in adam.param_groups} == {0.0}  # the paper's Adam has none
     assert type(sgd) is torch.optim.SGD and {g["lr"] for g in sgd.param_groups} == {0.05}
+    assert {g["weight_decay"] for g in sgd.param_groups} == {5e-4, 0.0}  # conv and linear weights, the rest
 
 
 def test_a_run_logs_energies_sampler_time_samples_and_its_scores(tracking):

@@ -14,6 +14,7 @@ from mlflow import MlflowClient
 
 import anomaly_repr
 from anomaly_repr.cells import Study
+from anomaly_repr.cli import _study, build_parser
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import ConfigError
 from anomaly_repr.extract import final_layer
@@ -87,8 +88,6 @@ def test_contradictions_are_one_line_errors(change, message):
 
 
 def test_the_study_shorthands_of_earlier_versions_choose_the_children():
-    from anomaly_repr.cli import _study, build_parser
-
     def study(*args: str):
         return _study(build_parser().parse_args(["reproduce", *args]))
 

@@ -1,13 +1,18 @@
-"""The tracking layer under the faults a shared server shows: workers tagging one experiment at once, and a
-server whose answer breaks off while an epoch's metrics are logged."""
+"""The tracking layer under the faults a shared server shows (workers tagging one experiment at once, a
+server whose answer breaks off while an epoch's metrics are logged) and a process killed between an epoch's
+metrics and its checkpoint."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
 
 from anomaly_repr import tracking as track
+from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.runs import epoch_logger
 
 RACE = MlflowException("(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint")
 
@@ -69,11 +74,6 @@ def test_other_logging_errors_are_not_retried(tracking, monkeypatch):
 def test_a_resumed_run_does_not_log_the_repeated_epoch_twice(tracking):
     """A process killed after logging an epoch but before writing its checkpoint repeats that epoch when
     resumed: the repeated row is not logged again, the hook after logging still sees it."""
-    from types import SimpleNamespace
-
-    from anomaly_repr.config import ExperimentConfig
-    from anomaly_repr.runs import epoch_logger
-
     prep, seen = SimpleNamespace(cfg=ExperimentConfig()), []
 
     def row(epoch: int) -> dict[str, float]:

@@ -139,7 +139,7 @@ class Csi(Method):
     def check_data(self, shape: tuple[int, int, int]) -> None:
         if shape[0] != 3 and self.cfg.csi_jitter > 0:
             raise DataError(f"method=csi's colour jitter needs RGB images, but the {self.cfg.dataset} images have "
-                            f"{shape[0]} channel(s); set csi_jitter 0")
+                            f"{shape[0]} channel(s); set csi_jitter=0")
 
     def build(self, num_classes: int, in_channels: int, image_size: int) -> OpenSetNet:
         backbone, z_dim = build_backbone(self.cfg.arch, in_channels)
