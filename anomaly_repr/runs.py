@@ -62,19 +62,19 @@ def epoch_logger(prep: Prepared, analyse: bool = True, then: EpochHook | None = 
     logged: dict[str, set[int]] = {}  # per run (a member's epochs go to the member's run)
 
     def on_epoch(model: OpenSetNet, normalizer: Normalizer, row: dict[str, float]) -> None:
-        run_id = mlflow.active_run().info.run_id  # type: ignore[union-attr]
+        run_id, epoch = mlflow.active_run().info.run_id, int(row["epoch"])  # type: ignore[union-attr]
         if run_id not in logged:
             logged[run_id] = logged_epochs(run_id)
         # A process killed after logging an epoch but before its checkpoint repeats that epoch when resumed
         # (the same values, up to GPU nondeterminism): its row is in the run already, and a second one would
         # double the curve's point.
-        if int(row["epoch"]) in logged[run_id]:
-            log.info("epoch %d is logged already in run %s: not logged again", int(row["epoch"]), run_id)
+        if epoch in logged[run_id]:
+            log.info("epoch %d is logged already in run %s: not logged again", epoch, run_id)
         else:
-            if every and int(row["epoch"]) % every == 0 and "val/acc" in row:  # not in stages that do not select
+            if every and epoch % every == 0 and "val/acc" in row:  # not in stages that do not select
                 row = row | classic_val_aurocs(prep, model, normalizer)
             log_epoch(row)
-            logged[run_id].add(int(row["epoch"]))
+            logged[run_id].add(epoch)
         if then:
             then(model, normalizer, row)
 

@@ -3,7 +3,7 @@
 
 Stage 1, `contrastive` (`csi_epochs` epochs): every image of a batch is rotated by 0, 90, 180 and 270
 degrees (the shifted instances), and each rotation gets two SimCLR views (`views.simclr_view`: resized
-crop, flip, colour jitter of strength `csi_jitter`, greyscale, as batched tensor ops; single-channel data
+crop, flip, colour jitter of spread `csi_jitter`, greyscale, as batched tensor ops; single-channel data
 needs `csi_jitter=0`, no colour distortion); the backbone's z goes through a projection
 head (two linear layers, 128 outputs, normalised), and the loss is the supervised contrastive loss (Khosla
 et al. 2020, eq. 2, "L_out") with temperature `csi_temperature`, whose labels are the joint (known class,
