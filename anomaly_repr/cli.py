@@ -8,7 +8,7 @@ import sys
 from dataclasses import MISSING
 from typing import TYPE_CHECKING
 
-from anomaly_repr.config import DEFAULT_METHODS, FIELDS, ExperimentConfig, parse_bool, parse_value
+from anomaly_repr.config import DEFAULT_METHODS, FIELDS, PRESET_FIELDS, ExperimentConfig, parse_bool, parse_value
 from anomaly_repr.errors import AnomalyReprError, ConfigError
 from anomaly_repr.pool import POOL_FIELDS, PoolConfig
 from tuning.config import TUNE_FIELDS, TuneConfig
@@ -25,13 +25,15 @@ def _add_config_options(parser: argparse.ArgumentParser, fields: dict = FIELDS, 
 
 
 def _given(args: argparse.Namespace, fields: dict) -> dict:
-    """The options given on the command line, parsed into their fields' types."""
+    """The options given on the command line, parsed into their fields' types. An empty value of a field that
+    a preset governs counts as not given (MLproject passes every parameter, those at '' by default), so the
+    preset's value, or the default, stands."""
     return {name: parse_value(f, getattr(args, name)) for name, f in fields.items()
-            if getattr(args, name, None) is not None}
+            if getattr(args, name, None) is not None and not (name in PRESET_FIELDS and getattr(args, name) == "")}
 
 
 def _config(args: argparse.Namespace) -> ExperimentConfig:
-    return ExperimentConfig(**_given(args, FIELDS))
+    return ExperimentConfig.create(**_given(args, FIELDS))
 
 
 def _tune_config(args: argparse.Namespace) -> TuneConfig:
@@ -86,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="continue this interrupted train run from its last checkpoint")
     evaluate = sub.add_parser("evaluate", help="extract, score and log a trained model")
     evaluate.add_argument("--train_run_id", "--train-run-id", required=True, help="run id of a train run")
+    evaluate.add_argument("--tta", default="", help="test-time augmentation: none | flip | flip_translate "
+                                                    "(default: the train run's)")
     for name in ("reproduce", "main"):
         what = "a parent run with a child per method (classifier, hybrid, godin, oracle_rep), seed and split"
         study = sub.add_parser(name, help=what + ("; the default entry point" if name == "main" else ""))
@@ -133,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise ConfigError(f"--resume continues a run with its logged config; leave out {', '.join(fixed)}")
             print(runs.run_train(None, resume_run_id=args.resume, changes=changes))
         elif args.command == "evaluate":
-            print(runs.run_evaluate(args.train_run_id))
+            print(runs.run_evaluate(args.train_run_id, tta=args.tta))
         elif args.command == "tune":
             print(run_tune(_config(args), _tune_config(args)))
         else:

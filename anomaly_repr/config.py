@@ -29,6 +29,22 @@ JemOptimizer = Literal["adam", "sgd"]
                                           SvgdSpace, CsiOptimizer, JemOptimizer))
 GEOM_TRANSFORMS = (8, 18, 72)  # the transform sets of the geom method
 DEFAULT_METHODS = ("classifier", "hybrid", "godin", "oracle_rep")  # the talk's four: what `reproduce` trains
+Tta = Literal["none", "flip", "flip_translate"]
+TTAS = get_args(Tta)
+
+# Named training recipes (`preset`): values for the fields below, under any field given explicitly. Chosen on
+# validation data of CIFAR-10 split 0 (bench/fast_recipe_search.py, BENCHMARKS.md "A strong classifier in
+# minutes"). `fast`: the wide, shallow fastcnn with patch whitening, batch 512, a short one-cycle schedule and
+# the weights' moving average, after Jordan 2024 (airbench); label smoothing stays off (it shrinks the logits'
+# spread, and max-logit and energy scores lose separation: DESIGN.md).
+PRESET_FIELDS = ("arch", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs",
+                 "patience", "label_smoothing", "ema_decay", "augment")
+PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "fast": {"arch": "fastcnn", "epochs": 10, "batch_size": 512, "lr": 0.8, "momentum": 0.9, "weight_decay": 5e-4,
+             "schedule": "onecycle", "warmup_epochs": 0.0, "patience": 0, "label_smoothing": 0.0, "ema_decay": 0.0,
+             "augment": "crop_flip"},
+}
 
 
 @dataclass(frozen=True)
@@ -77,7 +93,8 @@ class ExperimentConfig:
     csi_optimizer: CsiOptimizer = "sgd"  # csi: optimiser of the contrastive stage: sgd | lars (the paper's)
     csi_jitter: float = 0.4  # csi: SimCLR views' colour jitter spread, 0.8 x SimCLR's strength (RGB only); 0 = none
     csi_test_views: int = 0  # csi: SimCLR views per test image of csi_unlabeled; 0 = 10 on a GPU, 2 on a CPU
-    # --- optimisation ---
+    # --- optimisation (a `preset` sets the fields it names in PRESET_FIELDS; one given explicitly wins) ---
+    preset: str = "none"  # named recipe: none (the values below) | fast (fastcnn in minutes; see PRESETS)
     epochs: int = 30  # maximum training epochs
     batch_size: int = 128  # images per SGD step
     lr: float = 0.1  # peak learning rate of the schedule
@@ -106,6 +123,9 @@ class ExperimentConfig:
     react_percentile: float = 90.0  # react: clip z at this percentile of nominal activations
     gen_gamma: float = 0.1  # gen: the generalised entropy's exponent
     gen_top: int = 0  # gen: the top-M probabilities it sums; 0 = every class
+    # --- evaluation ---
+    tta: Tta = "none"  # test-time augmentation of extraction: none | flip | flip_translate (logits and z averaged
+    #                    over the views; flips only where training flips)
     # --- oracles (fit on validation z labelled nominal/anomaly) ---
     oracle_trees: int = 1000  # trees in the random-forest oracle
     oracle_neighbors: int = 10  # neighbours in the k-NN oracle
@@ -115,7 +135,21 @@ class ExperimentConfig:
     device: Device = "auto"  # auto picks cuda, then mps, then cpu
     amp: Amp = "auto"  # bfloat16 autocast in training: auto (CUDA, and CPUs with native bf16) | true | false
 
+    @classmethod
+    def create(cls, **given: Any) -> ExperimentConfig:
+        """A config from the fields a user gave: the defaults, under them the `preset`'s values, under them
+        what was given. (The constructor takes values as they are: a config read back from logged params
+        holds the resolved values and its preset as a label.)"""
+        preset = given.get("preset", "none")
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        return cls(**(PRESETS[preset] | given))
+
     def __post_init__(self) -> None:
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
+        if self.tta not in TTAS:
+            raise ConfigError(f"unknown tta {self.tta!r}; choose one of {', '.join(TTAS)}")
         for name in ("epochs", "batch_size", "oracle_trees", "oracle_neighbors"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")

@@ -12,47 +12,60 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from anomaly_repr.extract import Outputs, extract
+from anomaly_repr.extract import Outputs, extract, tta_views
 from anomaly_repr.methods import Calibration, method_for
 from anomaly_repr.metrics import anomaly_metrics, closed_set_accuracy
 from anomaly_repr.models import OpenSetNet
 from anomaly_repr.pipeline import Normalizer
 from anomaly_repr.report import histogram_figure, roc_figure
 from anomaly_repr.scorers import CLASSIC_SCORERS, SCORERS, applies, is_oracle, make_scorer
+from anomaly_repr.split import UNKNOWN
 from anomaly_repr.summary import evaluation_intervals
-from anomaly_repr.train import pick_device
+from anomaly_repr.train import pick_device, predict
 from anomaly_repr.workflow import Prepared
 
 log = logging.getLogger(__name__)
 
 
-def classic_val_aurocs(prep: Prepared, model: OpenSetNet, normalizer: Normalizer) -> dict[str, float]:
+def classic_val_aurocs(prep: Prepared, model: OpenSetNet, normalizer: Normalizer,
+                       nominal_logits: torch.Tensor | None = None) -> dict[str, float]:
     """`val/<scorer>/auroc` of the classic scorers on the validation images, nominal and anomaly: logged per
-    epoch for analysis (does accuracy track detection?), never read by early stopping or selection."""
-    val = extract(model, prep.images(prep.split.val), prep.open_labels[prep.split.val], normalizer,
-                  pick_device(prep.cfg.device))
-    nominal = val.rows(~val.is_anomaly)  # fixed functions learn nothing; the fit only follows the protocol
+    epoch for analysis (does accuracy track detection?), never read by early stopping or selection.
+    `nominal_logits` are those of the nominal validation images in the split's order (training's accuracy
+    pass has them): then only the anomaly images take a pass."""
+    device, val = pick_device(prep.cfg.device), prep.split.val
+    nominal_index = prep.split.nominal(val, prep.data.labels)
+    anomaly_index = val[prep.open_labels[val] == UNKNOWN]
+    if nominal_logits is None:
+        nominal_logits = predict(model, prep.images(nominal_index), normalizer, device)
+    logits = torch.cat([nominal_logits, predict(model, prep.images(anomaly_index), normalizer, device)])
+    labels = prep.open_labels[np.concatenate([nominal_index, anomaly_index])]
+    val_outputs = Outputs(np.empty((len(labels), 0), np.float32), logits.float().numpy(), labels)
+    nominal = val_outputs.rows(~val_outputs.is_anomaly)  # fixed functions learn nothing; the fit follows the protocol
     aurocs = {}
     for name in CLASSIC_SCORERS:
-        scores = make_scorer(name, prep.cfg).fit(nominal).score(val)
+        scores = make_scorer(name, prep.cfg).fit(nominal).score(val_outputs)
         if np.isfinite(scores).all():  # an analysis curve must not stop a training whose loss is still finite
-            aurocs[f"val/{name}/auroc"] = anomaly_metrics(scores, val.is_anomaly)["auroc"]
+            aurocs[f"val/{name}/auroc"] = anomaly_metrics(scores, val_outputs.is_anomaly)["auroc"]
         else:
             log.warning("val/%s/auroc not logged: %d validation score(s) are not finite", name,
                         int((~np.isfinite(scores)).sum()))
     return aurocs
 
 
-def extract_parts(prep: Prepared, model: OpenSetNet, normalizer: Normalizer,
-                  parts: dict[str, np.ndarray]) -> tuple[dict[str, Outputs], Calibration]:
+def extract_parts(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, parts: dict[str, np.ndarray],
+                  precision: torch.dtype | None = None) -> tuple[dict[str, Outputs], Calibration]:
     """Outputs of `model` on each named index set, once each, with its method's extras; a method that
     calibrates does so on nominal images only (validation for G-ODIN's ε, training for GEOM's
     Dirichlets), before its extra passes. The `train` part (the nominal reference of the feature
-    scorers) gets no extra passes: no scorer of a method's own extras learns from a reference."""
+    scorers) gets no extra passes: no scorer of a method's own extras learns from a reference. Every part
+    gets the config's test-time augmentation (`tta`): references and test images read alike."""
     method, device = method_for(prep.cfg), pick_device(prep.cfg.device)
     model.to(device).to(memory_format=torch.channels_last)
+    views = tta_views(prep.cfg.tta, prep.data.hflip)
     outputs = {part: extract(model, prep.images(index), prep.open_labels[index], normalizer, device,
-                             method.batch_extras) for part, index in parts.items()}
+                             method.batch_extras, views=views, precision=precision)
+               for part, index in parts.items()}
     nominal = {part: prep.images(prep.split.nominal(getattr(prep.split, part), prep.data.labels))
                for part in ("val", "train")}
     calibration = method.calibrate(model, nominal["val"], normalizer, device, nominal["train"])
@@ -135,9 +148,14 @@ def evaluate(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, val_inde
              "test": prep.split.test if test_index is None else test_index}
     if method.scores_logits:
         parts["train"] = prep.split.nominal(prep.split.train, prep.data.labels)
+    began = time.perf_counter()
     outputs, calibration = extract_parts(prep, model, normalizer, parts)
     test = outputs["test"]
-    metrics = {"test/acc": closed_set_accuracy(test.logits, test.labels)} if method.scores_logits else {}
+    # what extraction cost, with its views: test-time augmentation multiplies the passes
+    metrics = {"test/extract_seconds": time.perf_counter() - began,
+               "test/tta_views": len(tta_views(prep.cfg.tta, prep.data.hflip))}
+    if method.scores_logits:
+        metrics["test/acc"] = closed_set_accuracy(test.logits, test.labels)
     scores, scorer_metrics = score_outputs(prep, outputs, method.scores_logits)
     metrics |= scorer_metrics
     if views := method.views(outputs):

@@ -8,11 +8,13 @@ this module only runs the passes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from anomaly_repr.models import ModelOutput, OpenSetNet
 from anomaly_repr.pipeline import Normalizer, eval_batches
@@ -101,16 +103,54 @@ def final_layer(model: OpenSetNet) -> FinalLayer | None:
     return weight.detach().float().cpu().numpy(), bias.detach().float().cpu().numpy()
 
 
+# --- test-time augmentation: views of a normalised batch whose outputs are averaged ---
+
+View = Callable[[torch.Tensor], torch.Tensor]
+
+
+def identity(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def hflip(x: torch.Tensor) -> torch.Tensor:
+    return x.flip(3)
+
+
+def translate(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """The images moved by (dy, dx) pixels (each -1, 0 or 1), the edge filled by reflection, as training's
+    random crops of reflect-padded images do."""
+    h, w = x.shape[-2:]
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    return padded[..., 1 - dy:1 - dy + h, 1 - dx:1 - dx + w]
+
+
+def tta_views(tta: str, flips: bool) -> list[View]:
+    """The views of `tta` (none | flip | flip_translate), the image itself first: flips only where training
+    flips (`flips`: not for digits), translations by one pixel down-right and up-left (Jordan 2024)."""
+    shifts: list[View] = [identity]
+    if tta == "flip_translate":
+        shifts += [partial(translate, dy=1, dx=1), partial(translate, dy=-1, dx=-1)]
+    if tta == "none" or not flips:
+        return shifts
+    return [view for shift in shifts for view in (shift, lambda x, shift=shift: hflip(shift(x)))]
+
+
 @torch.no_grad()
 def extract(model: OpenSetNet, images: torch.Tensor, labels: np.ndarray, normalizer: Normalizer,
-            device: torch.device, batch_extras: BatchExtras | None = None, batch_size: int | None = None) -> Outputs:
+            device: torch.device, batch_extras: BatchExtras | None = None, batch_size: int | None = None,
+            views: Sequence[View] = (identity,), precision: torch.dtype | None = None) -> Outputs:
     """Run `model` once over uint8 `images`; `labels` are open-set labels (-1 = anomaly).
-    `batch_extras(out, x)` names the method's extra outputs of each batch."""
+    z and the logits are the means over `views` (test-time augmentation; one pass per view), so that every
+    scorer reads the same outputs; `batch_extras(out, x)` names the method's extra outputs of each batch,
+    from the image itself (the first view). `precision`: bfloat16 autocast, or None for float32."""
     model.eval()
     parts: dict[str, list[torch.Tensor]] = {"z": [], "logits": []}
     for x in batches(images, normalizer, device, batch_size):
-        out = model(x)
-        named = {"z": out.z, "logits": out.logits, **(batch_extras(out, x) if batch_extras else {})}
+        with torch.autocast(device.type, dtype=precision or torch.bfloat16, enabled=precision is not None):
+            outs = [model(channels_last(view(x))) for view in views]
+            extras = batch_extras(outs[0], x) if batch_extras else {}
+        named = {"z": torch.stack([o.z for o in outs]).mean(0), "logits": torch.stack([o.logits for o in outs]).mean(0),
+                 **extras}
         for name, value in named.items():
             parts.setdefault(name, []).append(value.detach())
     arrays = {k: torch.cat(v).float().cpu().numpy() for k, v in parts.items()}

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models.resnet import BasicBlock
@@ -79,6 +80,18 @@ def build_backbone(arch: str, in_channels: int) -> tuple[nn.Module, int]:
     return MODELS[arch](in_channels)
 
 
+INIT_IMAGES = 5000  # training images that a data-dependent initialisation reads (patch whitening's covariance)
+
+
+def init_from_images(model: nn.Module, images: torch.Tensor, normalizer: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    """Before the first step: every part of `model` with a data-dependent initialisation (`init_from_images`)
+    fits itself on the first `INIT_IMAGES` of `images`, uint8 training images of the classes it trains on."""
+    for module in model.modules():
+        init = getattr(module, "init_from_images", None)
+        if module is not model and callable(init):
+            init(images[:INIT_IMAGES], normalizer)
+
+
 def create_model(arch: str, num_classes: int, in_channels: int) -> OpenSetNet:
     """A registered backbone with a linear head: the plain classifier."""
     backbone, z_dim = build_backbone(arch, in_channels)
@@ -143,3 +156,113 @@ def _register_cifar(name: str, blocks_per_stage: int, width: int) -> None:
 _register_cifar("resnet8", 1, 16)  # 0.08 M parameters: CPU demos and tests
 _register_cifar("resnet20", 3, 16)  # 0.27 M parameters
 _register_cifar("resnet32", 5, 16)  # 0.46 M parameters
+
+
+# --- fastcnn: a wide, shallow network that keeps a CPU's matrix units busy (after Jordan 2024, airbench) ---
+#
+# A frozen patch-whitening convolution (2x2 patches, fitted on training images before the first step), then
+# three stages of [3x3 conv, 2x2 max-pool, batch norm, GELU, 3x3 conv, batch norm, GELU], then a global max-pool
+# to z. ResNet-20's 16-64 channels leave a CPU's bfloat16 units mostly idle; 64-256 channels at a few
+# layers fill them. Batch norm learns a shift only (its scale is fixed at 1): with the scale free, weight
+# decay and the high learning rate fight over the same degree of freedom.
+
+class PatchWhitening(nn.Module):
+    """A 2x2 convolution whose filters whiten image patches: the eigenvectors of the patches' covariance,
+    scaled by 1/sqrt(eigenvalue), and their negatives (so that the GELU after it keeps both signs). The
+    filters are a buffer (never trained); the bias is learned. `fit` sets the filters from images."""
+
+    filters: torch.Tensor
+
+    def __init__(self, in_channels: int, kernel: int = 2, eps: float = 5e-4):
+        super().__init__()
+        self.in_channels, self.kernel, self.eps = in_channels, kernel, eps
+        dim = in_channels * kernel * kernel
+        self.out_channels = 2 * dim
+        identity = torch.eye(dim).view(dim, in_channels, kernel, kernel)
+        self.register_buffer("filters", torch.cat([identity, -identity]))  # until fitted: the raw patch
+        self.bias = nn.Parameter(torch.zeros(2 * dim))
+
+    @torch.no_grad()
+    def fit(self, images: torch.Tensor) -> None:
+        """Whitening filters from normalised float images (N, C, H, W): the caller passes training images."""
+        dim = self.in_channels * self.kernel ** 2
+        patches = F.unfold(images.float(), self.kernel).transpose(1, 2).reshape(-1, dim)
+        patches = patches - patches.mean(0)
+        covariance = patches.T @ patches / len(patches)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance.double())
+        whitening = (eigenvectors / (eigenvalues.clamp_min(0) + self.eps).sqrt()).T.float()  # one filter a row
+        filters = whitening.view(dim, self.in_channels, self.kernel, self.kernel)
+        self.filters.copy_(torch.cat([filters, -filters]).to(self.filters.device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.filters.to(x.dtype), self.bias.to(x.dtype))
+
+
+def _shift_norm(channels: int) -> nn.BatchNorm2d:
+    norm = nn.BatchNorm2d(channels)
+    norm.weight.requires_grad_(False)  # scale fixed at 1: the optimisers skip a parameter without a gradient
+    return norm
+
+
+def _pool(x: torch.Tensor) -> torch.Tensor:
+    """2x2 max-pool; a map already 1 pixel wide (small images, such as digits) passes as it is."""
+    return F.max_pool2d(x, 2) if min(x.shape[-2:]) >= 2 else x
+
+
+class ConvStage(nn.Module):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.norm1 = _shift_norm(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.norm2 = _shift_norm(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.norm1(_pool(self.conv1(x))))
+        return F.gelu(self.norm2(self.conv2(x)))
+
+
+class FastCNN(nn.Module):
+    """z is the global max-pool of the last stage times `z_scale`: the head is linear, so this is
+    airbench's scaling of the logits (up to the head's bias). Unscaled, the max-pooled activations are
+    large (|z|^2 in the hundreds), the head's steps grow with |z|^2, and learning rates that the
+    shift-only batch norms allow break training (on CIFAR-10 split 0, 5 epochs at lr 0.8 ended at 0.55
+    validation accuracy, against 0.76 at lr 0.4). Convolutions start as identities of their input channels
+    (the rest random), as airbench's do."""
+
+    z_scale = 1 / 9
+
+    def __init__(self, in_channels: int, widths: tuple[int, int, int]):
+        super().__init__()
+        self.whiten = PatchWhitening(in_channels)
+        stages, planes = [], self.whiten.out_channels
+        for width in widths:
+            stages.append(ConvStage(planes, width))
+            planes = width
+        self.stages = nn.Sequential(*stages)
+        self.out_dim = planes
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                with torch.no_grad():
+                    nn.init.dirac_(m.weight[:m.in_channels])
+
+    def init_from_images(self, images: torch.Tensor, normalizer: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Data-dependent initialisation before the first step: `images` are uint8 training images of the
+        classes the model trains on (never validation or test images)."""
+        self.whiten.fit(normalizer(images))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stages(F.gelu(self.whiten(x)))
+        return torch.amax(x, dim=(2, 3)) * self.z_scale  # global max-pool: z
+
+
+def _register_fastcnn(name: str, widths: tuple[int, int, int]) -> None:
+    @register_model(name)
+    def factory(in_channels: int) -> tuple[nn.Module, int]:
+        backbone = FastCNN(in_channels, widths)
+        return backbone, backbone.out_dim
+
+
+_register_fastcnn("fastcnn", (64, 256, 256))  # 1.97 M parameters; 0.24 GFLOP a 32x32 image, forward
+_register_fastcnn("fastcnn_wide", (128, 384, 384))

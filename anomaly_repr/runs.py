@@ -19,6 +19,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import torch
 
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import AnomalyReprError, ConfigError
@@ -61,7 +62,8 @@ def epoch_logger(prep: Prepared, analyse: bool = True, then: EpochHook | None = 
     every = prep.cfg.val_auroc_every if analyse and method_for(prep.cfg).scores_logits else 0
     logged: dict[str, set[int]] = {}  # per run (a member's epochs go to the member's run)
 
-    def on_epoch(model: OpenSetNet, normalizer: Normalizer, row: dict[str, float]) -> None:
+    def on_epoch(model: OpenSetNet, normalizer: Normalizer, row: dict[str, float],
+                 val_logits: torch.Tensor | None) -> None:
         run_id, epoch = mlflow.active_run().info.run_id, int(row["epoch"])  # type: ignore[union-attr]
         if run_id not in logged:
             logged[run_id] = logged_epochs(run_id)
@@ -71,12 +73,12 @@ def epoch_logger(prep: Prepared, analyse: bool = True, then: EpochHook | None = 
         if epoch in logged[run_id]:
             log.info("epoch %d is logged already in run %s: not logged again", epoch, run_id)
         else:
-            if every and epoch % every == 0 and "val/acc" in row:  # not in stages that do not select
-                row = row | classic_val_aurocs(prep, model, normalizer)
+            if every and epoch % every == 0 and val_logits is not None:  # not in stages that do not select
+                row = row | classic_val_aurocs(prep, model, normalizer, val_logits)
             log_epoch(row)
             logged[run_id].add(epoch)
         if then:
-            then(model, normalizer, row)
+            then(model, normalizer, row, val_logits)
 
     return on_epoch
 
@@ -189,11 +191,13 @@ def run_train(cfg: ExperimentConfig | None, resume_run_id: str = "", changes: di
         return run.info.run_id
 
 
-def run_evaluate(train_run_id: str) -> str:
+def run_evaluate(train_run_id: str, tta: str = "") -> str:
     """`evaluate`: extract, score and log a trained model in a new run that points to its train run; the
-    method comes from the train run's config."""
+    method comes from the train run's config, and so does the test-time augmentation unless `tta` names one."""
     setup_tracking()
     cfg = load_config(train_run_id)
+    if tta:
+        cfg = cfg.replace(tta=tta)
     prep = prepare(cfg)
     model, normalizer, stored_split = load_weights(train_run_id, new_model(prep))
     if stored_split.hash != prep.split.hash:

@@ -27,7 +27,7 @@ from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import BudgetError, DivergedError
 from anomaly_repr.methods import method_for
 from anomaly_repr.mixing import Mixing
-from anomaly_repr.models import OpenSetNet
+from anomaly_repr.models import OpenSetNet, init_from_images
 from anomaly_repr.pipeline import DeviceBatches, Normalizer, eval_batches
 
 log = logging.getLogger(__name__)
@@ -73,12 +73,21 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
 
 
 @torch.no_grad()
+def predict(model: OpenSetNet, images: torch.Tensor, normalizer: Normalizer, device: torch.device,
+            batch_size: int | None = None) -> torch.Tensor:
+    """The model's logits (N, K) of uint8 `images`, in eval mode, on the CPU."""
+    model.eval()
+    return torch.cat([model(x.contiguous(memory_format=torch.channels_last)).logits.cpu()
+                      for x in eval_batches(images, normalizer, batch_size, device)])
+
+
 def accuracy(model: OpenSetNet, images: torch.Tensor, labels: torch.Tensor, normalizer: Normalizer,
              device: torch.device, batch_size: int | None = None) -> float:
-    model.eval()
-    preds = [model(x.contiguous(memory_format=torch.channels_last)).logits.argmax(1).cpu()
-             for x in eval_batches(images, normalizer, batch_size, device)]
-    return (torch.cat(preds) == labels.cpu()).float().mean().item()
+    return hits(predict(model, images, normalizer, device, batch_size), labels)
+
+
+def hits(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return (logits.argmax(1) == labels.cpu()).float().mean().item()
 
 
 @dataclass
@@ -119,18 +128,23 @@ def save_atomically(state: dict, path: Path) -> None:
 def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, train_labels: torch.Tensor,
           val_images: torch.Tensor, val_labels: torch.Tensor, normalizer: Normalizer, hflip: bool,
           device: torch.device, checkpoint: Path, resume: bool = False,
-          on_epoch: Callable[[OpenSetNet, dict[str, float]], None] | None = None,
+          on_epoch: Callable[[OpenSetNet, dict[str, float], torch.Tensor | None], None] | None = None,
           on_figures: Callable[[dict[str, Figure]], None] | None = None) -> TrainResult:
     """Train `model` with its method's step on uint8 images (labels 0..K-1), stage by stage (one stage but for
     methods like CSI: each has its own optimiser, schedule and epochs, and only stages that select read the
     validation accuracy, keep the best model and stop early); epochs count on across stages. `on_epoch`
     receives, after each epoch, the model that validation reads (the weights' moving average when
-    `ema_decay` is set) and the epoch's metrics row (the method's own curves among them), `on_figures` the
+    `ema_decay` is set), the epoch's metrics row (the method's own curves among them) and the validation
+    images' logits that gave its accuracy (None in a stage that does not select: a hook that scores
+    validation images reuses them instead of a second pass), `on_figures` the
     method's figures. With `max_hours`, the first epoch of a stage that shows the stage cannot end in time
     stops the run."""
     method = method_for(cfg)
     torch.manual_seed(cfg.seed)
     model.to(device).to(memory_format=torch.channels_last)
+    resuming = resume and checkpoint.exists()
+    if not resuming:  # before the weights' average copies the model; a resumed model has it in its checkpoint
+        init_from_images(model, train_images.to(device), normalizer)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     num_classes = int(max(train_labels.max(), val_labels.max())) + 1
     height, width = train_images.shape[-2:]
@@ -151,8 +165,7 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
     stages = method.stages()
     result = TrainResult(model, best_val_acc=-1.0, best_epoch=-1, precision=str(dtype or torch.float32))
     best_state = {k: v.detach().clone() for k, v in selected.state_dict().items()}
-    state: dict = torch.load(checkpoint, map_location=device, weights_only=True) \
-        if resume and checkpoint.exists() else {}
+    state: dict = torch.load(checkpoint, map_location=device, weights_only=True) if resuming else {}
     if state:
         model.load_state_dict(state["model"])
         if ema is not None:
@@ -212,8 +225,10 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
             result.train_images += seen
             row = {"epoch": epoch, stage.loss_name: total_loss / seen, "train/lr": optimizer.param_groups[0]["lr"],
                    "train/images_per_second": seen / seconds, **method.epoch_metrics()}
+            val_logits = None
             if stage.selects:
-                row["val/acc"] = val_acc = accuracy(selected, val_images, val_labels, normalizer, device)
+                val_logits = predict(selected, val_images, normalizer, device)
+                row["val/acc"] = val_acc = hits(val_logits, val_labels)
                 if val_acc > result.best_val_acc:
                     result.best_val_acc, result.best_epoch, stale = val_acc, epoch, 0
                     best_state = {k: v.detach().clone() for k, v in selected.state_dict().items()}
@@ -225,7 +240,7 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
             log.info("%s epoch %d/%d  loss %.4f  val/acc %.4f  %.0f img/s", stage.name, epoch, first + stage.epochs,
                      total_loss / seen, row.get("val/acc", float("nan")), row["train/images_per_second"])
             if on_epoch:  # before the checkpoint: a crash in between repeats the epoch (its row is not logged twice)
-                on_epoch(selected, row)
+                on_epoch(selected, row, val_logits)
             save_atomically({
                 "stage": index, "epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(), "generator": generator.get_state(),

@@ -109,7 +109,8 @@ def new_model(prep: Prepared) -> OpenSetNet:
         return method.build(n_classes, prep.data.shape[0], prep.data.shape[-1])
 
 
-EpochHook = Callable[[OpenSetNet, Normalizer, dict[str, float]], None]
+# (model, normaliser, the epoch's row, the logits of the nominal validation images that gave val/acc or None)
+EpochHook = Callable[[OpenSetNet, Normalizer, dict[str, float], torch.Tensor | None], None]
 
 
 @dataclass
@@ -142,15 +143,15 @@ class MemberHooks(Protocol):
 
 def fit(prep: Prepared, checkpoint: Path, resume: bool = False, on_epoch: EpochHook | None = None,
         members: MemberHooks | None = None, on_figures: Callable[[dict[str, Figure]], None] | None = None) -> Fitted:
-    """Train the config's method on its labels; `on_epoch(model, normalizer, row)` runs after each epoch
-    with the model that validation reads, in that epoch's state (tracking logs there; tuning scores and
+    """Train the config's method on its labels; `on_epoch(model, normalizer, row, val_logits)` runs after each
+    epoch with the model that validation reads, in that epoch's state (tracking logs there; tuning scores and
     prunes there). A method with members trains them one by one (`fit_members`), `members` around each;
     `on_figures` receives the figures a method makes during training."""
     data = training_data(prep)
     if method_for(prep.cfg).member_configs():
         return fit_members(prep, data, checkpoint, resume, members)
     model, normalizer = new_model(prep), data[4]
-    hook = (lambda net, row: on_epoch(net, normalizer, row)) if on_epoch else None
+    hook = (lambda net, row, logits: on_epoch(net, normalizer, row, logits)) if on_epoch else None
     result = train(prep.cfg, model, *data, checkpoint, resume, hook, on_figures)
     return Fitted(result.model, normalizer, result, data[0][:4], data[6])
 
@@ -181,7 +182,7 @@ def fit_member(prep: Prepared, data: TrainData, index: int, checkpoint: Path, ho
     model = new_model(dataclasses.replace(prep, cfg=cfg))
     path = member_checkpoint(checkpoint, index)
     with hooks.member(index, cfg) if hooks else nullcontext() as on_epoch:
-        hook = (lambda net, row: on_epoch(net, normalizer, row)) if on_epoch else None
+        hook = (lambda net, row, logits: on_epoch(net, normalizer, row, logits)) if on_epoch else None
         try:
             result = train(cfg, model, *data, path, path.exists(), hook)
         except DivergedError as exc:

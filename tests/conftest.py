@@ -136,6 +136,14 @@ def image_folder(tmp_path) -> Path:
     return root
 
 
+def rgb_folder(root: Path, classes: int = 4, per_class: int = 15, size: int = 16) -> Path:
+    """A small RGB class-folder tree whose images are all different (each its own seed)."""
+    for c in range(classes):
+        for i in range(per_class):
+            write_image(root / f"class{c}" / f"{i}.png", (size, size), value=30 + 40 * c + i, fmt="PNG")
+    return root
+
+
 def mlflow_run(server: str, tmp_path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     env.update(MLFLOW_TRACKING_URI=server, ANOMALY_REPR_CHECKPOINTS=str(tmp_path / "checkpoints"),

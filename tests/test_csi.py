@@ -157,7 +157,7 @@ def test_a_resume_inside_the_second_stage_reaches_the_uninterrupted_result(track
     prep = prepare(FAST.replace(epochs=3))
     whole = fit(prep, tmp_path / "whole.pt")
 
-    def crash(model, normalizer, row):
+    def crash(model, normalizer, row, val_logits):
         if row["epoch"] == 3:
             raise KeyboardInterrupt
 

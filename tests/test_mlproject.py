@@ -6,7 +6,7 @@ from dataclasses import fields
 import yaml
 
 from anomaly_repr.cli import build_parser
-from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.config import PRESET_FIELDS, ExperimentConfig
 from anomaly_repr.pool import PoolConfig
 from tuning.config import TuneConfig
 
@@ -40,6 +40,8 @@ def test_train_main_and_reproduce_take_exactly_the_config_fields_with_its_defaul
                 default = str(default)
             if study and f.name == "recon_weight":  # the hybrid child's λ: the talk's value by default
                 default = "auto"
+            if f.name in PRESET_FIELDS:  # '' = not given: the preset's value, or the field's default
+                default = ""
             assert params[f.name]["default"] == default, f.name
         assert f"python -m anomaly_repr {name} " in SPEC["entry_points"][name]["command"]
 
@@ -57,5 +59,29 @@ def test_tune_takes_the_config_and_tune_fields_with_their_defaults():
     assert set(params) == CONFIG_FIELDS | {f.name for f in fields(TuneConfig)}
     for f in fields(ExperimentConfig) + fields(TuneConfig):
         default = str(f.default).lower() if isinstance(f.default, bool) else f.default
+        default = "" if f.name in PRESET_FIELDS else default
         assert params[f.name]["default"] == default, f.name
     assert "python -m anomaly_repr tune " in SPEC["entry_points"]["tune"]["command"]
+
+
+def _cli_config(entry: str, **params: str):
+    """The config that `mlflow run . -e ENTRY -P k=v ...` hands the CLI: every parameter at its default
+    unless given, formatted into the command as MLflow does."""
+    import shlex
+
+    from anomaly_repr.cli import _config
+
+    spec = SPEC["entry_points"][entry]
+    values = {k: shlex.quote(str(params.get(k, v.get("default", "")))) for k, v in spec["parameters"].items()}
+    argv = shlex.split(spec["command"].format(**values))[3:]
+    return _config(build_parser().parse_args(argv))
+
+
+def test_mlproject_parameters_resolve_the_preset_like_the_cli():
+    for entry in ("train", "tune"):
+        params = SPEC["entry_points"][entry]["parameters"]
+        assert all(params[name]["default"] == "" for name in PRESET_FIELDS), entry
+        assert _cli_config(entry) == ExperimentConfig()
+        assert _cli_config(entry, preset="fast") == ExperimentConfig.create(preset="fast")
+        given = _cli_config(entry, preset="fast", lr="0.05", batch_size="128")
+        assert given == ExperimentConfig.create(preset="fast", lr=0.05, batch_size=128)

@@ -34,3 +34,51 @@ def test_a_name_cannot_be_registered_twice():
 
     with pytest.raises(ValueError, match="'resnet8' is registered twice"):
         register_model("resnet8")(lambda in_channels: None)
+
+
+# --- fastcnn: patch whitening fitted on training images of the classes it trains on ---------------------
+
+def test_patch_whitening_whitens_the_patches_it_was_fitted_on():
+    from anomaly_repr.models import PatchWhitening
+
+    torch.manual_seed(0)
+    mixing = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.4, 0.0], [0.5, 0.5, 0.3]])  # correlated channels
+    images = torch.einsum("dc,nchw->ndhw", mixing, torch.randn(64, 3, 8, 8))
+    whiten = PatchWhitening(3, eps=0.0)
+    whiten.fit(images)
+    out = whiten(images)[:, :12]  # the first half; the second is its negative
+    flat = out.transpose(0, 1).reshape(12, -1)
+    assert torch.allclose(torch.cov(flat), torch.eye(12), atol=0.05)
+    assert torch.equal(whiten(images)[:, 12:], -out)
+    assert whiten.filters.requires_grad is False and "filters" in whiten.state_dict()
+
+
+def test_whitening_reads_no_validation_test_or_anomaly_image(tmp_path, monkeypatch):
+    """A guarded reader: the whitening's input must be nominal training images, row for row."""
+    import numpy as np
+
+    from anomaly_repr.config import ExperimentConfig
+    from anomaly_repr.models import FastCNN
+    from anomaly_repr.workflow import fit, prepare
+
+    from conftest import rgb_folder
+
+    cfg = ExperimentConfig(dataset="imagefolder", data_root=str(rgb_folder(tmp_path / "rgb")), arch="fastcnn",
+                           epochs=1, batch_size=16, device="cpu", val_auroc_every=0)
+    prep = prepare(cfg)
+    split, labels = prep.split, prep.data.labels
+    allowed = {bytes(image.numpy()) for image in prep.images(split.nominal(split.train, labels))}
+    forbidden = np.concatenate([split.val, split.test, np.setdiff1d(split.train, split.nominal(split.train, labels))])
+    assert len(forbidden) and not allowed & {bytes(image.numpy()) for image in prep.images(forbidden)}
+    real, read = FastCNN.init_from_images, []
+
+    def guarded(self, images, normalizer):
+        for image in images:
+            if bytes(image.cpu().numpy()) not in allowed:
+                raise AssertionError("patch whitening read an image that is not a nominal training image")
+        read.append(len(images))
+        real(self, images, normalizer)
+
+    monkeypatch.setattr(FastCNN, "init_from_images", guarded)
+    fit(prep, tmp_path / "c.pt")
+    assert read == [len(allowed)]

@@ -80,12 +80,37 @@ def test_a_resumed_run_does_not_log_the_repeated_epoch_twice(tracking):
         return {"epoch": epoch, "train/loss": 1.0 / epoch, "train/lr": 0.1, "val/acc": 0.5 + epoch / 10}
 
     with mlflow.start_run() as run:
-        killed = epoch_logger(prep, analyse=False, then=lambda model, normalizer, r: seen.append(r["epoch"]))
-        killed(None, None, row(1))
-        killed(None, None, row(2))  # logged; the process dies before epoch 2's checkpoint
-        resumed = epoch_logger(prep, analyse=False, then=lambda model, normalizer, r: seen.append(r["epoch"]))
-        resumed(None, None, row(2))  # resumed from epoch 1's checkpoint
-        resumed(None, None, row(3))
+        killed = epoch_logger(prep, analyse=False, then=lambda model, normalizer, r, logits: seen.append(r["epoch"]))
+        killed(None, None, row(1), None)
+        killed(None, None, row(2), None)  # logged; the process dies before epoch 2's checkpoint
+        resumed = epoch_logger(prep, analyse=False, then=lambda model, normalizer, r, logits: seen.append(r["epoch"]))
+        resumed(None, None, row(2), None)  # resumed from epoch 1's checkpoint
+        resumed(None, None, row(3), None)
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val/acc")
     assert sorted((m.step, m.value) for m in history) == [(1, 0.6), (2, 0.7), (3, 0.8)]
     assert seen == [1, 2, 2, 3]
+
+
+def test_one_validation_pass_per_epoch_serves_the_accuracy_and_the_auroc(tracking, monkeypatch):
+    """The nominal validation images are read once per epoch (for val/acc, whose logits the AUROC reuses);
+    the AUROC adds only the anomaly images."""
+    from anomaly_repr.models import OpenSetNet
+    from anomaly_repr.runs import train_logged
+    from anomaly_repr.workflow import prepare
+
+    prep = prepare(ExperimentConfig(epochs=2, batch_size=64, val_auroc_every=1, device="cpu"))
+    evaluated, per_epoch, real = [], [], OpenSetNet.forward
+
+    def counting(self, x):
+        if not self.training:
+            evaluated.append(len(x))
+        return real(self, x)
+
+    monkeypatch.setattr(OpenSetNet, "forward", counting)
+    track.setup_tracking()
+    with mlflow.start_run() as run:
+        train_logged(prep, run.info.run_id, serve=False,
+                     epoch_hook=lambda model, normalizer, row, logits: per_epoch.append(sum(evaluated)))
+    assert per_epoch == [len(prep.split.val), 2 * len(prep.split.val)]  # nominal and anomaly images, once each
+    history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val/max_logit/auroc")
+    assert sorted(m.step for m in history) == [1, 2] and all(0.5 < m.value <= 1 for m in history)

@@ -40,7 +40,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(digits, tmp_path):
     cfg = digits[0]
     whole = run(cfg, digits, tmp_path / "whole.pt")
 
-    def crash(model, row):
+    def crash(model, row, val_logits):
         if row["epoch"] == 3:
             raise KeyboardInterrupt  # dies during epoch 3's bookkeeping, before its checkpoint
 
@@ -59,7 +59,7 @@ def test_early_stopping_keeps_the_best_epoch(digits, tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "accuracy", lambda *a, **k: next(accs))
     states = {}
 
-    def remember(model, row):
+    def remember(model, row, val_logits):
         states[row["epoch"]] = {k: v.clone() for k, v in model_ref[0].state_dict().items()}
 
     model_ref = []
@@ -116,7 +116,7 @@ def test_bad_amp_values_are_one_line_errors():
 
 def test_a_bfloat16_run_keeps_float32_outputs_and_checkpoints(digits, tmp_path):
     cfg = digits[0].replace(amp="true", epochs=1)
-    result = run(cfg, digits, tmp_path / "c.pt", on_epoch=lambda model, row: None)
+    result = run(cfg, digits, tmp_path / "c.pt", on_epoch=lambda model, row, val_logits: None)
     assert result.precision == "torch.bfloat16"
     saved = torch.load(tmp_path / "c.pt", weights_only=True)
     assert all(v.dtype == torch.float32 for v in saved["model"].values() if v.is_floating_point())
@@ -166,7 +166,7 @@ def test_the_moving_average_is_what_validation_selects_and_the_caller_gets(digit
         training.append(model)
         return original(cfg, model, *a, **k)
 
-    def remember(model, row):
+    def remember(model, row, val_logits):
         seen[row["epoch"]] = (model, {k: v.clone() for k, v in model.state_dict().items()},
                               {k: v.clone() for k, v in training[0].state_dict().items()})
 
@@ -194,7 +194,7 @@ def test_the_moving_average_of_two_steps_by_hand(digits, tmp_path, monkeypatch):
         after_step.append({name: v.detach().clone() for name, v in model.state_dict().items()})
         return loss
 
-    def remember_average(model, row):
+    def remember_average(model, row, val_logits):
         averaged[row["epoch"]] = {name: v.detach().clone() for name, v in model.state_dict().items()}
 
     monkeypatch.setattr(Method, "train_step", remember_step)
@@ -217,7 +217,7 @@ def test_resume_with_the_recipe_matches_an_uninterrupted_run(digits, tmp_path, r
     cfg = digits[0].replace(**recipe)
     whole = run(cfg, digits, tmp_path / "whole.pt")
 
-    def crash(model, row):
+    def crash(model, row, val_logits):
         if row["epoch"] == 3:
             raise KeyboardInterrupt
 

@@ -324,3 +324,15 @@ def test_trials_over_the_time_budget_fail_and_the_search_goes_on_until_three_in_
     study = optuna.load_study(study_name="budget", storage=f"sqlite:///{tracking.removeprefix('sqlite:///')}"
                               .replace("mlflow.db", "optuna.db"))
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 3
+
+
+def test_a_recipe_study_under_a_preset_tries_the_presets_recipe_first():
+    from anomaly_repr.config import PRESETS
+    from tuning.space import method_of
+
+    fast = ExperimentConfig.create(preset="fast")
+    first = method_of("recipe", fast).talk_values(tune_cfg(target="recipe"))[0]
+    assert {k: first[k] for k in ("label_smoothing", "ema_decay", "augment")} == \
+        {k: PRESETS["fast"][k] for k in ("label_smoothing", "ema_decay", "augment")}
+    assert (first["mixup"], first["cutmix"], first["random_erasing"]) == (0.0, 0.0, 0.0)  # the preset leaves them
+    assert method_of("recipe", FAST).talk_values(tune_cfg(target="recipe"))[0]["ema_decay"] == 0.0

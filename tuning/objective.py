@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import mlflow
 import numpy as np
 import optuna
+import torch
 
 from anomaly_repr.errors import ConfigError
 from anomaly_repr.evaluation import extract_parts
@@ -119,7 +120,8 @@ class Objective:
                              "worker": f"{socket.gethostname()}:{os.getpid()}", **retry_of, **self.view.tags()})
             metric = f"val/{scorer}/auroc"
 
-            def score_and_prune(model: OpenSetNet, normalizer: Normalizer, row: dict[str, float]) -> None:
+            def score_and_prune(model: OpenSetNet, normalizer: Normalizer, row: dict[str, float],
+                                _val_logits: torch.Tensor | None) -> None:  # the method's own pass scores
                 if "val/acc" not in row:  # a stage that does not select (CSI's contrastive one): heads untrained
                     return
                 value = validation_auroc(prep, model, normalizer, scorer, self.view.val)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from anomaly_repr.config import AUGMENTS, ExperimentConfig
+from anomaly_repr.config import AUGMENTS, PRESETS, ExperimentConfig
 from anomaly_repr.errors import ConfigError
 from anomaly_repr.extract import CORE
 from anomaly_repr.methods import METHODS, Method, child_config, searchable
@@ -50,9 +50,13 @@ class Recipe(Classifier):
         return fields
 
     def talk_values(self, tcfg: TuneConfig) -> list[dict[str, Any]]:
-        """The plain recipe first (crop and flip, nothing else): what every other trial is compared with."""
+        """The plain recipe first (crop and flip, nothing else), or with a `preset` the preset's own recipe:
+        what every other trial is compared with. A preset fixes the rest (architecture, optimiser, schedule,
+        epochs) for every trial; the search varies only the fields above."""
         plain = {"augment": "crop_flip", "random_erasing": 0.0, "mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.0,
                  "ema_decay": 0.0}
+        if self.cfg.preset != "none":
+            plain |= {name: value for name, value in PRESETS[self.cfg.preset].items() if name in plain}
         return [plain | ({"warmup_epochs": 0.0} if self.cfg.schedule == "cosine" else {})]
 
 
