@@ -38,12 +38,12 @@ TTAS = get_args(Tta)
 # the weights' moving average, after Jordan 2024 (airbench); label smoothing stays off (it shrinks the logits'
 # spread, and max-logit and energy scores lose separation: DESIGN.md).
 PRESET_FIELDS = ("arch", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs",
-                 "patience", "label_smoothing", "ema_decay", "augment")
+                 "patience", "label_smoothing", "ema_decay", "augment", "tta")
 PRESETS: dict[str, dict[str, Any]] = {
     "none": {},
-    "fast": {"arch": "fastcnn", "epochs": 10, "batch_size": 512, "lr": 0.8, "momentum": 0.9, "weight_decay": 5e-4,
+    "fast": {"arch": "fastcnn", "epochs": 15, "batch_size": 512, "lr": 0.8, "momentum": 0.9, "weight_decay": 5e-4,
              "schedule": "onecycle", "warmup_epochs": 0.0, "patience": 0, "label_smoothing": 0.0, "ema_decay": 0.0,
-             "augment": "crop_flip"},
+             "augment": "crop_flip", "tta": "none"},
 }
 
 

@@ -12,6 +12,7 @@ the machine's bound in the same process: a bfloat16 (or, without native bfloat16
 matmul and a 3x3 convolution with 256 channels at 16x16, each in TFLOP/s. Then the mean ± sd over seeds
 per recipe.
 
+`--tta_too`: each model evaluated once more with `--tta flip_translate` (a line under its row).
 `--parity`: one more run of `fast`, seed 0, in float32 (`--amp false`), beside the bfloat16 run of the same
 seed: the test accuracy, max-logit AUROC and oracle_rf differences.
 
@@ -75,6 +76,16 @@ def step_flops(arch: str, classes: int = 6, batch: int = 32) -> float:
     return counter.get_total_flops() / batch
 
 
+def tta_reading(train_id: str) -> str:
+    """A second `evaluate` of the same model with tta=flip_translate: test accuracy, max-logit AUROC, wall."""
+    eval_id, wall, _ = run_cli(["evaluate", "--train_run_id", train_id, "--tta", "flip_translate"],
+                               "bench-time-to-accuracy")
+    m = mlflow.get_run(eval_id).data.metrics
+    return (f"with tta=flip_translate: test acc {m['test/acc']:.4f}, max_logit {m['test/max_logit/auroc']:.4f} "
+            f"[{m['test/max_logit/auroc_ci_low']:.4f}, {m['test/max_logit/auroc_ci_high']:.4f}], oracle_rf "
+            f"{m['test/oracle_rf/auroc']:.4f}, evaluate wall {wall:.0f} s (extraction {m['test/extract_seconds']:.0f} s)")
+
+
 def run(recipe: str, seed: int, extra: list[str]) -> dict[str, float | str]:
     args = ["--dataset", "imagefolder", "--data_root", str(cifar10_folder()), "--known_classes", SPLIT0_NAMES,
             "--method", "classifier", "--val_auroc_every", "0", "--seed", str(seed), *RECIPES[recipe], *extra]
@@ -83,7 +94,7 @@ def run(recipe: str, seed: int, extra: list[str]) -> dict[str, float | str]:
     mlflow.set_tracking_uri(env["MLFLOW_TRACKING_URI"])
     train_run = mlflow.get_run(train_id)
     tm, em = train_run.data.metrics, mlflow.get_run(eval_id).data.metrics
-    return {"recipe": recipe, "seed": seed, "arch": train_run.data.params["arch"],
+    return {"recipe": recipe, "seed": seed, "arch": train_run.data.params["arch"], "train_id": train_id,
             "precision": train_run.data.tags.get("precision", ""), "epochs": tm["train/epochs_run"],
             "train_wall": train_wall, "eval_wall": eval_wall, "step_seconds": tm["train/seconds"],
             "images_per_second": tm["train/images_per_second_mean"], "acc": em["test/acc"],
@@ -118,6 +129,8 @@ def main() -> None:
     parser.add_argument("--recipes", default="cpu_tier,fast")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--parity", action="store_true")
+    parser.add_argument("--tta_too", action="store_true", help="evaluate each model once more with "
+                                                                "tta=flip_translate and print that line too")
     parser.add_argument("--extra", default="", help="more CLI options for every run, e.g. '--device cuda'")
     args = parser.parse_args()
     extra = args.extra.split()
@@ -137,6 +150,8 @@ def main() -> None:
         for seed in map(int, args.seeds.split(",")):
             rows.append(run(recipe, seed, extra))
             print(row(rows[-1], flops[arch]), flush=True)
+            if args.tta_too:
+                print(f"  seed {seed}, {tta_reading(str(rows[-1]['train_id']))}", flush=True)
     if args.parity:
         parity = run("fast", 0, [*extra, "--amp", "false"])
         print(row(parity, flops["fastcnn"]), flush=True)
