@@ -83,13 +83,17 @@ def build_backbone(arch: str, in_channels: int) -> tuple[nn.Module, int]:
 INIT_IMAGES = 5000  # training images that a data-dependent initialisation reads (patch whitening's covariance)
 
 
-def init_from_images(model: nn.Module, images: torch.Tensor, normalizer: Callable[[torch.Tensor], torch.Tensor]) -> None:
+def init_from_images(model: nn.Module, images: torch.Tensor, normalizer: Callable[[torch.Tensor], torch.Tensor],
+                     device: torch.device) -> None:
     """Before the first step: every part of `model` with a data-dependent initialisation (`init_from_images`)
-    fits itself on the first `INIT_IMAGES` of `images`, uint8 training images of the classes it trains on."""
-    for module in model.modules():
-        init = getattr(module, "init_from_images", None)
-        if module is not model and callable(init):
-            init(images[:INIT_IMAGES], normalizer)
+    fits itself on `INIT_IMAGES` of `images` (uint8 training images of the classes it trains on), evenly
+    spaced: the images come in pooled order, which for an image folder is class by class."""
+    parts = [init for module in model.modules() if module is not model
+             and callable(init := getattr(module, "init_from_images", None))]
+    if parts:
+        sample = images[torch.linspace(0, len(images) - 1, min(INIT_IMAGES, len(images))).long()].to(device)
+        for init in parts:
+            init(sample, normalizer)
 
 
 def create_model(arch: str, num_classes: int, in_channels: int) -> OpenSetNet:
@@ -183,13 +187,18 @@ class PatchWhitening(nn.Module):
         self.bias = nn.Parameter(torch.zeros(2 * dim))
 
     @torch.no_grad()
-    def fit(self, images: torch.Tensor) -> None:
-        """Whitening filters from normalised float images (N, C, H, W): the caller passes training images."""
+    def fit(self, images: torch.Tensor,
+            normalizer: Callable[[torch.Tensor], torch.Tensor] = lambda x: x.float()) -> None:
+        """Whitening filters from images (N, C, H, W) as the network reads them, `normalizer` applied (uint8
+        images and the run's normaliser, say): the caller passes training images."""
         dim = self.in_channels * self.kernel ** 2
-        patches = F.unfold(images.float(), self.kernel).transpose(1, 2).reshape(-1, dim)
-        patches = patches - patches.mean(0)
-        covariance = patches.T @ patches / len(patches)
-        eigenvalues, eigenvectors = torch.linalg.eigh(covariance.double())
+        total, outer, count = torch.zeros(dim, dtype=torch.float64), torch.zeros(dim, dim, dtype=torch.float64), 0
+        for chunk in images.split(256):  # a chunk's patches at a time: large images would not fit at once
+            patches = F.unfold(normalizer(chunk).float(), self.kernel).transpose(1, 2).reshape(-1, dim).double().cpu()
+            total, outer, count = total + patches.sum(0), outer + patches.T @ patches, count + len(patches)
+        mean = total / count
+        covariance = outer / count - torch.outer(mean, mean)
+        eigenvalues, eigenvectors = torch.linalg.eigh(covariance)
         whitening = (eigenvectors / (eigenvalues.clamp_min(0) + self.eps).sqrt()).T.float()  # one filter a row
         filters = whitening.view(dim, self.in_channels, self.kernel, self.kernel)
         self.filters.copy_(torch.cat([filters, -filters]).to(self.filters.device))
@@ -250,7 +259,7 @@ class FastCNN(nn.Module):
     def init_from_images(self, images: torch.Tensor, normalizer: Callable[[torch.Tensor], torch.Tensor]) -> None:
         """Data-dependent initialisation before the first step: `images` are uint8 training images of the
         classes the model trains on (never validation or test images)."""
-        self.whiten.fit(normalizer(images))
+        self.whiten.fit(images, normalizer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stages(F.gelu(self.whiten(x)))

@@ -144,7 +144,7 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
     model.to(device).to(memory_format=torch.channels_last)
     resuming = resume and checkpoint.exists()
     if not resuming:  # before the weights' average copies the model; a resumed model has it in its checkpoint
-        init_from_images(model, train_images.to(device), normalizer)
+        init_from_images(model, train_images, normalizer, device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
     num_classes = int(max(train_labels.max(), val_labels.max())) + 1
     height, width = train_images.shape[-2:]
