@@ -36,7 +36,7 @@ TTAS = get_args(Tta)
 # validation data of CIFAR-10 split 0 (bench/fast_recipe_search.py, BENCHMARKS.md "A strong classifier in
 # minutes"). `fast`: the wide, shallow fastcnn with patch whitening, batch 512, a short one-cycle schedule and
 # the weights' moving average, after Jordan 2024 (airbench); label smoothing stays off (it shrinks the logits'
-# spread, and max-logit and energy scores lose separation: DESIGN.md).
+# spread, and max-logit and energy scores lose separation).
 PRESET_FIELDS = ("arch", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs",
                  "patience", "label_smoothing", "ema_decay", "augment", "tta")
 PRESETS: dict[str, dict[str, Any]] = {

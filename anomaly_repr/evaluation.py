@@ -36,7 +36,7 @@ def classic_val_aurocs(prep: Prepared, model: OpenSetNet, normalizer: Normalizer
     device, val = pick_device(prep.cfg.device), prep.split.val
     nominal_index = prep.split.nominal(val, prep.data.labels)
     anomaly_index = val[prep.open_labels[val] == UNKNOWN]
-    if nominal_logits is None:
+    if nominal_logits is None or len(nominal_logits) != len(nominal_index):
         nominal_logits = predict(model, prep.images(nominal_index), normalizer, device)
     logits = torch.cat([nominal_logits, predict(model, prep.images(anomaly_index), normalizer, device)])
     labels = prep.open_labels[np.concatenate([nominal_index, anomaly_index])]
@@ -54,15 +54,16 @@ def classic_val_aurocs(prep: Prepared, model: OpenSetNet, normalizer: Normalizer
 
 
 def extract_parts(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, parts: dict[str, np.ndarray],
-                  precision: torch.dtype | None = None) -> tuple[dict[str, Outputs], Calibration]:
+                  precision: torch.dtype | None = None, tta: bool = True) -> tuple[dict[str, Outputs], Calibration]:
     """Outputs of `model` on each named index set, once each, with its method's extras; a method that
     calibrates does so on nominal images only (validation for G-ODIN's ε, training for GEOM's
     Dirichlets), before its extra passes. The `train` part (the nominal reference of the feature
     scorers) gets no extra passes: no scorer of a method's own extras learns from a reference. Every part
-    gets the config's test-time augmentation (`tta`): references and test images read alike."""
+    gets the config's test-time augmentation (`tta`; with `tta=False` the images themselves, as the
+    per-epoch validation reads them): references and test images read alike."""
     method, device = method_for(prep.cfg), pick_device(prep.cfg.device)
     model.to(device).to(memory_format=torch.channels_last)
-    views = tta_views(prep.cfg.tta, prep.data.hflip)
+    views = tta_views(prep.cfg.tta if tta else "none", prep.data.hflip)
     outputs = {part: extract(model, prep.images(index), prep.open_labels[index], normalizer, device,
                              method.batch_extras, views=views, precision=precision)
                for part, index in parts.items()}
@@ -151,7 +152,8 @@ def evaluate(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, val_inde
     began = time.perf_counter()
     outputs, calibration = extract_parts(prep, model, normalizer, parts)
     test = outputs["test"]
-    # what extraction cost, with its views: test-time augmentation multiplies the passes
+    # what extraction cost (with calibration and the method's extra passes), with its views: test-time
+    # augmentation multiplies the passes
     metrics = {"test/extract_seconds": time.perf_counter() - began,
                "test/tta_views": len(tta_views(prep.cfg.tta, prep.data.hflip))}
     if method.scores_logits:

@@ -56,7 +56,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(digits, tmp_path):
 
 def test_early_stopping_keeps_the_best_epoch(digits, tmp_path, monkeypatch):
     accs = iter([0.5, 0.4, 0.3, 0.2, 0.1])
-    monkeypatch.setattr(train_module, "accuracy", lambda *a, **k: next(accs))
+    monkeypatch.setattr(train_module, "hits", lambda *a, **k: next(accs))
     states = {}
 
     def remember(model, row, val_logits):

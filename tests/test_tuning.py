@@ -326,13 +326,16 @@ def test_trials_over_the_time_budget_fail_and_the_search_goes_on_until_three_in_
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.FAIL] * 3
 
 
-def test_a_recipe_study_under_a_preset_tries_the_presets_recipe_first():
-    from anomaly_repr.config import PRESETS
+def test_a_recipe_study_tries_the_configured_recipe_first():
     from tuning.space import method_of
 
-    fast = ExperimentConfig.create(preset="fast")
-    first = method_of("recipe", fast).talk_values(tune_cfg(target="recipe"))[0]
-    assert {k: first[k] for k in ("label_smoothing", "ema_decay", "augment")} == \
-        {k: PRESETS["fast"][k] for k in ("label_smoothing", "ema_decay", "augment")}
-    assert (first["mixup"], first["cutmix"], first["random_erasing"]) == (0.0, 0.0, 0.0)  # the preset leaves them
-    assert method_of("recipe", FAST).talk_values(tune_cfg(target="recipe"))[0]["ema_decay"] == 0.0
+    def first(cfg: ExperimentConfig) -> dict:
+        return method_of("recipe", cfg).talk_values(tune_cfg(target="recipe"))[0]
+
+    assert first(FAST) == {"augment": "crop_flip", "random_erasing": 0.0, "mixup": 0.0, "cutmix": 0.0,
+                           "label_smoothing": 0.0, "ema_decay": 0.0}
+    given = first(ExperimentConfig.create(preset="fast", ema_decay=0.99, label_smoothing=0.1, augment="randaugment"))
+    assert (given["ema_decay"], given["label_smoothing"], given["augment"]) == (0.99, 0.1, "randaugment")
+    # a value the search cannot take (ema_decay 0.995 is not among its choices) starts from the plain recipe's
+    assert first(FAST.replace(ema_decay=0.995, label_smoothing=0.3))["ema_decay"] == 0.0
+    assert first(FAST.replace(label_smoothing=0.3))["label_smoothing"] == 0.0

@@ -78,12 +78,13 @@ def validation_auroc(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, 
     """AUROC of `scorer_name` on the protocol's validation images. The objective's scorers are deployable:
     one that learns does so from the nominal training images, whatever `scorer_reference` says, because
     fitted on the nominal validation images it would score the very rows it learnt (a k-NN finds each
-    one at distance 0) and flatter the objective."""
+    one at distance 0) and flatter the objective. Test-time augmentation is left out: the objective is read
+    every epoch, and it selects among trials, so one reading of every trial serves."""
     scorer = make_scorer(scorer_name, prep.cfg)
     parts = {"val": val_index}
     if scorer.fits_reference:
         parts["train"] = prep.split.nominal(prep.split.train, prep.data.labels)
-    outputs = extract_parts(prep, model, normalizer, parts)[0]
+    outputs = extract_parts(prep, model, normalizer, parts, tta=False)[0]  # per epoch: no views, as for val/acc
     val = outputs["val"]
     reference = outputs["train"] if scorer.fits_reference else val.rows(~val.is_anomaly)
     scores = scorer.fit(reference).score(val)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from anomaly_repr.config import AUGMENTS, PRESETS, ExperimentConfig
+from anomaly_repr.config import AUGMENTS, ExperimentConfig
 from anomaly_repr.errors import ConfigError
 from anomaly_repr.extract import CORE
 from anomaly_repr.methods import METHODS, Method, child_config, searchable
@@ -31,33 +31,42 @@ TARGET_ALIASES = {"recon_weight": "hybrid"}  # target names of earlier versions
 RECIPE = "recipe"  # the target that searches the classifier's training recipe
 
 
+# The recipe's search space: categorical choices and float ranges, and the plain recipe (nothing on top of
+# crop and flip).
+RECIPE_CHOICES: dict[str, list[Any]] = {"augment": list(AUGMENTS), "mixup": [0.0, 0.2, 1.0], "cutmix": [0.0, 1.0],
+                                        "ema_decay": [0.0, 0.99, 0.999]}
+RECIPE_RANGES = {"random_erasing": (0.0, 0.5), "label_smoothing": (0.0, 0.2)}
+PLAIN_RECIPE = {"augment": "crop_flip", "random_erasing": 0.0, "mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.0,
+                "ema_decay": 0.0}
+
+
 class Recipe(Classifier):
     """The classifier, with the training recipe as its searchable settings (not a method of its own)."""
 
     tune_scorer = "max_logit"
 
     def suggest(self, trial: optuna.Trial, tcfg: TuneConfig) -> dict[str, Any]:
-        fields: dict[str, Any] = {
-            "augment": trial.suggest_categorical("augment", list(AUGMENTS)),
-            "random_erasing": trial.suggest_float("random_erasing", 0.0, 0.5),
-            "mixup": trial.suggest_categorical("mixup", [0.0, 0.2, 1.0]),
-            "cutmix": trial.suggest_categorical("cutmix", [0.0, 1.0]),
-            "label_smoothing": trial.suggest_float("label_smoothing", 0.0, 0.2),
-            "ema_decay": trial.suggest_categorical("ema_decay", [0.0, 0.99, 0.999]),
-        }
+        fields: dict[str, Any] = {}
+        for name in PLAIN_RECIPE:
+            if name in RECIPE_CHOICES:
+                fields[name] = trial.suggest_categorical(name, RECIPE_CHOICES[name])
+            else:
+                fields[name] = trial.suggest_float(name, *RECIPE_RANGES[name])
         if self.cfg.schedule == "cosine":
             fields["warmup_epochs"] = trial.suggest_float("warmup_epochs", 0.0, self.cfg.epochs / 4)
         return fields
 
     def talk_values(self, tcfg: TuneConfig) -> list[dict[str, Any]]:
-        """The plain recipe first (crop and flip, nothing else), or with a `preset` the preset's own recipe:
-        what every other trial is compared with. A preset fixes the rest (architecture, optimiser, schedule,
-        epochs) for every trial; the search varies only the fields above."""
-        plain = {"augment": "crop_flip", "random_erasing": 0.0, "mixup": 0.0, "cutmix": 0.0, "label_smoothing": 0.0,
-                 "ema_decay": 0.0}
-        if self.cfg.preset != "none":
-            plain |= {name: value for name, value in PRESETS[self.cfg.preset].items() if name in plain}
-        return [plain | ({"warmup_epochs": 0.0} if self.cfg.schedule == "cosine" else {})]
+        """The recipe as configured first (with the defaults: crop and flip, nothing else; with a `preset`: the
+        preset's, which also fixes what the search does not vary): what every other trial is compared with.
+        A configured value outside the search space is replaced by the plain recipe's."""
+        first = {}
+        for name, plain in PLAIN_RECIPE.items():
+            value = getattr(self.cfg, name)
+            low, high = RECIPE_RANGES.get(name, (value, value))
+            inside = value in RECIPE_CHOICES[name] if name in RECIPE_CHOICES else low <= value <= high
+            first[name] = value if inside else plain
+        return [first | ({"warmup_epochs": 0.0} if self.cfg.schedule == "cosine" else {})]
 
 
 def targets() -> list[str]:
