@@ -45,6 +45,8 @@ def assert_clean_failure(proc: subprocess.CompletedProcess, needle: str, trackin
     (["--batch_size", "-8"], "batch_size must be a positive integer"),
     (["--lr", "0"], "lr must be positive"),
     (["--epochs", "two"], "epochs must be int"),
+    (["--preset", "bogus"], "unknown preset 'bogus'; choose one of none, fast"),
+    (["--tta", "bogus"], "unknown tta 'bogus'; choose one of none, flip, flip_translate"),
     (["--dataset", "cifar10", "--data_root", "no/such/root", "--download", "false"], "CIFAR-10 not found"),
 ])
 def test_bad_input(tracking, capsys, args, needle):
