@@ -8,7 +8,8 @@ import sys
 from dataclasses import MISSING
 from typing import TYPE_CHECKING
 
-from anomaly_repr.config import DEFAULT_METHODS, FIELDS, PRESET_FIELDS, ExperimentConfig, parse_bool, parse_value
+from anomaly_repr.config import DEFAULT_METHODS, FIELDS, ExperimentConfig, parse_bool, parse_value
+from anomaly_repr.presets import PRESET_FIELDS
 from anomaly_repr.errors import AnomalyReprError, ConfigError
 from anomaly_repr.pool import POOL_FIELDS, PoolConfig
 from tuning.config import TUNE_FIELDS, TuneConfig

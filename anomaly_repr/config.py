@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
 from anomaly_repr.errors import ConfigError
+from anomaly_repr.presets import PRESETS
 
 # Choice fields: their Literal types, and the allowed values checked at run time.
 Schedule = Literal["onecycle", "cosine"]
@@ -31,21 +32,6 @@ GEOM_TRANSFORMS = (8, 18, 72)  # the transform sets of the geom method
 DEFAULT_METHODS = ("classifier", "hybrid", "godin", "oracle_rep")  # the talk's four: what `reproduce` trains
 Tta = Literal["none", "flip", "flip_translate"]
 TTAS = get_args(Tta)
-
-# Named training recipes (`preset`): values for the fields below, under any field given explicitly. Chosen on
-# validation data of CIFAR-10 split 0 (bench/fast_recipe_search.py, BENCHMARKS.md "A strong classifier in
-# minutes"). `fast`: the wide, shallow fastcnn with patch whitening, batch 512, a short one-cycle schedule and
-# the weights' moving average, after Jordan 2024 (airbench); label smoothing stays off (it shrinks the logits'
-# spread, and max-logit and energy scores lose separation).
-PRESET_FIELDS = ("arch", "epochs", "batch_size", "lr", "momentum", "weight_decay", "schedule", "warmup_epochs",
-                 "patience", "label_smoothing", "ema_decay", "augment", "tta")
-PRESETS: dict[str, dict[str, Any]] = {
-    "none": {},
-    "fast": {"arch": "fastcnn", "epochs": 15, "batch_size": 512, "lr": 0.8, "momentum": 0.9, "weight_decay": 5e-4,
-             "schedule": "onecycle", "warmup_epochs": 0.0, "patience": 0, "label_smoothing": 0.0, "ema_decay": 0.0,
-             "augment": "crop_flip", "tta": "none"},
-}
-
 
 @dataclass(frozen=True)
 class ExperimentConfig:
@@ -140,10 +126,7 @@ class ExperimentConfig:
         """A config from the fields a user gave: the defaults, under them the `preset`'s values, under them
         what was given. (The constructor takes values as they are: a config read back from logged params
         holds the resolved values and its preset as a label.)"""
-        preset = given.get("preset", "none")
-        if preset not in PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
-        return cls(**(PRESETS[preset] | given))
+        return cls(**(PRESETS.get(given.get("preset", "none"), {}) | given))  # an unknown one: __post_init__ says so
 
     def __post_init__(self) -> None:
         if self.preset not in PRESETS:

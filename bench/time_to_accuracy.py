@@ -114,7 +114,7 @@ def row(r: dict, flops: float) -> str:
 
 def summary(rows: list[dict]) -> None:
     for recipe in dict.fromkeys(r["recipe"] for r in rows):
-        mine = [r for r in rows if r["recipe"] == recipe and r["precision"] != "float32-parity"]
+        mine = [r for r in rows if r["recipe"] == recipe]
         if len(mine) < 2:
             continue
         parts = []
@@ -159,7 +159,6 @@ def main() -> None:
         if base is not None:
             print("float32 - bfloat16, seed 0: " + ", ".join(
                 f"{k} {float(parity[k]) - float(base[k]):+.4f}" for k in ("acc", "max_logit", "oracle_rf")))
-        parity["precision"] = "float32-parity"
     summary(rows)
     for name, value in bound.items():
         print(f"fraction of the {name} bound: " + ", ".join(

@@ -43,7 +43,7 @@ def test_every_config_field_is_a_cli_option():
 # --- presets: defaults < the preset's values < what was given ---------------------------------------------
 
 def test_a_preset_sets_its_fields_and_a_given_field_wins():
-    from anomaly_repr.config import PRESET_FIELDS, PRESETS
+    from anomaly_repr.presets import PRESET_FIELDS, PRESETS
 
     fast = ExperimentConfig.create(preset="fast")
     assert {name: getattr(fast, name) for name in PRESETS["fast"]} == PRESETS["fast"]

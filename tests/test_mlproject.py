@@ -6,7 +6,8 @@ from dataclasses import fields
 import yaml
 
 from anomaly_repr.cli import build_parser
-from anomaly_repr.config import PRESET_FIELDS, ExperimentConfig
+from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.presets import PRESET_FIELDS
 from anomaly_repr.pool import PoolConfig
 from tuning.config import TuneConfig
 
