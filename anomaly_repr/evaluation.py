@@ -21,7 +21,7 @@ from anomaly_repr.report import histogram_figure, roc_figure
 from anomaly_repr.scorers import CLASSIC_SCORERS, SCORERS, applies, is_oracle, make_scorer
 from anomaly_repr.split import UNKNOWN
 from anomaly_repr.summary import evaluation_intervals
-from anomaly_repr.train import pick_device, predict
+from anomaly_repr.train import autocast_dtype, pick_device, predict
 from anomaly_repr.workflow import Prepared
 
 log = logging.getLogger(__name__)
@@ -32,13 +32,15 @@ def classic_val_aurocs(prep: Prepared, model: OpenSetNet, normalizer: Normalizer
     """`val/<scorer>/auroc` of the classic scorers on the validation images, nominal and anomaly: logged per
     epoch for analysis (does accuracy track detection?), never read by early stopping or selection.
     `nominal_logits` are those of the nominal validation images in the split's order (training's accuracy
-    pass has them): then only the anomaly images take a pass."""
+    pass has them): then only the anomaly images take a pass. The passes run in training's precision."""
     device, val = pick_device(prep.cfg.device), prep.split.val
+    precision = autocast_dtype(prep.cfg.amp, device)
     nominal_index = prep.split.nominal(val, prep.data.labels)
     anomaly_index = val[prep.open_labels[val] == UNKNOWN]
     if nominal_logits is None or len(nominal_logits) != len(nominal_index):
-        nominal_logits = predict(model, prep.images(nominal_index), normalizer, device)
-    logits = torch.cat([nominal_logits, predict(model, prep.images(anomaly_index), normalizer, device)])
+        nominal_logits = predict(model, prep.images(nominal_index), normalizer, device, precision=precision)
+    logits = torch.cat([nominal_logits, predict(model, prep.images(anomaly_index), normalizer, device,
+                                                precision=precision)])
     labels = prep.open_labels[np.concatenate([nominal_index, anomaly_index])]
     val_outputs = Outputs(np.empty((len(labels), 0), np.float32), logits.float().numpy(), labels)
     nominal = val_outputs.rows(~val_outputs.is_anomaly)  # fixed functions learn nothing; the fit follows the protocol
@@ -54,14 +56,17 @@ def classic_val_aurocs(prep: Prepared, model: OpenSetNet, normalizer: Normalizer
 
 
 def extract_parts(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, parts: dict[str, np.ndarray],
-                  precision: torch.dtype | None = None, tta: bool = True) -> tuple[dict[str, Outputs], Calibration]:
+                  tta: bool = True) -> tuple[dict[str, Outputs], Calibration]:
     """Outputs of `model` on each named index set, once each, with its method's extras; a method that
     calibrates does so on nominal images only (validation for G-ODIN's ε, training for GEOM's
     Dirichlets), before its extra passes. The `train` part (the nominal reference of the feature
     scorers) gets no extra passes: no scorer of a method's own extras learns from a reference. Every part
     gets the config's test-time augmentation (`tta`; with `tta=False` the images themselves, as the
-    per-epoch validation reads them): references and test images read alike."""
+    per-epoch validation reads them): references and test images read alike. The forward passes run in
+    training's precision (`amp`: bfloat16 where the device has it natively, every scorer's AUROC within
+    0.0007 of float32 in BENCHMARKS.md); a method's calibration and extra passes stay float32."""
     method, device = method_for(prep.cfg), pick_device(prep.cfg.device)
+    precision = autocast_dtype(prep.cfg.amp, device)
     model.to(device).to(memory_format=torch.channels_last)
     views = tta_views(prep.cfg.tta if tta else "none", prep.data.hflip)
     outputs = {part: extract(model, prep.images(index), prep.open_labels[index], normalizer, device,
@@ -132,6 +137,7 @@ class Evaluation:
     metrics: dict[str, float]  # test/acc and test/<scorer>/<metric>
     calibration: Calibration
     figures: dict[str, Figure] = field(default_factory=dict)  # artifact path -> figure
+    precision: str = "float32"  # of the extraction's forward passes
 
 
 def evaluate(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, val_index: np.ndarray | None = None,
@@ -170,4 +176,5 @@ def evaluate(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, val_inde
     log.info("%s test AUROC: %s", method.name, "  ".join(f"{k} {v:.4f}" for k, v in aurocs.items()))
     figures = {"figures/roc.png": roc_figure(scores, test.is_anomaly, aurocs),
                "figures/score_histograms.png": histogram_figure(scores, test.is_anomaly)}
-    return Evaluation(outputs, scores, metrics, calibration, figures)
+    precision = autocast_dtype(prep.cfg.amp, pick_device(prep.cfg.device)) or torch.float32
+    return Evaluation(outputs, scores, metrics, calibration, figures, str(precision).removeprefix("torch."))

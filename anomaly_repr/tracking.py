@@ -254,6 +254,7 @@ def log_evaluation(evaluation: Evaluation) -> None:
     """An evaluation's metrics (calibration's included), calibration records, outputs of every
     split and the test scores as npz artifacts, and the figures."""
     mlflow.log_metrics(evaluation.metrics | evaluation.calibration.metrics)
+    mlflow.set_tag("extract_precision", evaluation.precision)
     for path, record in evaluation.calibration.records.items():
         log_json(record, path)
     test = evaluation.outputs["test"]

@@ -74,16 +74,18 @@ def lr_factor(schedule: str, step: int, total: int, warmup: int = 0) -> float:
 
 @torch.no_grad()
 def predict(model: OpenSetNet, images: torch.Tensor, normalizer: Normalizer, device: torch.device,
-            batch_size: int | None = None) -> torch.Tensor:
-    """The model's logits (N, K) of uint8 `images`, in eval mode, on the CPU."""
+            batch_size: int | None = None, precision: torch.dtype | None = None) -> torch.Tensor:
+    """The model's float32 logits (N, K) of uint8 `images`, in eval mode, on the CPU; `precision`: the
+    autocast dtype of the forward passes (`autocast_dtype`), None for float32."""
     model.eval()
-    return torch.cat([model(x.contiguous(memory_format=torch.channels_last)).logits.cpu()
-                      for x in eval_batches(images, normalizer, batch_size, device)])
+    with torch.autocast(device.type, dtype=precision or torch.bfloat16, enabled=precision is not None):
+        return torch.cat([model(x.contiguous(memory_format=torch.channels_last)).logits.float().cpu()
+                          for x in eval_batches(images, normalizer, batch_size, device)])
 
 
 def accuracy(model: OpenSetNet, images: torch.Tensor, labels: torch.Tensor, normalizer: Normalizer,
-             device: torch.device, batch_size: int | None = None) -> float:
-    return hits(predict(model, images, normalizer, device, batch_size), labels)
+             device: torch.device, batch_size: int | None = None, precision: torch.dtype | None = None) -> float:
+    return hits(predict(model, images, normalizer, device, batch_size, precision), labels)
 
 
 def hits(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -227,7 +229,7 @@ def train(cfg: ExperimentConfig, model: OpenSetNet, train_images: torch.Tensor, 
                    "train/images_per_second": seen / seconds, **method.epoch_metrics()}
             val_logits = None
             if stage.selects:
-                val_logits = predict(selected, val_images, normalizer, device)
+                val_logits = predict(selected, val_images, normalizer, device, precision=dtype)
                 row["val/acc"] = val_acc = hits(val_logits, val_labels)
                 if val_acc > result.best_val_acc:
                     result.best_val_acc, result.best_epoch, stale = val_acc, epoch, 0

@@ -28,7 +28,8 @@ from anomaly_repr.models import OpenSetNet
 from anomaly_repr.pipeline import Normalizer
 from anomaly_repr.sources import ImageData, load_source
 from anomaly_repr.split import OpenSetSplit
-from anomaly_repr.train import TrainResult, accuracy, check_budget, pick_device, save_atomically, train
+from anomaly_repr.train import (TrainResult, accuracy, autocast_dtype, check_budget, pick_device, save_atomically,
+                                train)
 
 log = logging.getLogger(__name__)
 
@@ -230,6 +231,7 @@ def fit_members(prep: Prepared, data: TrainData, checkpoint: Path, resume: bool,
         models.append(model)
         results.append(TrainResult(model, **done[index]["result"]))
     joined = method.combine(models)
-    val_acc = accuracy(joined.to(device), data[2], data[3], normalizer, device)
+    val_acc = accuracy(joined.to(device), data[2], data[3], normalizer, device,
+                       precision=autocast_dtype(prep.cfg.amp, device))
     result = TrainResult.joined(joined, val_acc, results)
     return Fitted(joined, normalizer, result, train_x[:4], device)

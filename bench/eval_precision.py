@@ -13,6 +13,7 @@ per precision.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import time
 
@@ -25,7 +26,7 @@ from anomaly_repr.metrics import closed_set_accuracy
 from anomaly_repr.tracking import load_config, load_weights
 from anomaly_repr.workflow import new_model, prepare
 
-PRECISIONS = {"float32": None, "bfloat16": torch.bfloat16}
+PRECISIONS = {"float32": "false", "bfloat16": "true"}  # the `amp` that extraction follows
 
 
 def main() -> None:
@@ -42,9 +43,10 @@ def main() -> None:
     metrics: dict[str, dict[str, float]] = {}
     accuracy: dict[str, float] = {}
     for _ in range(args.rounds):
-        for name, precision in PRECISIONS.items():
+        for name, amp in PRECISIONS.items():
             began = time.perf_counter()
-            outputs, _ = extract_parts(prep, model, normalizer, parts, precision)
+            outputs, _ = extract_parts(dataclasses.replace(prep, cfg=prep.cfg.replace(amp=amp)), model, normalizer,
+                                       parts)
             seconds[name].append(time.perf_counter() - began)
             metrics[name] = score_outputs(prep, outputs)[1]
             val = outputs["val"]

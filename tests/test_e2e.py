@@ -15,7 +15,8 @@ from conftest import mlflow_run, reproduce_parent, write_image
 @pytest.fixture(scope="module")
 def study(mlflow_server, tmp_path_factory):
     """`mlflow run .` (entry point main: reproduce on digits): the parent and its children by model."""
-    proc = mlflow_run(mlflow_server, tmp_path_factory.mktemp("e2e"), "-P", "epochs=4", "-P", "oracle_trees=200")
+    proc = mlflow_run(mlflow_server, tmp_path_factory.mktemp("e2e"), "-P", "epochs=4", "-P", "oracle_trees=200",
+                      "-P", "amp=false")  # float32 extraction: the served model's logits must match to 1e-3
     assert proc.returncode == 0, proc.stderr[-4000:]
     mlflow.set_tracking_uri(mlflow_server)  # for the `runs:/` and `models:/` URIs below
     client = MlflowClient(mlflow_server)
@@ -118,6 +119,7 @@ def test_logged_model_serves_the_evaluated_logits(main_run, mlflow_server, tmp_p
     manifest = mlflow.artifacts.load_dict(f"runs:/{run.info.run_id}/split/manifest.json")
     images = load_source(ExperimentConfig()).read(np.asarray(manifest["test"])).numpy().astype(np.float32)
     served = mlflow.pyfunc.load_model(model.model_uri).predict(images)
+    assert run.data.tags["extract_precision"] == "float32"
     with np.load(client.download_artifacts(run.info.run_id, "outputs/test.npz", str(tmp_path))) as test:
         np.testing.assert_allclose(served, test["logits"], atol=1e-3)
 

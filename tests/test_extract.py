@@ -1,12 +1,18 @@
-"""Extraction's test-time augmentation: the views by hand, and outputs averaged over them."""
+"""Extraction's test-time augmentation (the views by hand, and outputs averaged over them) and precision."""
+
+import dataclasses
 
 import numpy as np
 import pytest
 import torch
 
+from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.evaluation import extract_parts
 from anomaly_repr.extract import extract, hflip, identity, translate, tta_views
 from anomaly_repr.models import create_model
 from anomaly_repr.pipeline import Normalizer
+from anomaly_repr.train import predict
+from anomaly_repr.workflow import new_model, prepare
 
 
 def test_a_flip_of_a_flip_is_the_identity_and_translations_undo_each_other():
@@ -42,3 +48,23 @@ def test_extraction_averages_logits_and_z_over_the_views():
     np.testing.assert_allclose(both.logits, (plain.logits + mirrored.logits) / 2, atol=1e-5)
     np.testing.assert_allclose(both.z, (plain.z + mirrored.z) / 2, atol=1e-5)
     assert not np.allclose(both.logits, plain.logits)
+
+
+def test_extraction_and_the_validation_pass_follow_trainings_precision():
+    """`amp` decides extraction's forward passes (and `predict`'s, the validation pass's): float32 for
+    amp=false, bfloat16 autocast for amp=true, with outputs in float32 either way."""
+    prep = prepare(ExperimentConfig(arch="resnet8"))
+    model, normalizer = new_model(prep), Normalizer.fit(prep.images(prep.split.train))
+    index = prep.split.test[:64]
+    images, labels, cpu = prep.images(index), prep.open_labels[index], torch.device("cpu")
+    logits = {}
+    for amp in ("false", "true"):
+        amped = dataclasses.replace(prep, cfg=prep.cfg.replace(amp=amp))
+        logits[amp] = extract_parts(amped, model, normalizer, {"test": index}, tta=False)[0]["test"].logits
+        assert logits[amp].dtype == np.float32
+    np.testing.assert_array_equal(logits["false"], extract(model, images, labels, normalizer, cpu).logits)
+    bf16 = extract(model, images, labels, normalizer, cpu, precision=torch.bfloat16).logits
+    np.testing.assert_array_equal(logits["true"], bf16)
+    assert not np.array_equal(logits["true"], logits["false"])  # bfloat16 rounds: the two passes differ
+    np.testing.assert_allclose(logits["true"], logits["false"], atol=0.05 * np.abs(logits["false"]).max())
+    np.testing.assert_array_equal(predict(model, images, normalizer, cpu, precision=torch.bfloat16).numpy(), bf16)

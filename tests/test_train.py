@@ -178,7 +178,9 @@ def test_the_moving_average_is_what_validation_selects_and_the_caller_gets(digit
         assert torch.equal(value, best[key]), key
     _, average, trained = seen[3]
     assert not torch.equal(average["head.weight"], trained["head.weight"])
-    assert train_module.accuracy(result.model, *digits[3:], torch.device("cpu")) == result.best_val_acc
+    cpu = torch.device("cpu")  # the validation pass runs in training's precision
+    precision = train_module.autocast_dtype(cfg.amp, cpu)
+    assert train_module.accuracy(result.model, *digits[3:], cpu, precision=precision) == result.best_val_acc
     assert "ema" in torch.load(tmp_path / "c.pt", weights_only=True)
 
 
