@@ -9,13 +9,13 @@ from dataclasses import MISSING
 from typing import TYPE_CHECKING
 
 from anomaly_repr.config import DEFAULT_METHODS, FIELDS, ExperimentConfig, parse_bool, parse_value
-from anomaly_repr.presets import PRESET_FIELDS
 from anomaly_repr.errors import AnomalyReprError, ConfigError
-from anomaly_repr.pool import POOL_FIELDS, PoolConfig
+from anomaly_repr.presets import PRESET_FIELDS
+from anomaly_repr.study.pool import POOL_FIELDS, PoolConfig
 from tuning.config import TUNE_FIELDS, TuneConfig
 
 if TYPE_CHECKING:
-    from anomaly_repr.cells import Study
+    from anomaly_repr.study.cells import Study
 
 
 def _add_config_options(parser: argparse.ArgumentParser, fields: dict = FIELDS, skip: tuple[str, ...] = ()) -> None:
@@ -46,8 +46,8 @@ def _study(args: argparse.Namespace) -> Study:
     the methods to train; `split=all` is every standard split of the dataset. Two shorthands of earlier versions
     remain: `recon_weight` is the hybrid child's λ
     ('auto' = the talk's value for the dataset, 0 = no hybrid child) and `godin=false` drops the G-ODIN child."""
-    from anomaly_repr.cells import Study
-    from anomaly_repr.split import STANDARD_SPLITS
+    from anomaly_repr.data.split import STANDARD_SPLITS
+    from anomaly_repr.study.cells import Study
 
     lists = {}
     if (args.split or "").strip() == "all":
@@ -114,10 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
     # Imported here so that `--help` and argument errors answer without loading torch and mlflow.
-    from anomaly_repr import runs
     from anomaly_repr.methods import METHODS
-    from anomaly_repr.models import MODELS
-    from anomaly_repr.study import run_reproduce
+    from anomaly_repr.models.backbones import MODELS
+    from anomaly_repr.study.reproduce import run_reproduce
+    from anomaly_repr.tracking import runs
     from tuning.study import run_tune
 
     try:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, fields
-from typing import Any, Literal, get_args
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from anomaly_repr.errors import ConfigError
+from anomaly_repr.errors import ConfigError, unknown
 from anomaly_repr.presets import PRESETS
+from anomaly_repr.registry import METHODS, MODELS, SOURCES
 
-# Choice fields: their Literal types, and the allowed values checked at run time.
+# Choice fields: their Literal types (`CHOICES` below checks them).
 Schedule = Literal["onecycle", "cosine"]
 Device = Literal["auto", "cpu", "cuda", "mps"]
 Amp = Literal["auto", "true", "false"]
@@ -21,17 +22,14 @@ Head = Literal["linear", "godin"]
 GodinH = Literal["cosine", "inner", "euclidean"]
 BadImages = Literal["error", "skip"]
 ScorerReference = Literal["train", "val_nominal"]
-Augment = Literal["crop_flip", "trivialaugment", "randaugment", "autoaugment"]  # see anomaly_repr/augment.py
+Augment = Literal["crop_flip", "trivialaugment", "randaugment", "autoaugment"]  # see anomaly_repr/data/augment.py
 SvgdSpace = Literal["function", "weights"]
 CsiOptimizer = Literal["sgd", "lars"]
 JemOptimizer = Literal["adam", "sgd"]
-(SCHEDULES, DEVICES, AMPS, HEADS, GODIN_H, BAD_IMAGES, SCORER_REFERENCES, AUGMENTS, SVGD_SPACES, CSI_OPTIMIZERS,
- JEM_OPTIMIZERS) = (get_args(t) for t in (Schedule, Device, Amp, Head, GodinH, BadImages, ScorerReference, Augment,
-                                          SvgdSpace, CsiOptimizer, JemOptimizer))
-GEOM_TRANSFORMS = (8, 18, 72)  # the transform sets of the geom method
-DEFAULT_METHODS = ("classifier", "hybrid", "godin", "oracle_rep")  # the talk's four: what `reproduce` trains
 Tta = Literal["none", "flip", "flip_translate"]
-TTAS = get_args(Tta)
+AUGMENTS, GODIN_H = get_args(Augment), get_args(GodinH)
+DEFAULT_METHOD = "classifier"  # what a config that selects no method trains
+DEFAULT_METHODS = ("classifier", "hybrid", "godin", "oracle_rep")  # the talk's four: what `reproduce` trains
 
 @dataclass(frozen=True)
 class ExperimentConfig:
@@ -93,7 +91,7 @@ class ExperimentConfig:
     label_smoothing: float = 0.0  # cross-entropy label smoothing in [0, 1)
     ema_decay: float = 0.0  # exponential moving average of the weights per step (e.g. 0.999); selection and
     #                         extraction use the averaged weights; 0 = off
-    # --- augmentation (anomaly_repr/augment.py; random crop and flip always) ---
+    # --- augmentation (anomaly_repr/data/augment.py; random crop and flip always) ---
     augment: Augment = "crop_flip"  # per-image policy on top: crop_flip (none) | trivialaugment | randaugment |
     #                                 autoaugment (torchvision's op sets and magnitude ranges)
     randaugment_ops: int = 2  # randaugment: ops applied in turn to each image (torchvision's default)
@@ -102,7 +100,7 @@ class ExperimentConfig:
     mixup: float = 0.0  # mixup's Beta(alpha, alpha) alpha; 0 = off
     cutmix: float = 0.0  # cutmix's Beta(alpha, alpha) alpha; 0 = off (with mixup too: one of them per batch)
     val_auroc_every: int = 1  # log val/<classic scorer>/auroc every N epochs (analysis only, never selection); 0 = off
-    # --- feature-space scorers (fit on nominal images only; see anomaly_repr/features.py) ---
+    # --- feature-space scorers (fit on nominal images only; see anomaly_repr/scoring/features.py) ---
     scorer_reference: ScorerReference = "train"  # what they learn from: train (nominal training images) | val_nominal
     knn_k: int = 50  # knn: the k-th nearest nominal feature (Sun et al. 2022; OpenOOD's CIFAR-10 value)
     vim_dim: int = 0  # vim: principal-subspace dimension; 0 = Wang et al.'s rule for the feature width
@@ -129,17 +127,29 @@ class ExperimentConfig:
         return cls(**(PRESETS.get(given.get("preset", "none"), {}) | given))  # an unknown one: __post_init__ says so
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "amp", str(self.amp).lower())  # True/False: configs logged when amp was a bool
         if self.preset not in PRESETS:
-            raise ConfigError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        if self.tta not in TTAS:
-            raise ConfigError(f"unknown tta {self.tta!r}; choose one of {', '.join(TTAS)}")
+            raise unknown("preset", self.preset, PRESETS)
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise unknown(name, getattr(self, name), allowed)
+        self._check_ranges()
+        for method in METHODS.values():  # each method checks the fields it owns
+            method.check(self)
+        SOURCES.check(self.dataset)
+        MODELS.check(self.arch)
+        method, implied = _resolve(self)
+        for name, value in {"method": method, **implied}.items():
+            object.__setattr__(self, name, value)  # frozen: settled once, here
+
+    def _check_ranges(self) -> None:
         for name in ("epochs", "batch_size", "oracle_trees", "oracle_neighbors"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")
         if not self.lr > 0:
             raise ConfigError(f"lr must be positive, got {self.lr}")
-        if self.momentum < 0 or self.weight_decay < 0 or self.godin_h_weight_decay < 0:
-            raise ConfigError("momentum, weight_decay and godin_h_weight_decay must not be negative")
+        if self.momentum < 0 or self.weight_decay < 0:
+            raise ConfigError("momentum and weight_decay must not be negative")
         if min(self.patience, self.num_known, self.split, self.bootstrap, self.val_auroc_every) < 0:
             raise ConfigError("patience, num_known, split, bootstrap and val_auroc_every must not be negative")
         if self.image_size < 8:
@@ -148,8 +158,6 @@ class ExperimentConfig:
             raise ConfigError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
         if not 0 <= self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be in [0, 1) (0 = off), got {self.ema_decay}")
-        if self.augment not in AUGMENTS:
-            raise ConfigError(f"unknown augment {self.augment!r}; choose one of {', '.join(AUGMENTS)}")
         if self.randaugment_ops < 1 or not 0 <= self.randaugment_magnitude <= 30:
             raise ConfigError(f"randaugment_ops must be positive and randaugment_magnitude a bin in [0, 30], got "
                               f"{self.randaugment_ops} and {self.randaugment_magnitude}")
@@ -166,89 +174,11 @@ class ExperimentConfig:
         if self.warmup_epochs and self.schedule != "cosine":
             raise ConfigError("warmup_epochs applies to schedule=cosine; onecycle warms up over its first 20 % of "
                               "steps")
-        if self.aux_weight < 0 or self.aux_samples < 0:
-            raise ConfigError(f"aux_weight and aux_samples must not be negative, got {self.aux_weight} and "
-                              f"{self.aux_samples}")
-        if self.geom_transforms not in GEOM_TRANSFORMS:
-            raise ConfigError(f"geom_transforms must be one of {', '.join(map(str, GEOM_TRANSFORMS))}, "
-                              f"got {self.geom_transforms}")
-        if self.ensemble_size < 1 or self.ensemble_workers < 1:
-            raise ConfigError(f"ensemble_size and ensemble_workers must be positive integers, got {self.ensemble_size} "
-                              f"and {self.ensemble_workers}")
-        if self.svgd_space not in SVGD_SPACES:
-            raise ConfigError(f"unknown svgd_space {self.svgd_space!r}; choose one of {', '.join(SVGD_SPACES)}")
-        if self.svgd_repulsion < 0 or not self.svgd_bandwidth > 0:
-            raise ConfigError(f"svgd_repulsion must not be negative and svgd_bandwidth must be positive, got "
-                              f"{self.svgd_repulsion} and {self.svgd_bandwidth}")
-        if min(self.jem_buffer_size, self.jem_sgld_steps) < 1 or min(self.jem_sample_every, self.jem_weight,
-                                                                       self.jem_sgld_noise, self.jem_data_noise) < 0:
-            raise ConfigError("jem_buffer_size and jem_sgld_steps must be positive; jem_sample_every, jem_weight, "
-                              "jem_sgld_noise and jem_data_noise must not be negative")
-        if not 0 <= self.jem_reinit <= 1 or not self.jem_sgld_step > 0 or not self.jem_energy_limit > 0:
-            raise ConfigError(f"jem_reinit must be in [0, 1] and jem_sgld_step and jem_energy_limit positive, got "
-                              f"{self.jem_reinit}, {self.jem_sgld_step} and {self.jem_energy_limit}")
-        if self.jem_optimizer not in JEM_OPTIMIZERS:
-            raise ConfigError(f"unknown jem_optimizer {self.jem_optimizer!r}; choose one of "
-                              f"{', '.join(JEM_OPTIMIZERS)}")
-        if not self.jem_lr > 0:
-            raise ConfigError(f"jem_lr must be positive, got {self.jem_lr}")
-        if self.csi_epochs < 1 or self.csi_test_views < 0 or not self.csi_temperature > 0 \
-                or self.csi_rotation_weight < 0:
-            raise ConfigError("csi_epochs must be positive, csi_temperature positive, csi_test_views and "
-                              "csi_rotation_weight not negative")
-        if not 0 <= self.csi_jitter <= 1:
-            raise ConfigError(f"csi_jitter must be in [0, 1] (brightness, contrast and saturation factors in "
-                              f"[1 - csi_jitter, 1 + csi_jitter]), got {self.csi_jitter}")
-        if self.csi_optimizer not in CSI_OPTIMIZERS:
-            raise ConfigError(f"unknown csi_optimizer {self.csi_optimizer!r}; choose one of "
-                              f"{', '.join(CSI_OPTIMIZERS)}")
-        if self.recon_weight < 0:
-            raise ConfigError(f"recon_weight must not be negative, got {self.recon_weight}")
-        if self.head not in HEADS:
-            raise ConfigError(f"unknown head {self.head!r}; choose one of {', '.join(HEADS)}")
-        if self.godin_h not in GODIN_H:
-            raise ConfigError(f"unknown godin_h {self.godin_h!r}; choose one of {', '.join(GODIN_H)}")
-        _ = self.epsilons  # parses and checks the grid
         if self.knn_k <= 0 or self.vim_dim < 0 or self.gen_top < 0:
             raise ConfigError("knn_k must be positive; vim_dim and gen_top must not be negative")
         if not 0 < self.react_percentile <= 100 or not self.gen_gamma > 0:
             raise ConfigError(f"react_percentile must be in (0, 100] and gen_gamma positive, got "
                               f"{self.react_percentile} and {self.gen_gamma}")
-        if self.scorer_reference not in SCORER_REFERENCES:
-            raise ConfigError(f"unknown scorer_reference {self.scorer_reference!r}; choose one of "
-                              f"{', '.join(SCORER_REFERENCES)}")
-        if self.bad_images not in BAD_IMAGES:
-            raise ConfigError(f"unknown bad_images {self.bad_images!r}; choose one of {', '.join(BAD_IMAGES)}")
-        if self.schedule not in SCHEDULES:
-            raise ConfigError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
-        object.__setattr__(self, "amp", str(self.amp).lower())  # True/False: configs logged when amp was a bool
-        if self.amp not in AMPS:
-            raise ConfigError(f"unknown amp {self.amp!r}; choose one of {', '.join(AMPS)}")
-        if self.device not in DEVICES:
-            raise ConfigError(f"unknown device {self.device!r}; choose one of {', '.join(DEVICES)}")
-        # Late imports: the registries import torch, which the config itself does not need.
-        from anomaly_repr.methods import resolve
-        from anomaly_repr.models import MODELS
-        from anomaly_repr.sources import SOURCES
-
-        if self.dataset not in SOURCES:
-            raise ConfigError(f"unknown dataset {self.dataset!r}; choose one of {', '.join(sorted(SOURCES))}")
-        if self.arch not in MODELS:
-            raise ConfigError(f"unknown arch {self.arch!r}; choose one of {', '.join(sorted(MODELS))}")
-        method, implied = resolve(self)
-        for name, value in {"method": method, **implied}.items():
-            object.__setattr__(self, name, value)  # frozen: settled once, here
-
-    @property
-    def epsilons(self) -> list[float]:
-        """The G-ODIN perturbation grid as numbers (checked: non-negative, at least one)."""
-        try:
-            grid = [float(v) for v in self.godin_epsilons.split(",") if v.strip()]
-        except ValueError:
-            raise ConfigError(f"godin_epsilons must be comma-separated numbers, got {self.godin_epsilons!r}") from None
-        if not grid or min(grid) < 0:
-            raise ConfigError(f"godin_epsilons must be non-negative numbers, got {self.godin_epsilons!r}")
-        return grid
 
     def to_params(self) -> dict[str, str]:
         """The config as MLflow params: one param per field, as strings."""
@@ -259,6 +189,28 @@ class ExperimentConfig:
 
 
 FIELDS = {f.name: f for f in fields(ExperimentConfig)}  # name -> dataclass field, for parsing strings
+# The choice fields, from their Literal types: name -> allowed values, checked in one place.
+CHOICES = {name: get_args(hint) for name, hint in get_type_hints(ExperimentConfig).items()
+           if get_origin(hint) is Literal}
+
+
+def _resolve(cfg: ExperimentConfig) -> tuple[str, dict[str, Any]]:
+    """(method name, implied field values) for a config: `method` if given, else the one its fields select
+    (`recon_weight > 0`: hybrid, `head=godin`: godin), else the classifier. Contradictions are errors."""
+    claimed = [name for name, cls in METHODS.items() if cls.claims(cfg)]
+    if not cfg.method:
+        if len(claimed) > 1:
+            raise ConfigError(f"these settings select several methods ({', '.join(claimed)}); choose one with method")
+        name = claimed[0] if claimed else DEFAULT_METHOD
+    elif cfg.method not in METHODS:
+        raise unknown("method", cfg.method, METHODS)
+    else:
+        name = cfg.method
+        others = [c for c in claimed if c != name]
+        if others:
+            fields_ = ", ".join(f"{f}={getattr(cfg, f)}" for c in others for f in METHODS[c].selectors)
+            raise ConfigError(f"method={name} contradicts {fields_} (which selects {', '.join(others)})")
+    return name, METHODS[name].settle(cfg)
 
 
 def _format(value: Any) -> str:

@@ -1,6 +1,6 @@
 """How long the bootstrap intervals take at CIFAR-10 split 0's test size (12,000 images, 4,800 anomalies):
 1000 stratified resamples, all four metrics (AUROC, AUPR-in, AUPR-out, FPR95), for the 15 scorers a
-classifier gets, with the vectorised rank computation of `anomaly_repr/stats.py`; beside it, in the same
+classifier gets, with the vectorised rank computation of `anomaly_repr/scoring/stats.py`; beside it, in the same
 run, the straightforward way for one scorer (scikit-learn's metrics on each resampled copy).
 Synthetic scores: the time depends on the sizes alone. Prints medians of --rounds.
 
@@ -16,8 +16,8 @@ import time
 import numpy as np
 from common import hardware
 
-from anomaly_repr.metrics import anomaly_metrics
-from anomaly_repr.stats import Resamples, resampled_metrics
+from anomaly_repr.scoring.metrics import anomaly_metrics
+from anomaly_repr.scoring.stats import Resamples, resampled_metrics
 
 N_TEST, N_ANOMALY, N_SCORERS, N_RESAMPLES = 12_000, 4_800, 15, 1000
 

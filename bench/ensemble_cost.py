@@ -22,7 +22,7 @@ CHILD = """
 import resource, time, torch
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.methods import method_for
-from anomaly_repr.train import autocast_dtype
+from anomaly_repr.engine.device import autocast_dtype
 cfg = ExperimentConfig(method="{method}", arch="{arch}", ensemble_size={size}, svgd_space="{space}")
 method = method_for(cfg)
 torch.manual_seed(0)

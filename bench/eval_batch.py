@@ -19,10 +19,10 @@ import torch
 from common import cifar10_folder, hardware
 from throughput import real_images
 
-from anomaly_repr.extract import extract
-from anomaly_repr.models import create_model
-from anomaly_repr.pipeline import Normalizer, eval_batch_size
-from anomaly_repr.train import accuracy
+from anomaly_repr.data.pipeline import Normalizer, eval_batch_size
+from anomaly_repr.engine.device import accuracy
+from anomaly_repr.models.backbones import create_model
+from anomaly_repr.scoring.outputs import extract
 
 
 def main() -> None:

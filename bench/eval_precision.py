@@ -18,13 +18,12 @@ import statistics
 import time
 
 import numpy as np
-import torch
 from common import hardware
 
-from anomaly_repr.evaluation import extract_parts, score_outputs
-from anomaly_repr.metrics import closed_set_accuracy
-from anomaly_repr.tracking import load_config, load_weights
-from anomaly_repr.workflow import new_model, prepare
+from anomaly_repr.engine.evaluation import extract_parts, score_outputs
+from anomaly_repr.engine.workflow import new_model, prepare
+from anomaly_repr.scoring.metrics import closed_set_accuracy
+from anomaly_repr.tracking.store import load_config, load_weights
 
 PRECISIONS = {"float32": "false", "bfloat16": "true"}  # the `amp` that extraction follows
 

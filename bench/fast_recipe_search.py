@@ -7,9 +7,9 @@ Each candidate is a comma-separated list of config fields (on top of the default
 CIFAR-10 split 0 (train and validation parts only: `prepare(..., parts=("train", "val"))` refuses a test
 image) are loaded once; every candidate then trains in this process, one after another, and the script
 prints per candidate: the best validation accuracy and its epoch, the validation max-logit and energy AUROC
-of the kept model (nominal against anomaly validation images: accuracy and
-detection together: a recipe is chosen for detection, not accuracy alone), both again with test-time augmentation (flip_translate), the training seconds and
-images/s.
+of the kept model (nominal against anomaly validation images: accuracy and detection together: a recipe
+is chosen for detection, not accuracy alone), both again with test-time augmentation (flip_translate), the
+training seconds and images/s.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ from pathlib import Path
 from common import SPLIT0_NAMES, cifar10_folder, hardware
 
 from anomaly_repr.config import FIELDS, ExperimentConfig, parse_value
-from anomaly_repr.evaluation import classic_val_aurocs
-from anomaly_repr.extract import extract, tta_views
-from anomaly_repr.metrics import anomaly_metrics, closed_set_accuracy
-from anomaly_repr.scorers import max_logit
-from anomaly_repr.workflow import Fitted, Prepared, fit, prepare
+from anomaly_repr.engine.evaluation import classic_val_aurocs
+from anomaly_repr.engine.workflow import Fitted, Prepared, fit, prepare
+from anomaly_repr.scoring.metrics import anomaly_metrics, closed_set_accuracy
+from anomaly_repr.scoring.outputs import extract, tta_views
+from anomaly_repr.scoring.scorers import max_logit
 
 
 def candidate(text: str) -> dict:

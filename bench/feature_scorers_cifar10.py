@@ -15,9 +15,9 @@ import sys
 import mlflow
 from common import HERE, SPLIT0_NAMES, cifar10_folder, hardware, run_cli
 
-from anomaly_repr.parent import load_cell
-from anomaly_repr.report import TIERS, tier
-from anomaly_repr.summary import best_deployable, summarise
+from anomaly_repr.study.parent import load_cell
+from anomaly_repr.study.report import TIERS, tier
+from anomaly_repr.study.summary import best_deployable, summarise
 
 
 def main() -> None:

@@ -14,8 +14,8 @@ import time
 import numpy as np
 from common import hardware
 
-from anomaly_repr.extract import Outputs
-from anomaly_repr.features import KNN
+from anomaly_repr.scoring.features import KNN
+from anomaly_repr.scoring.outputs import Outputs
 
 
 def main() -> None:

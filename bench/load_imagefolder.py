@@ -17,7 +17,7 @@ import numpy as np
 from common import cifar10_folder, hardware
 
 from anomaly_repr.config import ExperimentConfig
-from anomaly_repr.sources import _class_files, load_source
+from anomaly_repr.data.sources import _class_files, load_source
 
 
 def main() -> None:

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from common import SPLIT0_NAMES, cifar10_folder, cifar10_subset, hardware, run_cli
 
-from anomaly_repr.extract import extract
+from anomaly_repr.engine.workflow import new_model, prepare
 from anomaly_repr.methods import method_for
-from anomaly_repr.tracking import load_config, load_weights
-from anomaly_repr.workflow import new_model, prepare
+from anomaly_repr.scoring.outputs import extract
+from anomaly_repr.tracking.store import load_config, load_weights
 
 
 def history(client: mlflow.MlflowClient, run_id: str, key: str) -> dict[int, float]:

@@ -20,9 +20,9 @@ import torch
 from common import hardware
 
 from anomaly_repr.config import ExperimentConfig
-from anomaly_repr.extract import extract
+from anomaly_repr.data.pipeline import Normalizer
 from anomaly_repr.methods import method_for
-from anomaly_repr.pipeline import Normalizer
+from anomaly_repr.scoring.outputs import extract
 
 CASES = [("classifier", {}), ("rotation", {}), ("recolor", {}), ("sobel", {}),
          ("geom", {"geom_transforms": 8}), ("geom", {"geom_transforms": 72, "aux_samples": 3})]

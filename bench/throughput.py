@@ -9,7 +9,7 @@ For each architecture and precision, in one process on the same machine:
   model itself costs;
 - peer: a plain torchvision ImageFolder + DataLoader loop (RandomCrop(32, 4), flip, ToTensor, Normalize;
   2 workers) on the real CIFAR-10 JPEGs, the same model and precision;
-- project: `anomaly_repr.train.train` for two epochs of `steps` batches of the real images (on-device
+- project: `anomaly_repr.engine.train.train` for two epochs of `steps` batches of the real images (on-device
   uint8 batches, batched crop and flip), images/s of the second epoch's optimiser steps (the first one
   warms up, as the bound's and the peer's untimed steps do);
 - augment: the project's batch pipeline alone (slice, normalise, crop, flip), as a share of a step.
@@ -37,12 +37,14 @@ import torch.nn.functional as F
 from common import SPLIT0, cifar10_folder, hardware
 from torchvision import datasets, transforms
 
-from anomaly_repr.augment import Policy
 from anomaly_repr.config import ExperimentConfig
-from anomaly_repr.mixing import Mixing
-from anomaly_repr.models import create_model
-from anomaly_repr.pipeline import DeviceBatches, Normalizer
-from anomaly_repr.train import bf16_native, train
+from anomaly_repr.data.augment import Policy
+from anomaly_repr.data.mixing import Mixing
+from anomaly_repr.data.pipeline import DeviceBatches, Normalizer
+from anomaly_repr.engine.device import bf16_native
+from anomaly_repr.engine.train import TrainData, train
+from anomaly_repr.methods import method_for
+from anomaly_repr.models.backbones import create_model
 
 BATCH = 128
 
@@ -114,8 +116,8 @@ def project(arch: str, bf16: bool, steps: int, images: torch.Tensor, labels: tor
     model = create_model(arch, 6, 3)
     n = BATCH * steps
     norm = Normalizer.fit(images[:n])
-    result = train(cfg, model, images[:n], labels[:n], images[:BATCH], labels[:BATCH], norm, True,
-                   torch.device("cpu"), tmp / f"{arch}.pt")
+    data = TrainData(images[:n], labels[:n], images[:BATCH], labels[:BATCH], norm, True, torch.device("cpu"))
+    result = train(method_for(cfg), model, data, tmp / f"{arch}.pt")
     return result.history[-1]["train/images_per_second"]
 
 

@@ -37,8 +37,8 @@ from common import SPLIT0_NAMES, cifar10_folder, hardware, run_cli
 from torch.utils.flop_counter import FlopCounterMode
 
 from anomaly_repr.config import ExperimentConfig
-from anomaly_repr.models import create_model
-from anomaly_repr.train import autocast_dtype, pick_device
+from anomaly_repr.engine.device import autocast_dtype, pick_device
+from anomaly_repr.models.backbones import create_model
 
 RECIPES = {
     "cpu_tier": ["--arch", "resnet20", "--augment", "randaugment", "--epochs", "62", "--batch_size", "128",
@@ -83,7 +83,8 @@ def tta_reading(train_id: str) -> str:
     m = mlflow.get_run(eval_id).data.metrics
     return (f"with tta=flip_translate: test acc {m['test/acc']:.4f}, max_logit {m['test/max_logit/auroc']:.4f} "
             f"[{m['test/max_logit/auroc_ci_low']:.4f}, {m['test/max_logit/auroc_ci_high']:.4f}], oracle_rf "
-            f"{m['test/oracle_rf/auroc']:.4f}, evaluate wall {wall:.0f} s (extraction {m['test/extract_seconds']:.0f} s)")
+            f"{m['test/oracle_rf/auroc']:.4f}, evaluate wall {wall:.0f} s "
+            f"(extraction {m['test/extract_seconds']:.0f} s)")
 
 
 def run(recipe: str, seed: int, extra: list[str]) -> dict[str, float | str]:
@@ -98,7 +99,8 @@ def run(recipe: str, seed: int, extra: list[str]) -> dict[str, float | str]:
             "precision": train_run.data.tags.get("precision", ""), "epochs": tm["train/epochs_run"],
             "train_wall": train_wall, "eval_wall": eval_wall, "step_seconds": tm["train/seconds"],
             "images_per_second": tm["train/images_per_second_mean"], "acc": em["test/acc"],
-            **{f"{s}{k}": em[f"test/{s}/auroc{k}"] for s in ("max_logit", "oracle_rf") for k in ("", "_ci_low", "_ci_high")}}
+            **{f"{s}{k}": em[f"test/{s}/auroc{k}"] for s in ("max_logit", "oracle_rf")
+               for k in ("", "_ci_low", "_ci_high")}}
 
 
 def row(r: dict, flops: float) -> str:

@@ -10,10 +10,10 @@ from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms import functional as TF
 from torchvision.transforms.autoaugment import _apply_op  # torchvision's op, as its policies call it
 
-from anomaly_repr import augment, image_ops, mixing
 from anomaly_repr.config import AUGMENTS, ExperimentConfig
+from anomaly_repr.data import augment, image_ops, mixing
+from anomaly_repr.data.pipeline import DeviceBatches, Normalizer
 from anomaly_repr.errors import ConfigError
-from anomaly_repr.pipeline import DeviceBatches, Normalizer
 
 SPACES = {
     "trivialaugment": augment.trivialaugment_space(),

@@ -183,7 +183,7 @@ def test_resume_after_kill_9_reaches_the_uninterrupted_result(tracking, tmp_path
 
 
 def test_ui_links_open_the_model_training_view(monkeypatch):
-    from anomaly_repr import tracking
+    from anomaly_repr.tracking import store as tracking
 
     monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: "http://127.0.0.1:5000/")
     view = "workflowType=machine_learning"  # MLflow 3.17's UI opens the GenAI view without it
@@ -200,8 +200,8 @@ def test_dataset_inputs_survive_a_second_process_creating_the_same_dataset(track
     dataset row (seen on PostgreSQL as a UniqueViolation on dataset_pk). The run still gets its inputs."""
     from mlflow.exceptions import MlflowException
 
-    from anomaly_repr.lineage import log_dataset_inputs
-    from anomaly_repr.workflow import prepare
+    from anomaly_repr.engine.workflow import prepare
+    from anomaly_repr.tracking.lineage import log_dataset_inputs
 
     real, calls = mlflow.log_inputs, []
 

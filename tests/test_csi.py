@@ -10,19 +10,19 @@ import numpy as np
 import pytest
 import torch
 
-import anomaly_repr.train as train_module
-from anomaly_repr.cells import Study
+import anomaly_repr.engine.train as train_module
 from anomaly_repr.cli import main
 from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.data.pipeline import Normalizer
+from anomaly_repr.engine.evaluation import extract_parts
+from anomaly_repr.engine.workflow import Prepared, fit, new_model, prepare
 from anomaly_repr.errors import BudgetError, ConfigError
-from anomaly_repr.evaluation import extract_parts
-from anomaly_repr.lars import Lars
 from anomaly_repr.methods import method_for
 from anomaly_repr.methods.csi import Csi, joint_labels, rotation_ensemble, rotations, supcon_loss
-from anomaly_repr.pipeline import Normalizer
-from anomaly_repr.study import run_reproduce
-from anomaly_repr.views import resized_crop_flip, simclr_view
-from anomaly_repr.workflow import Prepared, fit, new_model, prepare
+from anomaly_repr.methods.lars import Lars
+from anomaly_repr.methods.views import resized_crop_flip, simclr_view
+from anomaly_repr.study.cells import Study
+from anomaly_repr.study.reproduce import run_reproduce
 
 FAST = ExperimentConfig(method="csi", csi_epochs=1, epochs=2, device="cpu", oracle_trees=20, bootstrap=50,
                         val_auroc_every=0, csi_jitter=0.0)  # digits have one channel: no colour jitter

@@ -7,7 +7,7 @@ import pytest
 from mlflow import MlflowClient
 
 from anomaly_repr.config import ExperimentConfig
-from anomaly_repr.sources import load_source
+from anomaly_repr.data.sources import load_source
 
 from conftest import mlflow_run, reproduce_parent, write_image
 

@@ -18,11 +18,12 @@ import requests
 import torch
 from scipy.special import softmax
 
-from anomaly_repr import workflow
 from anomaly_repr.cli import main
 from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.data.sources import load_source
+from anomaly_repr.engine import workflow
+from anomaly_repr.engine.workflow import fit, prepare
 from anomaly_repr.errors import ConfigError, DivergedError
-from anomaly_repr.extract import extract
 from anomaly_repr.methods import method_for
 from anomaly_repr.methods.ensemble import (
     disagreement,
@@ -33,9 +34,8 @@ from anomaly_repr.methods.ensemble import (
     mutual_info,
 )
 from anomaly_repr.methods.svgd import svgd_direction
-from anomaly_repr.models import create_model
-from anomaly_repr.sources import load_source
-from anomaly_repr.workflow import fit, prepare
+from anomaly_repr.models.backbones import create_model
+from anomaly_repr.scoring.outputs import extract
 
 from conftest import free_port, mlflow_run, stop_process, wait_for_http
 
@@ -185,10 +185,10 @@ def test_a_member_killed_mid_training_resumes_without_retraining_finished_member
 def test_a_diverging_member_fails_the_run_naming_it_and_keeps_the_finished_ones(tracking, monkeypatch, capsys):
     real = workflow.train
 
-    def second_member_diverges(cfg, *args, **kwargs):
-        if cfg.seed == 1000:  # member 1
+    def second_member_diverges(method, *args, **kwargs):
+        if method.cfg.seed == 1000:  # member 1
             raise DivergedError("training diverged at epoch 2, step 25 (the loss is not finite); lower lr")
-        return real(cfg, *args, **kwargs)
+        return real(method, *args, **kwargs)
 
     monkeypatch.setattr(workflow, "train", second_member_diverges)
     assert main(["train", "--method", "ensemble", "--ensemble_size", "2", "--epochs", "2", "--device", "cpu"]) == 2

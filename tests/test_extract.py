@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from anomaly_repr.config import ExperimentConfig
-from anomaly_repr.evaluation import extract_parts
-from anomaly_repr.extract import extract, hflip, identity, translate, tta_views
-from anomaly_repr.models import create_model
-from anomaly_repr.pipeline import Normalizer
-from anomaly_repr.train import predict
-from anomaly_repr.workflow import new_model, prepare
+from anomaly_repr.data.pipeline import Normalizer
+from anomaly_repr.engine.device import predict
+from anomaly_repr.engine.evaluation import extract_parts
+from anomaly_repr.engine.workflow import new_model, prepare
+from anomaly_repr.models.backbones import create_model
+from anomaly_repr.scoring.outputs import extract, hflip, identity, translate, tta_views
 
 
 def test_a_flip_of_a_flip_is_the_identity_and_translations_undo_each_other():

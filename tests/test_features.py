@@ -8,10 +8,8 @@ import pytest
 
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import ConfigError, DataError
-from anomaly_repr.extract import Outputs
-from anomaly_repr.features import (
+from anomaly_repr.scoring.features import (
     FDBD,
-    FEATURE_SCORERS,
     KNN,
     Mahalanobis,
     ReAct,
@@ -20,7 +18,8 @@ from anomaly_repr.features import (
     generalized_entropy,
     vim_dim,
 )
-from anomaly_repr.scorers import SCORERS, is_oracle, make_scorer
+from anomaly_repr.scoring.outputs import Outputs
+from anomaly_repr.scoring.scorers import SCORERS, is_oracle, make_scorer, scorers_of
 
 
 def outputs(z, labels=None, weight=None, bias=None) -> Outputs:
@@ -141,7 +140,7 @@ def test_the_tripwire_fires_on_an_anomaly_row():
 
 def test_feature_scorers_refuse_a_reference_with_anomalies():
     mixed = outputs(np.random.default_rng(0).normal(size=(10, 2)), labels=[0] * 9 + [-1])
-    for name in FEATURE_SCORERS:
+    for name in scorers_of("feature"):
         scorer = make_scorer(name, ExperimentConfig(vim_dim=1))
         if getattr(scorer, "fits_reference", False):
             with pytest.raises(DataError, match="nominal outputs only"):
@@ -149,7 +148,7 @@ def test_feature_scorers_refuse_a_reference_with_anomalies():
 
 
 def test_feature_scorers_are_registered_and_deployable():
-    assert set(FEATURE_SCORERS) <= set(deployable())
+    assert set(scorers_of("feature")) <= set(deployable())
 
 
 # --- in the evaluation: every deployable scorer learns from nominal outputs and never reads a label -------
@@ -185,12 +184,14 @@ class Spy:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A classifier and a G-ODIN model on digits, two epochs each: (prep, fitted) by method."""
-    from anomaly_repr.workflow import fit, prepare
+    from anomaly_repr.engine.workflow import fit, prepare
 
     checkpoints = tmp_path_factory.mktemp("checkpoints")
     models = {}
     for method in ("classifier", "godin"):
-        prep = prepare(ExperimentConfig(method=method, epochs=2, oracle_trees=20, device="cpu"))
+        # float32 (amp=false): extraction follows training's precision, and the head's z W^T + b must give
+        # the logits to 1e-4 below
+        prep = prepare(ExperimentConfig(method=method, epochs=2, oracle_trees=20, device="cpu", amp="false"))
         models[method] = prep, fit(prep, checkpoints / f"{method}.pt")
     return models
 
@@ -199,7 +200,7 @@ def trained(tmp_path_factory):
 def test_no_deployable_scorer_reads_an_anomaly_or_a_label(trained, monkeypatch, reference):
     import dataclasses
 
-    import anomaly_repr.evaluation as evaluation_module
+    import anomaly_repr.engine.evaluation as evaluation_module
 
     real = evaluation_module.make_scorer
     monkeypatch.setattr(evaluation_module, "make_scorer",
@@ -207,7 +208,7 @@ def test_no_deployable_scorer_reads_an_anomaly_or_a_label(trained, monkeypatch, 
     prep, fitted = trained["classifier"]
     prep = dataclasses.replace(prep, cfg=prep.cfg.replace(scorer_reference=reference))
     evaluation = evaluation_module.evaluate(prep, fitted.model, fitted.normalizer)
-    for name in FEATURE_SCORERS:  # every one ran, through the spy, and scored something
+    for name in scorers_of("feature"):  # every one ran, through the spy, and scored something
         assert 0 <= evaluation.metrics[f"test/{name}/auroc"] <= 1
     train = evaluation.outputs["train"]
     assert not train.is_anomaly.any() and len(train.labels) == len(prep.split.nominal(prep.split.train,
@@ -216,7 +217,7 @@ def test_no_deployable_scorer_reads_an_anomaly_or_a_label(trained, monkeypatch, 
 
 
 def test_godin_gets_the_feature_scorers_that_need_no_linear_head(trained):
-    from anomaly_repr.evaluation import evaluate
+    from anomaly_repr.engine.evaluation import evaluate
 
     prep, fitted = trained["godin"]
     metrics = evaluate(prep, fitted.model, fitted.normalizer).metrics

@@ -5,16 +5,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import anomaly_repr.evaluation as evaluation
-import anomaly_repr.workflow as workflow
+import anomaly_repr.engine.evaluation as evaluation
+import anomaly_repr.engine.workflow as workflow
 from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.data.pipeline import Normalizer
 from anomaly_repr.errors import ConfigError
-from anomaly_repr.extract import extract
 from anomaly_repr.methods import method_for
 from anomaly_repr.methods.godin import GodinHead, build_godin, select_epsilon
 from anomaly_repr.methods.hybrid import build_hybrid
-from anomaly_repr.models import create_model
-from anomaly_repr.pipeline import Normalizer
+from anomaly_repr.models.backbones import create_model
+from anomaly_repr.scoring.outputs import extract
 
 
 @pytest.mark.parametrize("change, message", [

@@ -10,17 +10,17 @@ import pytest
 import torch
 from torch import nn
 
-from anomaly_repr.cells import Study
 from anomaly_repr.cli import main
 from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.data.pipeline import Normalizer
 from anomaly_repr.errors import ConfigError
-from anomaly_repr.extract import Outputs
 from anomaly_repr.methods import method_for
 from anomaly_repr.methods.jem import Jem, ReplayBuffer, generative_term, without_batch_norm
-from anomaly_repr.models import ModelOutput, create_model
-from anomaly_repr.pipeline import Normalizer
-from anomaly_repr.scorers import applies, make_scorer
-from anomaly_repr.study import run_reproduce
+from anomaly_repr.models.backbones import ModelOutput, create_model
+from anomaly_repr.scoring.outputs import Outputs
+from anomaly_repr.scoring.scorers import applies, make_scorer
+from anomaly_repr.study.cells import Study
+from anomaly_repr.study.reproduce import run_reproduce
 
 TINY = ["--method", "jem", "--epochs", "2", "--device", "cpu", "--jem_sgld_steps", "2", "--jem_buffer_size", "200",
         "--val_auroc_every", "0", "--oracle_trees", "20", "--bootstrap", "50"]

@@ -8,7 +8,7 @@ import yaml
 from anomaly_repr.cli import build_parser
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.presets import PRESET_FIELDS
-from anomaly_repr.pool import PoolConfig
+from anomaly_repr.study.pool import PoolConfig
 from tuning.config import TuneConfig
 
 from conftest import REPO

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from anomaly_repr.models import MODELS, ModelOutput, create_model
+from anomaly_repr.models.backbones import MODELS, ModelOutput, create_model
 
 SMALL = [name for name in sorted(MODELS) if name in ("resnet8", "resnet20", "resnet32")]
 
@@ -30,7 +30,7 @@ def test_registry_has_cifar_stem_torchvision_resnets():
 
 
 def test_a_name_cannot_be_registered_twice():
-    from anomaly_repr.models import register_model
+    from anomaly_repr.models.backbones import register_model
 
     with pytest.raises(ValueError, match="'resnet8' is registered twice"):
         register_model("resnet8")(lambda in_channels: None)
@@ -39,7 +39,7 @@ def test_a_name_cannot_be_registered_twice():
 # --- fastcnn: patch whitening fitted on training images of the classes it trains on ---------------------
 
 def test_patch_whitening_whitens_the_patches_it_was_fitted_on():
-    from anomaly_repr.models import PatchWhitening
+    from anomaly_repr.models.backbones import PatchWhitening
 
     torch.manual_seed(0)
     mixing = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.4, 0.0], [0.5, 0.5, 0.3]])  # correlated channels
@@ -59,8 +59,8 @@ def test_whitening_reads_no_validation_test_or_anomaly_image(tmp_path, monkeypat
     import numpy as np
 
     from anomaly_repr.config import ExperimentConfig
-    from anomaly_repr.models import FastCNN
-    from anomaly_repr.workflow import fit, prepare
+    from anomaly_repr.engine.workflow import fit, prepare
+    from anomaly_repr.models.backbones import FastCNN
 
     from conftest import rgb_folder
 

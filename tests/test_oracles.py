@@ -5,10 +5,9 @@ import pytest
 
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import DataError
-from anomaly_repr.extract import Outputs
-from anomaly_repr.metrics import anomaly_metrics
-from anomaly_repr.oracles import ORACLES
-from anomaly_repr.scorers import make_scorer
+from anomaly_repr.scoring.metrics import anomaly_metrics
+from anomaly_repr.scoring.outputs import Outputs
+from anomaly_repr.scoring.scorers import make_scorer, scorers_of
 
 CFG = ExperimentConfig(oracle_trees=100)
 
@@ -27,7 +26,7 @@ def separable(n: int, seed: int) -> Outputs:
 
 def test_every_oracle_finds_separable_anomalies_while_a_blind_score_stays_at_chance():
     reference, test = separable(200, 0), separable(300, 1)
-    assert set(ORACLES) == {"oracle_rf", "oracle_linear", "oracle_knn"}
+    assert set(scorers_of("oracle")) == {"oracle_rf", "oracle_linear", "oracle_knn"}
     for name in ("oracle_rf", "oracle_knn"):
         auroc = anomaly_metrics(make_scorer(name, CFG).fit(reference).score(test), test.is_anomaly)["auroc"]
         assert auroc > 0.98, name

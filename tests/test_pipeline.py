@@ -1,7 +1,7 @@
 import torch
 import torch.nn.functional as F
 
-from anomaly_repr.pipeline import DeviceBatches, Normalizer, random_crop, random_hflip
+from anomaly_repr.data.pipeline import DeviceBatches, Normalizer, random_crop, random_hflip
 
 
 def test_normalizer_standardises_its_own_data():

@@ -4,10 +4,11 @@ the tables and the chart show what the summary holds."""
 import numpy as np
 import pytest
 
-from anomaly_repr.metrics import anomaly_metrics
-from anomaly_repr.report import auroc_bar_chart, auroc_table, by_split_table, gap_table, markdown_report
-from anomaly_repr.stats import Resamples, resampled_metrics
-from anomaly_repr.summary import Cell, evaluation_intervals, significant, summarise
+from anomaly_repr.scoring.intervals import Cell, evaluation_intervals
+from anomaly_repr.scoring.metrics import anomaly_metrics
+from anomaly_repr.scoring.stats import Resamples, resampled_metrics
+from anomaly_repr.study.report import auroc_bar_chart, auroc_table, by_split_table, gap_table, markdown_report
+from anomaly_repr.study.summary import significant, summarise
 
 IS_ANOMALY = np.r_[np.zeros(300, bool), np.ones(200, bool)]
 

@@ -10,14 +10,14 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from anomaly_repr import study as study_module
-from anomaly_repr.cells import Study
 from anomaly_repr.cli import _study as parse_study
 from anomaly_repr.cli import build_parser, main
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import AnomalyReprError, ConfigError
-from anomaly_repr.pool import PoolConfig
-from anomaly_repr.study import run_reproduce
+from anomaly_repr.study import reproduce as study_module
+from anomaly_repr.study.cells import Study
+from anomaly_repr.study.pool import PoolConfig
+from anomaly_repr.study.reproduce import run_reproduce
 
 BASE = ExperimentConfig(epochs=2, oracle_trees=20, device="cpu", bootstrap=200)
 

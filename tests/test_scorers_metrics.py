@@ -4,10 +4,9 @@ from sklearn.exceptions import NotFittedError
 
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import DataError
-from anomaly_repr.extract import Outputs
-from anomaly_repr.metrics import anomaly_metrics, closed_set_accuracy, fpr_at_tpr
-from anomaly_repr.scorers import (
-    CLASSIC_SCORERS,
+from anomaly_repr.scoring.metrics import anomaly_metrics, closed_set_accuracy, fpr_at_tpr
+from anomaly_repr.scoring.outputs import Outputs
+from anomaly_repr.scoring.scorers import (
     SCORERS,
     applies,
     energy,
@@ -16,6 +15,7 @@ from anomaly_repr.scorers import (
     make_scorer,
     max_logit,
     msp,
+    scorers_of,
 )
 
 
@@ -76,7 +76,7 @@ def test_every_registered_scorer_is_an_estimator(name):
     assert scorer.fit(reference) is scorer
     scores = scorer.score(out)
     assert scores.shape == (40,) and np.isfinite(scores).all()
-    assert set(CLASSIC_SCORERS) <= set(SCORERS)
+    assert set(scorers_of("classic")) <= set(SCORERS)
 
 
 def test_model_specific_scorers_apply_only_where_their_outputs_exist():

@@ -8,19 +8,19 @@ import torch.nn.functional as F
 from mlflow import MlflowClient
 from test_cli import assert_clean_failure, cli_in_process
 
-from anomaly_repr.cells import Study
 from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.data.pipeline import Normalizer
 from anomaly_repr.errors import ConfigError, DataError
-from anomaly_repr.extract import Outputs, extract
 from anomaly_repr.methods import method_for
 from anomaly_repr.methods.auxiliary import draw_transforms, views
 from anomaly_repr.methods.geom import dirichlet_logpdf, fit_dirichlet, geom_parameters, geometric, inverse_digamma
 from anomaly_repr.methods.recolor import PERMUTATIONS, permute
 from anomaly_repr.methods.rotation import kl_from_uniform, rotate, rotation_score
 from anomaly_repr.methods.sobel import sobel_edges
-from anomaly_repr.pipeline import Normalizer
-from anomaly_repr.scorers import make_scorer
-from anomaly_repr.study import run_reproduce
+from anomaly_repr.scoring.outputs import Outputs, extract
+from anomaly_repr.scoring.scorers import make_scorer
+from anomaly_repr.study.cells import Study
+from anomaly_repr.study.reproduce import run_reproduce
 
 from conftest import reproduce_parent, write_image
 
@@ -274,7 +274,7 @@ def test_mlflow_run_reproduce_with_rotation(mlflow_server, tmp_path, rgb_folder)
 
 
 def test_the_logged_model_serves_class_and_auxiliary_logits(tracking):
-    from anomaly_repr.tracking import log_model
+    from anomaly_repr.tracking.store import log_model
 
     method = method_for(ExperimentConfig(method="rotation"))
     torch.manual_seed(0)

@@ -9,8 +9,8 @@ import torch
 import torchvision.datasets.cifar as tv_cifar
 
 from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.data.sources import load_source
 from anomaly_repr.errors import DataError
-from anomaly_repr.sources import load_source
 
 from conftest import messy_folder, write_image
 
@@ -134,7 +134,7 @@ def test_bad_images_skip_leaves_them_out(tmp_path):
 
 
 def test_imagefolder_opens_only_the_files_asked_for(image_folder, monkeypatch):
-    import anomaly_repr.sources as sources
+    import anomaly_repr.data.sources as sources
 
     opened: list[str] = []
     real = sources._read_image

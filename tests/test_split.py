@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 
 from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.data.split import STANDARD_SPLITS, UNKNOWN, OpenSetSplit, choose_classes
 from anomaly_repr.errors import ConfigError, DataError
-from anomaly_repr.split import STANDARD_SPLITS, UNKNOWN, OpenSetSplit, choose_classes
 
 CIFAR10 = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 LABELS = np.repeat(np.arange(10), 50)  # 50 images per class

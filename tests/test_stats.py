@@ -3,8 +3,8 @@ import pytest
 from scipy import stats as scipy_stats
 from scipy.special import ndtr
 
-from anomaly_repr.metrics import anomaly_metrics
-from anomaly_repr.stats import (
+from anomaly_repr.scoring.metrics import anomaly_metrics
+from anomaly_repr.scoring.stats import (
     Resamples,
     Spread,
     difference_metrics,

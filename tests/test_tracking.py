@@ -10,9 +10,9 @@ import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
 
-from anomaly_repr import tracking as track
 from anomaly_repr.config import ExperimentConfig
-from anomaly_repr.runs import epoch_logger
+from anomaly_repr.tracking import store as track
+from anomaly_repr.tracking.runs import epoch_logger
 
 RACE = MlflowException("(psycopg2.errors.UniqueViolation) duplicate key value violates unique constraint")
 
@@ -94,9 +94,9 @@ def test_a_resumed_run_does_not_log_the_repeated_epoch_twice(tracking):
 def test_one_validation_pass_per_epoch_serves_the_accuracy_and_the_auroc(tracking, monkeypatch):
     """The nominal validation images are read once per epoch (for val/acc, whose logits the AUROC reuses);
     the AUROC adds only the anomaly images."""
-    from anomaly_repr.models import OpenSetNet
-    from anomaly_repr.runs import train_logged
-    from anomaly_repr.workflow import prepare
+    from anomaly_repr.engine.workflow import prepare
+    from anomaly_repr.models.backbones import OpenSetNet
+    from anomaly_repr.tracking.runs import train_logged
 
     prep = prepare(ExperimentConfig(epochs=2, batch_size=64, val_auroc_every=1, device="cpu"))
     evaluated, per_epoch, real = [], [], OpenSetNet.forward

@@ -2,13 +2,15 @@ import numpy as np
 import pytest
 import torch
 
-import anomaly_repr.train as train_module
+import anomaly_repr.engine.device as device_module
+import anomaly_repr.engine.train as train_module
 from anomaly_repr.config import ExperimentConfig
-from anomaly_repr.models import create_model
-from anomaly_repr.pipeline import Normalizer
-from anomaly_repr.sources import load_source
-from anomaly_repr.split import OpenSetSplit
-from anomaly_repr.train import lr_factor, train
+from anomaly_repr.data.pipeline import Normalizer
+from anomaly_repr.data.sources import load_source
+from anomaly_repr.data.split import OpenSetSplit
+from anomaly_repr.engine.train import TrainData, TrainHooks, lr_factor, train
+from anomaly_repr.methods import method_for
+from anomaly_repr.models.backbones import create_model
 
 
 @pytest.fixture(scope="module")
@@ -22,11 +24,14 @@ def digits():
     return cfg, x[tr], labels[tr], x[va], labels[va], Normalizer.fit(x[tr])
 
 
-def run(cfg, digits, checkpoint, **kw):
-    _, xt, yt, xv, yv, norm = digits
+def data_of(digits):
+    return TrainData(*digits[1:], hflip=False, device=torch.device("cpu"))
+
+
+def run(cfg, digits, checkpoint, resume=False, on_epoch=None):
     torch.manual_seed(123)  # same initial weights for every run
     model = create_model(cfg.arch, 6, 1)
-    return train(cfg, model, xt, yt, xv, yv, norm, False, torch.device("cpu"), checkpoint, **kw)
+    return train(method_for(cfg), model, data_of(digits), checkpoint, resume, TrainHooks(on_epoch))
 
 
 def test_learns_the_known_classes(digits, tmp_path):
@@ -65,13 +70,13 @@ def test_early_stopping_keeps_the_best_epoch(digits, tmp_path, monkeypatch):
     model_ref = []
     original = train_module.train
 
-    def spy(cfg, model, *a, **k):
+    def spy(method, model, *a, **k):
         model_ref.append(model)
-        return original(cfg, model, *a, **k)
+        return original(method, model, *a, **k)
 
     cfg = digits[0].replace(epochs=10, patience=2)
-    result = spy(cfg, create_model(cfg.arch, 6, 1), *digits[1:], False, torch.device("cpu"), tmp_path / "c.pt",
-                 on_epoch=remember)
+    result = spy(method_for(cfg), create_model(cfg.arch, 6, 1), data_of(digits), tmp_path / "c.pt",
+                 hooks=TrainHooks(remember))
     assert result.best_epoch == 1 and len(result.history) == 3
     for key, value in result.model.state_dict().items():
         assert torch.equal(value, states[1][key]), key
@@ -84,7 +89,7 @@ def test_onecycle_and_cosine_schedules():
 
 
 def test_initial_weights_follow_the_seed(tracking):
-    from anomaly_repr.workflow import new_model, prepare
+    from anomaly_repr.engine.workflow import new_model, prepare
 
     prep = prepare(ExperimentConfig(), parts=("train",))
     a, b = new_model(prep), new_model(prep)
@@ -97,13 +102,13 @@ def test_initial_weights_follow_the_seed(tracking):
 
 @pytest.mark.parametrize("native", [True, False])
 def test_amp_auto_follows_the_cpus_native_bfloat16(monkeypatch, native):
-    monkeypatch.setattr(train_module, "bf16_native", lambda: native)
+    monkeypatch.setattr(device_module, "bf16_native", lambda: native)
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert train_module.autocast_dtype("auto", cpu) == (torch.bfloat16 if native else None)
-    assert train_module.autocast_dtype("true", cpu) == torch.bfloat16  # forced, emulated where not native
-    assert train_module.autocast_dtype("false", cpu) is None
-    assert train_module.autocast_dtype("auto", cuda) == torch.bfloat16
-    assert train_module.autocast_dtype("false", cuda) is None
+    assert device_module.autocast_dtype("auto", cpu) == (torch.bfloat16 if native else None)
+    assert device_module.autocast_dtype("true", cpu) == torch.bfloat16  # forced, emulated where not native
+    assert device_module.autocast_dtype("false", cpu) is None
+    assert device_module.autocast_dtype("auto", cuda) == torch.bfloat16
+    assert device_module.autocast_dtype("false", cuda) is None
 
 
 def test_bad_amp_values_are_one_line_errors():
@@ -133,8 +138,8 @@ def test_bfloat16_and_float32_reach_nearly_the_same_accuracy(digits, tmp_path):
 
 
 def test_the_per_epoch_validation_aurocs_skip_non_finite_scores(caplog):
-    from anomaly_repr.evaluation import classic_val_aurocs
-    from anomaly_repr.workflow import new_model, prepare
+    from anomaly_repr.engine.evaluation import classic_val_aurocs
+    from anomaly_repr.engine.workflow import new_model, prepare
 
     prep = prepare(ExperimentConfig(device="cpu"))
     model = new_model(prep)
@@ -162,16 +167,16 @@ def test_the_moving_average_is_what_validation_selects_and_the_caller_gets(digit
     seen, training = {}, []
     original = train_module.train
 
-    def spy(cfg, model, *a, **k):
+    def spy(method, model, *a, **k):
         training.append(model)
-        return original(cfg, model, *a, **k)
+        return original(method, model, *a, **k)
 
     def remember(model, row, val_logits):
         seen[row["epoch"]] = (model, {k: v.clone() for k, v in model.state_dict().items()},
                               {k: v.clone() for k, v in training[0].state_dict().items()})
 
-    result = spy(cfg, create_model(cfg.arch, 6, 1), *digits[1:], False, torch.device("cpu"), tmp_path / "c.pt",
-                 on_epoch=remember)
+    result = spy(method_for(cfg), create_model(cfg.arch, 6, 1), data_of(digits), tmp_path / "c.pt",
+                 hooks=TrainHooks(remember))
     averaged, best, _ = seen[result.best_epoch]
     assert averaged is not training[0]  # validation read the average, not the trained weights
     for key, value in result.model.state_dict().items():
@@ -179,8 +184,8 @@ def test_the_moving_average_is_what_validation_selects_and_the_caller_gets(digit
     _, average, trained = seen[3]
     assert not torch.equal(average["head.weight"], trained["head.weight"])
     cpu = torch.device("cpu")  # the validation pass runs in training's precision
-    precision = train_module.autocast_dtype(cfg.amp, cpu)
-    assert train_module.accuracy(result.model, *digits[3:], cpu, precision=precision) == result.best_val_acc
+    precision = device_module.autocast_dtype(cfg.amp, cpu)
+    assert device_module.accuracy(result.model, *digits[3:], cpu, precision=precision) == result.best_val_acc
     assert "ema" in torch.load(tmp_path / "c.pt", weights_only=True)
 
 

@@ -13,10 +13,10 @@ import sqlalchemy
 
 from anomaly_repr.cli import main
 from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.data.sources import SOURCES, ImageData, load_source
+from anomaly_repr.data.split import OpenSetSplit
+from anomaly_repr.engine.workflow import prepare, unseal
 from anomaly_repr.errors import AnomalyReprError, ConfigError, SealedError
-from anomaly_repr.sources import SOURCES, ImageData, load_source
-from anomaly_repr.split import OpenSetSplit
-from anomaly_repr.workflow import prepare, unseal
 from tuning.config import TuneConfig
 from tuning.objective import Objective, ProtocolView
 from tuning.study import run_tune

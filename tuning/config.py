@@ -11,8 +11,8 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args
 
-from anomaly_repr.errors import ConfigError
-from anomaly_repr.pool import PoolConfig
+from anomaly_repr.errors import ConfigError, unknown
+from anomaly_repr.study.pool import PoolConfig
 
 Protocol = Literal["val-anomalies", "class-holdout"]
 Pruner = Literal["median", "hyperband", "none"]
@@ -41,7 +41,7 @@ class TuneConfig(PoolConfig):
         super().__post_init__()
         for name, allowed in (("protocol", PROTOCOLS), ("pruner", PRUNERS)):
             if getattr(self, name) not in allowed:
-                raise ConfigError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+                raise unknown(name, getattr(self, name), allowed)
         if self.n_trials <= 0:
             raise ConfigError(f"n_trials must be a positive integer, got {self.n_trials}")
         if self.timeout < 0 or self.startup_trials < 0:

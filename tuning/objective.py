@@ -21,16 +21,16 @@ import numpy as np
 import optuna
 import torch
 
+from anomaly_repr.data.pipeline import Normalizer
+from anomaly_repr.data.split import OpenSetSplit
+from anomaly_repr.engine.evaluation import extract_parts
+from anomaly_repr.engine.workflow import Prepared, checkpoint_path
 from anomaly_repr.errors import ConfigError
-from anomaly_repr.evaluation import extract_parts
-from anomaly_repr.metrics import anomaly_metrics
-from anomaly_repr.models import OpenSetNet
-from anomaly_repr.pipeline import Normalizer
-from anomaly_repr.runs import train_logged
-from anomaly_repr.scorers import make_scorer
-from anomaly_repr.split import OpenSetSplit
-from anomaly_repr.tracking import log_new_params, log_provenance, run_url
-from anomaly_repr.workflow import Prepared, checkpoint_path
+from anomaly_repr.models.backbones import OpenSetNet
+from anomaly_repr.scoring.metrics import anomaly_metrics
+from anomaly_repr.scoring.scorers import make_scorer
+from anomaly_repr.tracking.runs import train_logged
+from anomaly_repr.tracking.store import log_new_params, log_provenance, run_url
 from tuning.config import TuneConfig
 from tuning.space import method_of, suggest
 

@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any
 import optuna
 
 from anomaly_repr.config import AUGMENTS, ExperimentConfig
-from anomaly_repr.errors import ConfigError
-from anomaly_repr.extract import CORE
+from anomaly_repr.errors import ConfigError, unknown
 from anomaly_repr.methods import METHODS, Method, child_config, searchable
 from anomaly_repr.methods.classifier import Classifier
-from anomaly_repr.scorers import SCORERS, is_oracle, make_scorer
+from anomaly_repr.scoring.outputs import CORE
+from anomaly_repr.scoring.scorers import SCORERS, is_oracle, make_scorer
 
 if TYPE_CHECKING:
-    from tuning.config import TuneConfig
+    from anomaly_repr.methods.base import SearchBounds
 
 TARGET_ALIASES = {"recon_weight": "hybrid"}  # target names of earlier versions
 RECIPE = "recipe"  # the target that searches the classifier's training recipe
@@ -45,7 +45,7 @@ class Recipe(Classifier):
 
     tune_scorer = "max_logit"
 
-    def suggest(self, trial: optuna.Trial, tcfg: TuneConfig) -> dict[str, Any]:
+    def suggest(self, trial: optuna.Trial, tcfg: SearchBounds) -> dict[str, Any]:
         fields: dict[str, Any] = {}
         for name in PLAIN_RECIPE:
             if name in RECIPE_CHOICES:
@@ -56,7 +56,7 @@ class Recipe(Classifier):
             fields["warmup_epochs"] = trial.suggest_float("warmup_epochs", 0.0, self.cfg.epochs / 4)
         return fields
 
-    def talk_values(self, tcfg: TuneConfig) -> list[dict[str, Any]]:
+    def talk_values(self, tcfg: SearchBounds) -> list[dict[str, Any]]:
         """The recipe as configured first (with the defaults: crop and flip, nothing else; with a `preset`: the
         preset's, which also fixes what the search does not vary): what every other trial is compared with.
         A configured value outside the search space is replaced by the plain recipe's."""
@@ -79,7 +79,7 @@ def target_method(target: str) -> str:
     if name == RECIPE:
         return Classifier.name
     if name not in searchable():
-        raise ConfigError(f"unknown target {target!r}; choose one of {', '.join(targets())}")
+        raise unknown("target", target, targets())
     return name
 
 
@@ -98,7 +98,7 @@ def check_scorers(target: str, names: list[str]) -> None:
     outputs = set(CORE) | method.extra_outputs | ({"final_layer"} if method.linear_head else set())
     for name in names:
         if name not in SCORERS:
-            raise ConfigError(f"unknown scorer {name!r}; choose one of {', '.join(sorted(SCORERS))}")
+            raise unknown("scorer", name, sorted(SCORERS))
         if is_oracle(name):
             raise ConfigError(f"scorer {name} learns from validation anomalies and cannot be the objective")
         missing = set(make_scorer(name, ExperimentConfig()).requires) - outputs
@@ -106,7 +106,8 @@ def check_scorers(target: str, names: list[str]) -> None:
             raise ConfigError(f"scorer {name} reads {', '.join(sorted(missing))}, which target={target} models lack")
 
 
-def suggest(trial: optuna.Trial, method: Method, scorers: list[str], tcfg: TuneConfig) -> tuple[ExperimentConfig, str]:
+def suggest(trial: optuna.Trial, method: Method, scorers: list[str],
+            tcfg: SearchBounds) -> tuple[ExperimentConfig, str]:
     """(this trial's experiment config, its scorer name)."""
     cfg = method.cfg.replace(**method.suggest(trial, tcfg))
     scorer = trial.suggest_categorical("scorer", scorers) if len(scorers) > 1 else scorers[0]

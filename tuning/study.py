@@ -30,13 +30,14 @@ import mlflow
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from anomaly_repr import pool
 from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.engine.evaluation import evaluated_parts
+from anomaly_repr.engine.workflow import Prepared, new_model, prepare, unseal
 from anomaly_repr.errors import AnomalyReprError, BudgetError, DivergedError
-from anomaly_repr.evaluation import evaluated_parts
-from anomaly_repr.pool import MACHINE_FIELDS, POLL_SECONDS, check_identity, open_storage
-from anomaly_repr.runs import evaluate_logged
-from anomaly_repr.tracking import (
+from anomaly_repr.study import pool
+from anomaly_repr.study.pool import MACHINE_FIELDS, POLL_SECONDS, check_identity, open_storage
+from anomaly_repr.tracking.runs import evaluate_logged
+from anomaly_repr.tracking.store import (
     git_commit,
     load_config,
     load_weights,
@@ -47,7 +48,6 @@ from anomaly_repr.tracking import (
     log_provenance,
     setup_tracking,
 )
-from anomaly_repr.workflow import Prepared, new_model, prepare, unseal
 from tuning.config import TuneConfig
 from tuning.objective import Objective, ProtocolView
 from tuning.report import study_figures, summarise_trials

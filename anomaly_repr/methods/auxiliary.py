@@ -25,16 +25,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly_repr.extract import batches
+from anomaly_repr.data.pipeline import Normalizer
+from anomaly_repr.errors import ConfigError
 from anomaly_repr.methods.base import Autocast, Calibration, Method
-from anomaly_repr.models import ModelOutput, OpenSetNet, build_backbone
-from anomaly_repr.pipeline import Normalizer
+from anomaly_repr.models.backbones import ModelOutput, OpenSetNet, build_backbone
+from anomaly_repr.scoring.outputs import batches
 
 if TYPE_CHECKING:
     import optuna
 
     from anomaly_repr.config import ExperimentConfig
-    from tuning.config import TuneConfig
+    from anomaly_repr.methods.base import SearchBounds
 
 Transform = Callable[[torch.Tensor], torch.Tensor]  # (N, C, H, W) -> (N, C, H, W)
 VIEWS_PER_FORWARD = 1024  # views in one evaluation forward: images per batch = this // transforms
@@ -78,10 +79,16 @@ def draw_transforms(n: int, count: int, samples: int) -> torch.Tensor:
 class SearchesAuxWeight(Method):
     """A method whose searchable setting is `aux_weight`, the weight of its auxiliary loss."""
 
-    def suggest(self, trial: optuna.Trial, tcfg: TuneConfig) -> dict[str, Any]:
+    @classmethod
+    def check(cls, cfg: ExperimentConfig) -> None:
+        if cfg.aux_weight < 0 or cfg.aux_samples < 0:
+            raise ConfigError(f"aux_weight and aux_samples must not be negative, got {cfg.aux_weight} and "
+                              f"{cfg.aux_samples}")
+
+    def suggest(self, trial: optuna.Trial, tcfg: SearchBounds) -> dict[str, Any]:
         return {"aux_weight": trial.suggest_float("aux_weight", *AUX_WEIGHT_RANGE, log=True)}
 
-    def talk_values(self, tcfg: TuneConfig) -> list[dict[str, Any]]:
+    def talk_values(self, tcfg: SearchBounds) -> list[dict[str, Any]]:
         return [{"aux_weight": 1.0}]  # the papers' weight
 
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from dataclasses import MISSING, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -20,17 +20,30 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
-from anomaly_repr.extract import Outputs
-from anomaly_repr.models import ModelOutput, OpenSetNet, create_model
-from anomaly_repr.pipeline import Normalizer
+from anomaly_repr import registry
+from anomaly_repr.data.pipeline import Normalizer
+from anomaly_repr.models.backbones import ModelOutput, OpenSetNet, create_model
+from anomaly_repr.registry import Registry
+from anomaly_repr.scoring.outputs import Outputs
 
 if TYPE_CHECKING:
     import optuna
 
     from anomaly_repr.config import ExperimentConfig
-    from tuning.config import TuneConfig
 
 Autocast = Callable[[], AbstractContextManager]  # a fresh autocast context for one forward pass
+
+
+class SearchBounds(Protocol):
+    """What a method's search space reads of the tuning config (`tuning.config.TuneConfig` has it)."""
+
+    @property
+    def lambda_low(self) -> float:  # the hybrid's λ is searched on a log scale in [lambda_low, lambda_high]
+        ...
+
+    @property
+    def lambda_high(self) -> float:
+        ...
 
 
 @dataclass(frozen=True)
@@ -85,6 +98,11 @@ class Method:
     def claims(cls, cfg: ExperimentConfig) -> bool:
         """Whether `cfg`'s fields select this method (`head=godin`, `recon_weight > 0`)."""
         return False
+
+    @classmethod
+    def check(cls, cfg: ExperimentConfig) -> None:
+        """Refuse, with a one-line ConfigError, bad values of the fields this method owns. The config runs
+        every registered method's check, whichever method it selects (a bad value is refused anyway)."""
 
     @classmethod
     def settle(cls, cfg: ExperimentConfig) -> dict[str, Any]:
@@ -183,10 +201,40 @@ class Method:
         return []
 
     # --- tuning ---
-    def suggest(self, trial: optuna.Trial, tcfg: TuneConfig) -> dict[str, Any]:
+    def suggest(self, trial: optuna.Trial, tcfg: SearchBounds) -> dict[str, Any]:
         """The experiment fields of one trial: this method's searchable settings."""
         raise NotImplementedError(f"method {self.name} has no searchable settings")
 
-    def talk_values(self, tcfg: TuneConfig) -> list[dict[str, Any]]:
+    def talk_values(self, tcfg: SearchBounds) -> list[dict[str, Any]]:
         """Trial parameters to enqueue first (the talk's settings)."""
         return []
+
+
+# --- the table of methods (filled as each method's module is imported: see __init__) ---
+
+METHODS: Registry[type[Method]] = registry.METHODS
+
+
+def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
+    def add(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        return METHODS.register(name)(cls)
+
+    return add
+
+
+def method_for(cfg: ExperimentConfig) -> Method:
+    """The method `cfg` names (settled by the config's own checks)."""
+    return METHODS[cfg.method](cfg)
+
+
+def child_config(base: ExperimentConfig, name: str) -> ExperimentConfig:
+    """`base` as a config of method `name`: the fields that select other methods go back to their defaults."""
+    defaults = {f.name: f.default for f in fields(base) if f.default is not MISSING}
+    resets = {f: defaults[f] for other, cls in METHODS.items() if other != name for f in cls.selectors}
+    return base.replace(**resets, method=name)
+
+
+def searchable() -> list[str]:
+    """Methods with settings that `tune` can search."""
+    return [name for name, cls in METHODS.items() if cls.tune_scorer is not None]

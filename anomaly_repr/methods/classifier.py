@@ -6,7 +6,7 @@ gains are measured against. Everything it does is `Method`'s default.
 
 from __future__ import annotations
 
-from anomaly_repr.methods import REFERENCE, Method, register_method
+from anomaly_repr.methods.base import REFERENCE, Method, register_method
 
 
 @register_method("classifier")

@@ -40,20 +40,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anomaly_repr.data.pipeline import Normalizer
 from anomaly_repr.errors import ConfigError, DataError
-from anomaly_repr.extract import batches
-from anomaly_repr.lars import Lars
-from anomaly_repr.methods import Method, register_method
-from anomaly_repr.methods.base import Autocast, Calibration, Stage
-from anomaly_repr.models import ModelOutput, OpenSetNet, build_backbone
-from anomaly_repr.pipeline import Normalizer
-from anomaly_repr.scorers import FunctionScorer, msp, register_scorer
-from anomaly_repr.views import simclr_view
+from anomaly_repr.methods.base import Autocast, Calibration, Method, Stage, register_method
+from anomaly_repr.methods.lars import Lars
+from anomaly_repr.methods.views import simclr_view
+from anomaly_repr.models.backbones import ModelOutput, OpenSetNet, build_backbone
+from anomaly_repr.scoring.outputs import batches
+from anomaly_repr.scoring.scorers import FunctionScorer, msp, register_scorer
 
 if TYPE_CHECKING:
     import optuna
 
-    from tuning.config import TuneConfig
+    from anomaly_repr.config import ExperimentConfig
+    from anomaly_repr.methods.base import SearchBounds
+
 
 ROTATIONS = 4
 PROJECTION = 128  # width of the projection head's output
@@ -125,6 +126,16 @@ class Csi(Method):
     def __init__(self, cfg: Any):
         super().__init__(cfg)
         self.stage = 0  # the stage being trained (`begin_stage`)
+
+    @classmethod
+    def check(cls, cfg: ExperimentConfig) -> None:
+        if cfg.csi_epochs < 1 or cfg.csi_test_views < 0 or not cfg.csi_temperature > 0 \
+                or cfg.csi_rotation_weight < 0:
+            raise ConfigError("csi_epochs must be positive, csi_temperature positive, csi_test_views and "
+                              "csi_rotation_weight not negative")
+        if not 0 <= cfg.csi_jitter <= 1:
+            raise ConfigError(f"csi_jitter must be in [0, 1] (brightness, contrast and saturation factors in "
+                              f"[1 - csi_jitter, 1 + csi_jitter]), got {cfg.csi_jitter}")
 
     @classmethod
     def settle(cls, cfg: Any) -> dict:
@@ -276,14 +287,14 @@ class Csi(Method):
         return {"csi_ens": ens.numpy(), "csi_unlabeled": (-score).numpy()}
 
     # --- tuning ---
-    def suggest(self, trial: optuna.Trial, tcfg: TuneConfig) -> dict[str, Any]:
+    def suggest(self, trial: optuna.Trial, tcfg: SearchBounds) -> dict[str, Any]:
         return {"csi_temperature": trial.suggest_float("csi_temperature", *TEMPERATURE_RANGE, log=True),
                 "csi_rotation_weight": trial.suggest_float("csi_rotation_weight", *ROTATION_WEIGHT_RANGE, log=True)}
 
-    def talk_values(self, tcfg: TuneConfig) -> list[dict[str, Any]]:
+    def talk_values(self, tcfg: SearchBounds) -> list[dict[str, Any]]:
         return [{"csi_temperature": 0.07, "csi_rotation_weight": 1.0}]  # the paper's
 
 
-register_scorer("csi")(lambda cfg: FunctionScorer(lambda o: msp(o.logits), requires=("logits", "csi_ens")))
-register_scorer("csi_ens")(lambda cfg: FunctionScorer(lambda o: o.csi_ens, requires=("csi_ens",)))
-register_scorer("csi_unlabeled")(lambda cfg: FunctionScorer(lambda o: o.csi_unlabeled, requires=("csi_unlabeled",)))
+register_scorer("csi", "method")(lambda cfg: FunctionScorer(lambda o: msp(o.logits), requires=("logits", "csi_ens")))
+register_scorer("csi_ens", "method")(lambda cfg: FunctionScorer(lambda o: o.csi_ens, requires=("csi_ens",)))
+register_scorer("csi_unlabeled", "method")(lambda cfg: FunctionScorer(lambda o: o.csi_unlabeled, ("csi_unlabeled",)))

@@ -29,10 +29,10 @@ from scipy.special import logsumexp, softmax
 from torch import nn
 
 from anomaly_repr.errors import ConfigError
-from anomaly_repr.extract import Outputs
-from anomaly_repr.methods import Method, child_config, register_method
-from anomaly_repr.models import ModelOutput, OpenSetNet, create_model
-from anomaly_repr.scorers import FunctionScorer, ScorerFactory, register_scorer
+from anomaly_repr.methods.base import Method, child_config, register_method
+from anomaly_repr.models.backbones import ModelOutput, OpenSetNet, create_model
+from anomaly_repr.scoring.outputs import Outputs
+from anomaly_repr.scoring.scorers import FunctionScorer, ScorerFactory, register_scorer
 
 if TYPE_CHECKING:
     from anomaly_repr.config import ExperimentConfig
@@ -92,6 +92,12 @@ class Ensemble(Method):
     """What every ensemble method says: its outputs, its members' views."""
 
     extra_outputs = MEMBER_OUTPUTS
+
+    @classmethod
+    def check(cls, cfg: ExperimentConfig) -> None:
+        if cfg.ensemble_size < 1 or cfg.ensemble_workers < 1:
+            raise ConfigError(f"ensemble_size and ensemble_workers must be positive integers, got "
+                              f"{cfg.ensemble_size} and {cfg.ensemble_workers}")
 
     def batch_extras(self, out: ModelOutput, x: torch.Tensor) -> Mapping[str, torch.Tensor]:
         return {"member_logits": out.extras["member_logits"], "member_z": out.extras["member_z"]}
@@ -156,4 +162,4 @@ def _of_members(fn: Callable[[np.ndarray], np.ndarray]) -> ScorerFactory:
 
 
 for _fn in (ens_msp, ens_entropy, mutual_info, ens_max_logit, ens_energy, disagreement):
-    register_scorer(_fn.__name__)(_of_members(_fn))
+    register_scorer(_fn.__name__, "method")(_of_members(_fn))

@@ -27,12 +27,14 @@ import torch.nn.functional as F
 from scipy.special import digamma, gammaln, polygamma
 
 from anomaly_repr.config import ExperimentConfig
-from anomaly_repr.methods import Calibration, register_method
+from anomaly_repr.data.pipeline import Normalizer
+from anomaly_repr.errors import ConfigError
 from anomaly_repr.methods.auxiliary import Transform, TransformTask, wrong_transform
-from anomaly_repr.models import OpenSetNet
-from anomaly_repr.pipeline import Normalizer
-from anomaly_repr.scorers import FunctionScorer, register_scorer
+from anomaly_repr.methods.base import Calibration, register_method
+from anomaly_repr.models.backbones import OpenSetNet
+from anomaly_repr.scoring.scorers import FunctionScorer, register_scorer
 
+GEOM_TRANSFORMS = (8, 18, 72)  # the transform sets: flip x rotations, flip x shifts, all three
 DIRICHLET_FIT_IMAGES = 5000
 
 
@@ -86,6 +88,13 @@ def dirichlet_logpdf(logp: np.ndarray, alpha: np.ndarray) -> np.ndarray:
 
 @register_method("geom")
 class Geom(TransformTask):
+    @classmethod
+    def check(cls, cfg: ExperimentConfig) -> None:
+        super().check(cfg)
+        if cfg.geom_transforms not in GEOM_TRANSFORMS:
+            raise ConfigError(f"geom_transforms must be one of {', '.join(map(str, GEOM_TRANSFORMS))}, "
+                              f"got {cfg.geom_transforms}")
+
     task = "geom"
     extra_outputs = frozenset({"geom_logp", "geom_dirichlet_nll"})
     tune_scorer = "geom"
@@ -117,5 +126,6 @@ class Geom(TransformTask):
         return {"geom_logp": np.diagonal(logp, axis1=1, axis2=2).copy(), "geom_dirichlet_nll": -loglik}
 
 
-register_scorer("geom")(lambda cfg: FunctionScorer(lambda o: wrong_transform(o.geom_logp), ("geom_logp",)))
-register_scorer("geom_dirichlet")(lambda cfg: FunctionScorer(lambda o: o.geom_dirichlet_nll, ("geom_dirichlet_nll",)))
+register_scorer("geom", "method")(lambda cfg: FunctionScorer(lambda o: wrong_transform(o.geom_logp), ("geom_logp",)))
+register_scorer("geom_dirichlet", "method")(lambda cfg: FunctionScorer(lambda o: o.geom_dirichlet_nll,
+                                                                   ("geom_dirichlet_nll",)))

@@ -20,18 +20,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomaly_repr.config import GODIN_H
+from anomaly_repr.data.pipeline import Normalizer
 from anomaly_repr.errors import ConfigError
-from anomaly_repr.extract import batches, channels_last
-from anomaly_repr.methods import Calibration, Method, register_method
-from anomaly_repr.models import ModelOutput, OpenSetNet, build_backbone
-from anomaly_repr.pipeline import Normalizer
-from anomaly_repr.scorers import FunctionScorer, register_scorer
+from anomaly_repr.methods.base import Calibration, Method, register_method
+from anomaly_repr.models.backbones import ModelOutput, OpenSetNet, build_backbone
+from anomaly_repr.scoring.outputs import batches, channels_last
+from anomaly_repr.scoring.scorers import FunctionScorer, register_scorer
 
 if TYPE_CHECKING:
     import optuna
 
     from anomaly_repr.config import ExperimentConfig
-    from tuning.config import TuneConfig
+    from anomaly_repr.methods.base import SearchBounds
 
 H_WEIGHT_DECAYS = (0.0, 1e-5, 1e-4, 5e-4)  # candidate L2 penalties on h searched by `tune` (0: Hsu et al. 2020)
 
@@ -97,12 +97,29 @@ def select_epsilon(model: OpenSetNet, nominal_images: torch.Tensor, normalizer: 
     return max(means, key=means.__getitem__), means
 
 
+def epsilons(cfg: ExperimentConfig) -> list[float]:
+    """The perturbation grid `godin_epsilons` as numbers (checked: non-negative, at least one)."""
+    try:
+        grid = [float(v) for v in cfg.godin_epsilons.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"godin_epsilons must be comma-separated numbers, got {cfg.godin_epsilons!r}") from None
+    if not grid or min(grid) < 0:
+        raise ConfigError(f"godin_epsilons must be non-negative numbers, got {cfg.godin_epsilons!r}")
+    return grid
+
+
 @register_method("godin")
 class Godin(Method):
     extra_outputs = frozenset({"godin_h", "godin_g", "godin_h_perturbed"})
     linear_head = False  # logits = h(z) / g(z)
     selectors = ("head",)
     tune_scorer = "godin"
+
+    @classmethod
+    def check(cls, cfg: ExperimentConfig) -> None:
+        if cfg.godin_h_weight_decay < 0:
+            raise ConfigError(f"godin_h_weight_decay must not be negative, got {cfg.godin_h_weight_decay}")
+        epsilons(cfg)
 
     @classmethod
     def claims(cls, cfg: ExperimentConfig) -> bool:
@@ -130,7 +147,7 @@ class Godin(Method):
 
     def calibrate(self, model: OpenSetNet, nominal_val: torch.Tensor, normalizer: Normalizer, device: torch.device,
                   nominal_train: torch.Tensor) -> Calibration:
-        grid = self.cfg.epsilons
+        grid = epsilons(self.cfg)
         if len(grid) == 1:  # a grid of one value (a tuned epsilon): nothing to search
             return Calibration(values={"epsilon": grid[0]}, metrics={"godin/epsilon": grid[0]})
         epsilon, means = select_epsilon(model, nominal_val, normalizer, device, grid)
@@ -142,17 +159,17 @@ class Godin(Method):
         return {"godin_h_perturbed": perturbed_scores(model, images, normalizer, device,
                                                       calibration.values["epsilon"])}
 
-    def suggest(self, trial: optuna.Trial, tcfg: TuneConfig) -> dict[str, Any]:
+    def suggest(self, trial: optuna.Trial, tcfg: SearchBounds) -> dict[str, Any]:
         return {"godin_h": trial.suggest_categorical("godin_h", GODIN_H),
-                "godin_epsilons": str(trial.suggest_categorical("godin_epsilon", self.cfg.epsilons)),
+                "godin_epsilons": str(trial.suggest_categorical("godin_epsilon", epsilons(self.cfg))),
                 "godin_h_weight_decay": trial.suggest_categorical("godin_h_weight_decay", H_WEIGHT_DECAYS)}
 
-    def talk_values(self, tcfg: TuneConfig) -> list[dict[str, Any]]:
+    def talk_values(self, tcfg: SearchBounds) -> list[dict[str, Any]]:
         """Cosine h and no decay on h (ε and the scorer are left to the sampler)."""
         return [{"godin_h": "cosine", "godin_h_weight_decay": 0.0}]
 
 
-register_scorer("godin")(lambda cfg: FunctionScorer(lambda o: -o.godin_h_perturbed, ("godin_h_perturbed",)))
-register_scorer("godin_quotient")(lambda cfg: FunctionScorer(
+register_scorer("godin", "method")(lambda cfg: FunctionScorer(lambda o: -o.godin_h_perturbed, ("godin_h_perturbed",)))
+register_scorer("godin_quotient", "method")(lambda cfg: FunctionScorer(
     lambda o: -(o.godin_h / o.godin_g[:, None]).max(axis=1), ("godin_h", "godin_g")))
-register_scorer("godin_g")(lambda cfg: FunctionScorer(lambda o: -o.godin_g, ("godin_g",)))
+register_scorer("godin_g", "method")(lambda cfg: FunctionScorer(lambda o: -o.godin_g, ("godin_g",)))

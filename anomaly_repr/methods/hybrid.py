@@ -15,15 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly_repr.methods import Method, register_method
-from anomaly_repr.models import ModelOutput, OpenSetNet, build_backbone
-from anomaly_repr.scorers import FunctionScorer, register_scorer
+from anomaly_repr.errors import ConfigError
+from anomaly_repr.methods.base import Method, register_method
+from anomaly_repr.models.backbones import ModelOutput, OpenSetNet, build_backbone
+from anomaly_repr.scoring.scorers import FunctionScorer, register_scorer
 
 if TYPE_CHECKING:
     import optuna
 
     from anomaly_repr.config import ExperimentConfig
-    from tuning.config import TuneConfig
+    from anomaly_repr.methods.base import SearchBounds
 
 TALK_RECON_WEIGHT = {"cifar10": 0.9, "cifar100": 0.005}  # λ used in the talk; other datasets take CIFAR-10's
 
@@ -73,6 +74,11 @@ class Hybrid(Method):
     oracle_gain_alias = "test/q3_gap"
 
     @classmethod
+    def check(cls, cfg: ExperimentConfig) -> None:
+        if cfg.recon_weight < 0:
+            raise ConfigError(f"recon_weight must not be negative, got {cfg.recon_weight}")
+
+    @classmethod
     def claims(cls, cfg: ExperimentConfig) -> bool:
         return cfg.recon_weight > 0
 
@@ -90,13 +96,13 @@ class Hybrid(Method):
     def batch_extras(self, out: ModelOutput, x: torch.Tensor) -> Mapping[str, torch.Tensor]:
         return {"recon_error": (out.extras["recon"].float() - x).pow(2).mean(dim=(1, 2, 3))}
 
-    def suggest(self, trial: optuna.Trial, tcfg: TuneConfig) -> dict[str, Any]:
+    def suggest(self, trial: optuna.Trial, tcfg: SearchBounds) -> dict[str, Any]:
         return {"recon_weight": trial.suggest_float("recon_weight", tcfg.lambda_low, tcfg.lambda_high, log=True)}
 
-    def talk_values(self, tcfg: TuneConfig) -> list[dict[str, Any]]:
+    def talk_values(self, tcfg: SearchBounds) -> list[dict[str, Any]]:
         weight = talk_weight(self.cfg.dataset)
         return [{"recon_weight": weight}] if tcfg.lambda_low <= weight <= tcfg.lambda_high else []
 
 
 # A worse reconstruction means a stranger image.
-register_scorer("recon_error")(lambda cfg: FunctionScorer(lambda o: o.recon_error, ("recon_error",)))
+register_scorer("recon_error", "method")(lambda cfg: FunctionScorer(lambda o: o.recon_error, ("recon_error",)))

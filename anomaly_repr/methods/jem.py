@@ -59,18 +59,19 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import nn
 
-from anomaly_repr.errors import DivergedError
-from anomaly_repr.extract import batches
-from anomaly_repr.methods import Method, register_method
-from anomaly_repr.methods.base import Autocast, Calibration
-from anomaly_repr.models import ModelOutput, OpenSetNet, create_model
-from anomaly_repr.pipeline import Normalizer
-from anomaly_repr.scorers import FunctionScorer, msp, register_scorer
+from anomaly_repr.data.pipeline import Normalizer
+from anomaly_repr.errors import ConfigError, DivergedError
+from anomaly_repr.methods.base import Autocast, Calibration, Method, register_method
+from anomaly_repr.models.backbones import ModelOutput, OpenSetNet, create_model
+from anomaly_repr.scoring.outputs import batches
+from anomaly_repr.scoring.scorers import FunctionScorer, msp, register_scorer
 
 if TYPE_CHECKING:
     import optuna
 
-    from tuning.config import TuneConfig
+    from anomaly_repr.config import ExperimentConfig
+    from anomaly_repr.methods.base import SearchBounds
+
 
 STEP_RANGE, WEIGHT_RANGE = (0.1, 10.0), (0.1, 10.0)  # `tune --target jem`, both log-uniform
 GRID = 64  # replay-buffer images in a samples figure
@@ -122,6 +123,18 @@ class ReplayBuffer:
 
 @register_method("jem")
 class Jem(Method):
+    @classmethod
+    def check(cls, cfg: ExperimentConfig) -> None:
+        if min(cfg.jem_buffer_size, cfg.jem_sgld_steps) < 1 or min(cfg.jem_sample_every, cfg.jem_weight,
+                                                                    cfg.jem_sgld_noise, cfg.jem_data_noise) < 0:
+            raise ConfigError("jem_buffer_size and jem_sgld_steps must be positive; jem_sample_every, jem_weight, "
+                              "jem_sgld_noise and jem_data_noise must not be negative")
+        if not 0 <= cfg.jem_reinit <= 1 or not cfg.jem_sgld_step > 0 or not cfg.jem_energy_limit > 0:
+            raise ConfigError(f"jem_reinit must be in [0, 1] and jem_sgld_step and jem_energy_limit positive, got "
+                              f"{cfg.jem_reinit}, {cfg.jem_sgld_step} and {cfg.jem_energy_limit}")
+        if not cfg.jem_lr > 0:
+            raise ConfigError(f"jem_lr must be positive, got {cfg.jem_lr}")
+
     extra_outputs = frozenset({"jem_logpx", "jem_pxgrad"})
     tune_scorer = "jem_px"
     resume_fields = ("jem_sgld_step",)
@@ -239,14 +252,15 @@ class Jem(Method):
         return {"jem_pxgrad": torch.cat(norms).numpy()}
 
     # --- tuning ---
-    def suggest(self, trial: optuna.Trial, tcfg: TuneConfig) -> dict[str, Any]:
+    def suggest(self, trial: optuna.Trial, tcfg: SearchBounds) -> dict[str, Any]:
         return {"jem_sgld_step": trial.suggest_float("jem_sgld_step", *STEP_RANGE, log=True),
                 "jem_weight": trial.suggest_float("jem_weight", *WEIGHT_RANGE, log=True)}
 
-    def talk_values(self, tcfg: TuneConfig) -> list[dict[str, Any]]:
+    def talk_values(self, tcfg: SearchBounds) -> list[dict[str, Any]]:
         return [{"jem_sgld_step": 1.0, "jem_weight": 1.0}]  # the paper's
 
 
-register_scorer("jem_px")(lambda cfg: FunctionScorer(lambda o: -o.jem_logpx, requires=("jem_logpx",)))
-register_scorer("jem_py")(lambda cfg: FunctionScorer(lambda o: msp(o.logits), requires=("logits", "jem_logpx")))
-register_scorer("jem_pxgrad")(lambda cfg: FunctionScorer(lambda o: o.jem_pxgrad, requires=("jem_pxgrad",)))
+register_scorer("jem_px", "method")(lambda cfg: FunctionScorer(lambda o: -o.jem_logpx, requires=("jem_logpx",)))
+register_scorer("jem_py", "method")(lambda cfg: FunctionScorer(lambda o: msp(o.logits),
+                                                           requires=("logits", "jem_logpx")))
+register_scorer("jem_pxgrad", "method")(lambda cfg: FunctionScorer(lambda o: o.jem_pxgrad, requires=("jem_pxgrad",)))

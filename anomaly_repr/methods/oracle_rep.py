@@ -7,7 +7,7 @@ hold. Its logits cover the anomaly classes too, so logit scores mean nothing for
 
 from __future__ import annotations
 
-from anomaly_repr.methods import ORACLE_REPRESENTATION, Method, register_method
+from anomaly_repr.methods.base import ORACLE_REPRESENTATION, Method, register_method
 
 
 @register_method("oracle_rep")

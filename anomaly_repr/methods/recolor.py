@@ -12,9 +12,9 @@ from itertools import permutations
 
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import DataError
-from anomaly_repr.methods import register_method
 from anomaly_repr.methods.auxiliary import Transform, TransformTask, wrong_transform
-from anomaly_repr.scorers import FunctionScorer, register_scorer
+from anomaly_repr.methods.base import register_method
+from anomaly_repr.scoring.scorers import FunctionScorer, register_scorer
 
 PERMUTATIONS = list(permutations(range(3)))  # (0, 1, 2) first: the identity
 
@@ -42,4 +42,5 @@ class Recolor(TransformTask):
         return len(PERMUTATIONS)
 
 
-register_scorer("recolor")(lambda cfg: FunctionScorer(lambda o: wrong_transform(o.recolor_logp), ("recolor_logp",)))
+register_scorer("recolor", "method")(lambda cfg: FunctionScorer(lambda o: wrong_transform(o.recolor_logp),
+                                                            ("recolor_logp",)))

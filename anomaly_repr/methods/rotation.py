@@ -17,9 +17,9 @@ import torch
 from scipy.special import log_softmax
 
 from anomaly_repr.config import ExperimentConfig
-from anomaly_repr.methods import register_method
 from anomaly_repr.methods.auxiliary import Transform, TransformTask, wrong_transform
-from anomaly_repr.scorers import FunctionScorer, register_scorer
+from anomaly_repr.methods.base import register_method
+from anomaly_repr.scoring.scorers import FunctionScorer, register_scorer
 
 
 def rotate(k: int) -> Transform:
@@ -50,7 +50,7 @@ def rotation_score(logits: np.ndarray, rotation_logp: np.ndarray) -> np.ndarray:
     return -(kl_from_uniform(logits) + rotation_logp.mean(axis=1))
 
 
-register_scorer("rotation")(lambda cfg: FunctionScorer(lambda o: rotation_score(o.logits, o.rotation_logp),
+register_scorer("rotation", "method")(lambda cfg: FunctionScorer(lambda o: rotation_score(o.logits, o.rotation_logp),
                                                        ("logits", "rotation_logp")))
-register_scorer("rotation_only")(lambda cfg: FunctionScorer(lambda o: wrong_transform(o.rotation_logp),
+register_scorer("rotation_only", "method")(lambda cfg: FunctionScorer(lambda o: wrong_transform(o.rotation_logp),
                                                             ("rotation_logp",)))

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomaly_repr.methods import register_method
 from anomaly_repr.methods.auxiliary import SearchesAuxWeight
+from anomaly_repr.methods.base import register_method
 from anomaly_repr.methods.hybrid import Decoder, HybridNet
-from anomaly_repr.models import ModelOutput, OpenSetNet, build_backbone
-from anomaly_repr.scorers import FunctionScorer, register_scorer
+from anomaly_repr.models.backbones import ModelOutput, OpenSetNet, build_backbone
+from anomaly_repr.scoring.scorers import FunctionScorer, register_scorer
 
 SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 8  # /8: a derivative per pixel
 
@@ -52,4 +52,4 @@ class Sobel(SearchesAuxWeight):
         return {"sobel_error": self.edge_error(out, x)}
 
 
-register_scorer("sobel_error")(lambda cfg: FunctionScorer(lambda o: o.sobel_error, ("sobel_error",)))
+register_scorer("sobel_error", "method")(lambda cfg: FunctionScorer(lambda o: o.sobel_error, ("sobel_error",)))

@@ -41,15 +41,16 @@ import torch
 import torch.nn.functional as F
 
 from anomaly_repr.config import ExperimentConfig
-from anomaly_repr.methods import register_method
-from anomaly_repr.methods.base import Autocast
+from anomaly_repr.errors import ConfigError
+from anomaly_repr.methods.base import Autocast, register_method
 from anomaly_repr.methods.ensemble import Ensemble, EnsembleNet, check_size, member_seeds
-from anomaly_repr.models import OpenSetNet, create_model
+from anomaly_repr.models.backbones import OpenSetNet, create_model
 
 if TYPE_CHECKING:
     import optuna
 
-    from tuning.config import TuneConfig
+    from anomaly_repr.methods.base import SearchBounds
+
 
 REPULSION_RANGE, BANDWIDTH_RANGE = (0.01, 100.0), (0.1, 10.0)  # `tune --target svgd`, both log-uniform
 
@@ -69,6 +70,13 @@ def svgd_direction(x: torch.Tensor, s: torch.Tensor, repulsion: float, bandwidth
 
 @register_method("svgd")
 class Svgd(Ensemble):
+    @classmethod
+    def check(cls, cfg: ExperimentConfig) -> None:
+        super().check(cfg)
+        if cfg.svgd_repulsion < 0 or not cfg.svgd_bandwidth > 0:
+            raise ConfigError(f"svgd_repulsion must not be negative and svgd_bandwidth must be positive, got "
+                              f"{cfg.svgd_repulsion} and {cfg.svgd_bandwidth}")
+
     tune_scorer = "max_logit"
 
     @classmethod
@@ -108,11 +116,11 @@ class Svgd(Ensemble):
         optimizer.step()
         return losses.mean().detach()
 
-    def suggest(self, trial: optuna.Trial, tcfg: TuneConfig) -> dict[str, Any]:
+    def suggest(self, trial: optuna.Trial, tcfg: SearchBounds) -> dict[str, Any]:
         return {"svgd_repulsion": trial.suggest_float("svgd_repulsion", *REPULSION_RANGE, log=True),
                 "svgd_bandwidth": trial.suggest_float("svgd_bandwidth", *BANDWIDTH_RANGE, log=True)}
 
-    def talk_values(self, tcfg: TuneConfig) -> list[dict[str, Any]]:
+    def talk_values(self, tcfg: SearchBounds) -> list[dict[str, Any]]:
         """The defaults first (the talk gives no values)."""
         defaults = {f.name: f.default for f in fields(ExperimentConfig)}
         return [{"svgd_repulsion": defaults["svgd_repulsion"], "svgd_bandwidth": defaults["svgd_bandwidth"]}]

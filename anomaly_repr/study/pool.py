@@ -28,7 +28,7 @@ import sqlalchemy
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial
 
-from anomaly_repr.errors import AnomalyReprError, ConfigError
+from anomaly_repr.errors import AnomalyReprError, ConfigError, unknown
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, metric names
@@ -52,7 +52,7 @@ class PoolConfig:
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
-            raise ConfigError(f"unknown role {self.role!r}; choose one of {', '.join(ROLES)}")
+            raise unknown("role", self.role, ROLES)
         for name in ("workers", "heartbeat_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")

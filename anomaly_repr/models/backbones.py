@@ -17,6 +17,7 @@ from torch import nn
 from torchvision.models import resnet
 from torchvision.models.resnet import BasicBlock
 
+from anomaly_repr import registry
 from anomaly_repr.registry import Registry
 
 
@@ -71,7 +72,7 @@ class OpenSetNet(nn.Module):
 
 
 BackboneFactory = Callable[[int], tuple[nn.Module, int]]  # in_channels -> (backbone, width of z)
-MODELS: Registry[BackboneFactory] = Registry()
+MODELS: Registry[BackboneFactory] = registry.MODELS
 register_model = MODELS.register
 
 

@@ -11,14 +11,14 @@ a plain function. Every scorer reads cached `Outputs`: a dozen scorers cost one 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 from scipy.special import logsumexp, softmax
 from sklearn.exceptions import NotFittedError
 
-from anomaly_repr.extract import Outputs
 from anomaly_repr.registry import Registry
+from anomaly_repr.scoring.outputs import Outputs
 
 if TYPE_CHECKING:
     from anomaly_repr.config import ExperimentConfig
@@ -85,8 +85,22 @@ class FunctionScorer:
 
 
 ScorerFactory = Callable[["ExperimentConfig"], Scorer]
-SCORERS: Registry[ScorerFactory] = Registry()
-register_scorer = SCORERS.register
+# classic (functions of the logits), feature (feature-space detectors fitted on nominal data), method (a
+# method's own scores), oracle (fitted with anomaly labels: never deployable, never an objective): the
+# report's column groups, left to right, and the order in which a model's scorers run
+TIERS = ("classic", "feature", "method", "oracle")
+Tier = Literal["classic", "feature", "method", "oracle"]
+# Filled by this module (the classic scorers), the feature scorers, each method's own and the oracles.
+SCORERS: Registry[ScorerFactory] = Registry(
+    "scorer", ("anomaly_repr.scoring.features", "anomaly_repr.methods", "anomaly_repr.scoring.oracles"),
+    order=lambda name: TIERS.index(tier(name)))
+
+
+def register_scorer(name: str, tier: Tier) -> Callable[[ScorerFactory], ScorerFactory]:
+    """Register a scorer factory under `name` in its tier."""
+    if tier not in TIERS:
+        raise ValueError(f"scorer {name!r}: unknown tier {tier!r}; one of {', '.join(TIERS)}")
+    return SCORERS.register(name, tier=tier)
 
 
 def _of_logits(fn: Callable[[np.ndarray], np.ndarray]) -> ScorerFactory:
@@ -94,19 +108,25 @@ def _of_logits(fn: Callable[[np.ndarray], np.ndarray]) -> ScorerFactory:
 
 
 for _fn in (msp, entropy, max_logit, energy):
-    register_scorer(_fn.__name__)(_of_logits(_fn))
+    register_scorer(_fn.__name__, "classic")(_of_logits(_fn))
 
-CLASSIC_SCORERS = ("msp", "entropy", "max_logit", "energy")
 
 def make_scorer(name: str, cfg: ExperimentConfig) -> Scorer:
     return SCORERS[name](cfg)
 
 
+def tier(name: str) -> Tier:
+    """The tier a scorer was registered in. A name this version does not register (read from an older run)
+    counts as an oracle by its `oracle_` prefix, else as a method's own score."""
+    about = SCORERS.about(name) if name in SCORERS else {}
+    return about.get("tier") or ("oracle" if name.startswith("oracle_") else "method")
+
+
+def scorers_of(which: Tier) -> tuple[str, ...]:
+    """The scorers of one tier, in registration order."""
+    return tuple(name for name in SCORERS if tier(name) == which)
+
+
 def is_oracle(name: str) -> bool:
     """Oracles learn from anomaly labels: upper references, never deployable, never an objective."""
-    return name.startswith("oracle_")
-
-
-# The oracles and each method's own scorers register themselves on import; importing them here makes
-# every registry user see them.
-from anomaly_repr import features, methods, oracles  # noqa: E402, F401
+    return tier(name) == "oracle"

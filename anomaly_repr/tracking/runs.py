@@ -22,12 +22,23 @@ import numpy as np
 import torch
 
 from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.data.pipeline import Normalizer
+from anomaly_repr.engine.evaluation import Evaluation, classic_val_aurocs, evaluate, evaluated_parts
+from anomaly_repr.engine.workflow import (
+    EpochHook,
+    Fitted,
+    Prepared,
+    checkpoint_path,
+    fit,
+    fit_member,
+    new_model,
+    prepare,
+    training_data,
+)
 from anomaly_repr.errors import AnomalyReprError, ConfigError
-from anomaly_repr.evaluation import Evaluation, classic_val_aurocs, evaluate, evaluated_parts
 from anomaly_repr.methods import method_for
-from anomaly_repr.models import OpenSetNet
-from anomaly_repr.pipeline import Normalizer
-from anomaly_repr.tracking import (
+from anomaly_repr.models.backbones import OpenSetNet
+from anomaly_repr.tracking.store import (
     load_config,
     load_weights,
     log_epoch,
@@ -41,17 +52,6 @@ from anomaly_repr.tracking import (
     logged_epochs,
     setup_tracking,
 )
-from anomaly_repr.workflow import (
-    EpochHook,
-    Fitted,
-    Prepared,
-    checkpoint_path,
-    fit,
-    fit_member,
-    new_model,
-    prepare,
-    training_data,
-)
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 def epoch_logger(prep: Prepared, analyse: bool = True, then: EpochHook | None = None) -> EpochHook:
     """Log each epoch's row to the active run, with every `val_auroc_every` epochs (when `analyse`) the
     classic scorers' validation AUROC; then `then`."""
-    every = prep.cfg.val_auroc_every if analyse and method_for(prep.cfg).scores_logits else 0
+    every = prep.cfg.val_auroc_every if analyse and prep.method.scores_logits else 0
     logged: dict[str, set[int]] = {}  # per run (a member's epochs go to the member's run)
 
     def on_epoch(model: OpenSetNet, normalizer: Normalizer, row: dict[str, float],
@@ -91,7 +91,7 @@ def train_logged(prep: Prepared, run_id: str, resume: bool = False, epoch_hook: 
     validation AUROC is logged beside them (analysis only; a tuning trial logs its own objective instead)."""
     on_epoch = epoch_logger(prep, analyse, epoch_hook)
     checkpoint = checkpoint_path(run_id)
-    members = MemberRuns(run_id, on_epoch) if method_for(prep.cfg).member_configs() else None
+    members = MemberRuns(run_id, on_epoch) if prep.method.member_configs() else None
     fitted = fit(prep, checkpoint, resume, on_epoch, members, on_figures=log_figures)
     mlflow.log_metrics(fitted.summary())
     mlflow.set_tags({"device": str(fitted.device), "precision": fitted.result.precision.removeprefix("torch.")})

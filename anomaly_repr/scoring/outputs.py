@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anomaly_repr.models import ModelOutput, OpenSetNet
-from anomaly_repr.pipeline import Normalizer, eval_batches
-from anomaly_repr.split import UNKNOWN
+from anomaly_repr.data.pipeline import Normalizer, eval_batches
+from anomaly_repr.data.split import UNKNOWN
+from anomaly_repr.models.backbones import ModelOutput, OpenSetNet
 
 CORE = ("z", "logits", "labels")
 FinalLayer = tuple[np.ndarray, np.ndarray]  # (weight (K, D), bias (K,)) of a linear head: logits = z W^T + b

@@ -16,12 +16,20 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy import stats as scipy_stats
 
-from anomaly_repr.report import auroc_bar_chart, auroc_table, by_split_table, gap_table, markdown_report, to_markdown
-from anomaly_repr.summary import Cell, Results, best_deployable, reference_method, summarise
-from anomaly_repr.tracking import git_commit, log_figures
+from anomaly_repr.scoring.intervals import Cell, Results
+from anomaly_repr.study.report import (
+    auroc_bar_chart,
+    auroc_table,
+    by_split_table,
+    gap_table,
+    markdown_report,
+    to_markdown,
+)
+from anomaly_repr.study.summary import best_deployable, reference_method, summarise
+from anomaly_repr.tracking.store import git_commit, log_figures
 
 if TYPE_CHECKING:
-    from anomaly_repr.cells import Study
+    from anomaly_repr.study.cells import Study
 
 log = logging.getLogger(__name__)
 

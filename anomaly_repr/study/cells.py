@@ -1,6 +1,6 @@
 """What a `reproduce` study is: its settings and its cells (split x seed x augmentation policy x method), the
 config each cell trains, and the identity that names the study and is checked when it resumes or a worker
-joins. Running the cells is `study.py`'s."""
+joins. Running the cells is `reproduce.py`'s."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import json
 from dataclasses import dataclass, field
 
 from anomaly_repr.config import AUGMENTS, DEFAULT_METHODS, ExperimentConfig
-from anomaly_repr.errors import ConfigError
+from anomaly_repr.data.split import STANDARD_SPLITS
+from anomaly_repr.errors import ConfigError, unknown
 from anomaly_repr.methods import METHODS, child_config
-from anomaly_repr.pool import MACHINE_FIELDS, PoolConfig
-from anomaly_repr.split import STANDARD_SPLITS
+from anomaly_repr.study.pool import MACHINE_FIELDS, PoolConfig
 
 CellKey = tuple[int, int, str, str]  # (split, seed, method, augmentation policy)
 # Fields that change what is reported, not what a cell trains: a resumed study may change them.
@@ -33,12 +33,9 @@ class Study:
             raise ConfigError("a study needs at least one seed and one split")
         if not self.methods:
             raise ConfigError("a study needs at least one method")
-        unknown = [m for m in self.methods if m not in METHODS]
-        if unknown:
-            raise ConfigError(f"unknown method {unknown[0]!r}; choose from {', '.join(METHODS)}")
-        unknown = [a for a in self.augments if a not in AUGMENTS]
-        if unknown:
-            raise ConfigError(f"unknown augment {unknown[0]!r}; choose from {', '.join(AUGMENTS)}")
+        for what, names, choices in (("method", self.methods, METHODS), ("augment", self.augments, AUGMENTS)):
+            if missing := [n for n in names if n not in choices]:
+                raise unknown(what, missing[0], choices)
         for name, values in (("methods", self.methods), ("seeds", self.seeds), ("splits", self.splits),
                              ("augment", self.augments)):
             if len(set(values)) != len(values):

@@ -27,7 +27,7 @@ from __future__ import annotations
 import torch
 
 from anomaly_repr.config import AUGMENTS
-from anomaly_repr.image_ops import OPS
+from anomaly_repr.data.image_ops import OPS
 
 # --- the policies' spaces: op -> (magnitude per bin, or None; signed?) ---
 

@@ -26,14 +26,14 @@ from matplotlib.figure import Figure
 from mlflow.models import infer_signature
 
 from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.data.pipeline import Normalizer
+from anomaly_repr.data.split import OpenSetSplit
+from anomaly_repr.engine.evaluation import Evaluation
+from anomaly_repr.engine.workflow import Prepared
 from anomaly_repr.errors import AnomalyReprError
-from anomaly_repr.evaluation import Evaluation
-from anomaly_repr.lineage import log_dataset_inputs
-from anomaly_repr.models import OpenSetNet
-from anomaly_repr.pipeline import Normalizer
-from anomaly_repr.served import PixelsToLogits
-from anomaly_repr.split import OpenSetSplit
-from anomaly_repr.workflow import Prepared
+from anomaly_repr.models.backbones import OpenSetNet
+from anomaly_repr.models.served import PixelsToLogits
+from anomaly_repr.tracking.lineage import log_dataset_inputs
 
 log = logging.getLogger(__name__)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # a local SQLite store in the working directory

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from anomaly_repr import registry
 from anomaly_repr.errors import DataError
 from anomaly_repr.registry import Registry
 
@@ -54,7 +55,7 @@ def in_memory(images: torch.Tensor, labels: np.ndarray, classes: list[str], hfli
                      origin=origin)
 
 
-SOURCES: Registry[Callable[[ExperimentConfig], ImageData]] = Registry()
+SOURCES: Registry[Callable[[ExperimentConfig], ImageData]] = registry.SOURCES
 register_source = SOURCES.register
 
 

@@ -20,8 +20,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from anomaly_repr.errors import DataError
-from anomaly_repr.extract import Outputs
-from anomaly_repr.scorers import SCORERS, check_fitted, register_scorer
+from anomaly_repr.scoring.outputs import Outputs
+from anomaly_repr.scoring.scorers import check_fitted, register_scorer
 
 if TYPE_CHECKING:
     from anomaly_repr.config import ExperimentConfig
@@ -50,12 +50,12 @@ class ProbeOracle:
         return self.estimator_.predict_proba(outputs.z)[:, 1]
 
 
-@register_scorer("oracle_rf")
+@register_scorer("oracle_rf", "oracle")
 def random_forest(cfg: ExperimentConfig) -> ProbeOracle:
     return ProbeOracle(RandomForestClassifier(n_estimators=cfg.oracle_trees, n_jobs=-1, random_state=cfg.seed))
 
 
-@register_scorer("oracle_linear")
+@register_scorer("oracle_linear", "oracle")
 def linear_probe(cfg: ExperimentConfig) -> ProbeOracle:
     return ProbeOracle(make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)))
 
@@ -72,9 +72,7 @@ class KNNOracle(ProbeOracle):
         return super().fit(reference)
 
 
-@register_scorer("oracle_knn")
+@register_scorer("oracle_knn", "oracle")
 def knn_probe(cfg: ExperimentConfig) -> ProbeOracle:
     return KNNOracle(cfg.oracle_neighbors)
 
-
-ORACLES = tuple(name for name in SCORERS if name.startswith("oracle_"))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from anomaly_repr.models import OpenSetNet
-from anomaly_repr.pipeline import Normalizer
+from anomaly_repr.data.pipeline import Normalizer
+from anomaly_repr.models.backbones import OpenSetNet
 
 
 class PixelsToLogits(torch.nn.Module):

@@ -1,5 +1,5 @@
-"""Figures and tables: ROC curves and score histograms per evaluation; per study, the AUROC table with its
-intervals, the gap table, the per-split table and the bar chart (the numbers come from `summary`)."""
+"""A study's tables and figures: the AUROC table with its intervals, the gap table, the per-split table and
+the bar chart (the numbers come from `summary`)."""
 
 from __future__ import annotations
 
@@ -12,47 +12,10 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from sklearn.metrics import roc_curve  # noqa: E402
 
-from anomaly_repr.features import FEATURE_SCORERS  # noqa: E402
-from anomaly_repr.scorers import CLASSIC_SCORERS, is_oracle  # noqa: E402
-from anomaly_repr.summary import Results, gap_names, significant  # noqa: E402
-
-TIERS = ("classic", "feature", "method", "oracle")  # the table's column groups, left to right
-
-
-def tier(scorer: str) -> str:
-    """classic (functions of the logits), feature (feature-space detectors fitted on nominal data), method
-    (a method's own scores) or oracle (fitted with anomaly labels: not deployable)."""
-    if is_oracle(scorer):
-        return "oracle"
-    return "classic" if scorer in CLASSIC_SCORERS else "feature" if scorer in FEATURE_SCORERS else "method"
-
-
-def roc_figure(scores: dict[str, np.ndarray], is_anomaly: np.ndarray, aurocs: dict[str, float]) -> Figure:
-    fig, ax = plt.subplots(figsize=(5, 5))
-    for name, s in scores.items():
-        fpr, tpr, _ = roc_curve(is_anomaly, s)
-        ax.plot(fpr, tpr, label=f"{name} (AUROC {aurocs[name]:.3f})")
-    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    ax.set(xlabel="false-positive rate (nominal flagged)", ylabel="true-positive rate (anomalies flagged)",
-           title="ROC, test split", xlim=(0, 1), ylim=(0, 1.01))
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def histogram_figure(scores: dict[str, np.ndarray], is_anomaly: np.ndarray) -> Figure:
-    fig, axes = plt.subplots(1, len(scores), figsize=(3.2 * len(scores), 3), squeeze=False)
-    for ax, (name, s) in zip(axes[0], scores.items(), strict=True):
-        bins = np.histogram_bin_edges(s, bins=40)
-        ax.hist(s[~is_anomaly], bins=bins, alpha=0.6, density=True, label="nominal")
-        ax.hist(s[is_anomaly], bins=bins, alpha=0.6, density=True, label="anomaly")
-        ax.set(title=name, xlabel="score (higher = more anomalous)")
-    axes[0][0].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
+from anomaly_repr.scoring.intervals import Results  # noqa: E402
+from anomaly_repr.scoring.scorers import TIERS, tier  # noqa: E402
+from anomaly_repr.study.summary import gap_names, significant  # noqa: E402
 
 # --- study tables and charts: one row per model, one column per scorer ---
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from anomaly_repr.augment import Policy
-from anomaly_repr.mixing import Mixing, erase, erase_boxes
+from anomaly_repr.data.augment import Policy
+from anomaly_repr.data.mixing import Mixing, erase, erase_boxes
 
 
 @dataclass(frozen=True)

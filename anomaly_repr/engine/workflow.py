@@ -22,14 +22,14 @@ import torch
 from matplotlib.figure import Figure
 
 from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.data.pipeline import Normalizer
+from anomaly_repr.data.sources import ImageData, load_source
+from anomaly_repr.data.split import OpenSetSplit
+from anomaly_repr.engine.device import accuracy, autocast_dtype, pick_device
+from anomaly_repr.engine.train import TrainData, TrainHooks, TrainResult, check_budget, save_atomically, train
 from anomaly_repr.errors import ConfigError, DivergedError, SealedError
-from anomaly_repr.methods import method_for
-from anomaly_repr.models import OpenSetNet
-from anomaly_repr.pipeline import Normalizer
-from anomaly_repr.sources import ImageData, load_source
-from anomaly_repr.split import OpenSetSplit
-from anomaly_repr.train import (TrainResult, accuracy, autocast_dtype, check_budget, pick_device, save_atomically,
-                                train)
+from anomaly_repr.methods import Method, method_for
+from anomaly_repr.models.backbones import OpenSetNet
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,11 @@ class Prepared:
     open_labels: np.ndarray  # open-set label of every pooled image (-1 = anomaly)
     loaded: torch.Tensor  # uint8 images of the loaded parts, one row per loaded index
     rows: np.ndarray  # pooled index -> row of `loaded`; -1 for images of parts not loaded
+    method: Method  # the config's, resolved once by `prepare`; a copy with another config resolves its own
+
+    def __post_init__(self) -> None:
+        if self.method.cfg != self.cfg:  # dataclasses.replace(prep, cfg=...)
+            object.__setattr__(self, "method", method_for(self.cfg))
 
     def images(self, index: np.ndarray) -> torch.Tensor:
         rows = self.rows[index]
@@ -71,7 +76,7 @@ class Prepared:
         model-selection validation images); an all-class method (the oracle representation) sees every
         class of the split.
         """
-        if method_for(self.cfg).all_classes:
+        if self.method.all_classes:
             return self.split.train, self.split.val, self.split.all_class_labels(self.data.labels)
         nominal = self.split.nominal
         return nominal(self.split.train, self.data.labels), nominal(self.split.val, self.data.labels), self.open_labels
@@ -81,15 +86,15 @@ def prepare(cfg: ExperimentConfig, parts: tuple[str, ...] = PARTS) -> Prepared:
     """Load the source, split it, and read the images of `parts` (a subset of train, val, test)."""
     if not set(parts) <= set(PARTS):
         raise ConfigError(f"unknown parts {sorted(set(parts) - set(PARTS))}; parts are {', '.join(PARTS)}")
-    data = load_source(cfg)
-    method_for(cfg).check_data(data.shape)
+    data, method = load_source(cfg), method_for(cfg)
+    method.check_data(data.shape)
     split = OpenSetSplit.make(cfg, data.labels, data.classes, data.left_out)
     index = np.sort(np.concatenate([getattr(split, part) for part in parts]))
     rows = np.full(len(data.labels), -1, dtype=np.int64)
     rows[index] = np.arange(len(index))
     log.info("%s: %d images (%s loaded: %d), known %s, unknown %s, split %s", cfg.dataset, len(data.labels),
              "+".join(parts), len(index), split.known, split.unknown, split.hash)
-    return Prepared(cfg, data, split, split.open_labels(data.labels), data.read(index), rows)
+    return Prepared(cfg, data, split, split.open_labels(data.labels), data.read(index), rows, method)
 
 
 def unseal(prep: Prepared) -> Prepared:
@@ -103,7 +108,7 @@ def unseal(prep: Prepared) -> Prepared:
 def new_model(prep: Prepared) -> OpenSetNet:
     """The model of the config's method, initialised from its seed; an all-class method's model has a class
     for every class of the split."""
-    cfg, method = prep.cfg, method_for(prep.cfg)
+    cfg, method = prep.cfg, prep.method
     n_classes = len(prep.split.known) + (len(prep.split.unknown) if method.all_classes else 0)
     with torch.random.fork_rng(devices=[]):  # initial weights follow the seed, and nothing else's random state
         torch.manual_seed(cfg.seed)
@@ -149,16 +154,12 @@ def fit(prep: Prepared, checkpoint: Path, resume: bool = False, on_epoch: EpochH
     prunes there). A method with members trains them one by one (`fit_members`), `members` around each;
     `on_figures` receives the figures a method makes during training."""
     data = training_data(prep)
-    if method_for(prep.cfg).member_configs():
+    if prep.method.member_configs():
         return fit_members(prep, data, checkpoint, resume, members)
-    model, normalizer = new_model(prep), data[4]
+    model, normalizer = new_model(prep), data.normalizer
     hook = (lambda net, row, logits: on_epoch(net, normalizer, row, logits)) if on_epoch else None
-    result = train(prep.cfg, model, *data, checkpoint, resume, hook, on_figures)
-    return Fitted(result.model, normalizer, result, data[0][:4], data[6])
-
-
-# (training images, their labels, validation images, their labels, normaliser, flip?, device): `train`'s data
-TrainData = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, Normalizer, bool, torch.device]
+    result = train(prep.method, model, data, checkpoint, resume, TrainHooks(hook, on_figures))
+    return Fitted(result.model, normalizer, result, data.train_images[:4], data.device)
 
 
 def training_data(prep: Prepared) -> TrainData:
@@ -167,8 +168,8 @@ def training_data(prep: Prepared) -> TrainData:
     train_x = prep.images(train_index)
     normalizer = Normalizer.fit(train_x)  # statistics of the training split only
     labels = torch.as_tensor(all_labels, dtype=torch.long)
-    return (train_x, labels[train_index], prep.images(val_index), labels[val_index], normalizer, prep.data.hflip,
-            pick_device(prep.cfg.device))
+    return TrainData(train_x, labels[train_index], prep.images(val_index), labels[val_index], normalizer,
+                     prep.data.hflip, pick_device(prep.cfg.device))
 
 
 def member_checkpoint(checkpoint: Path, index: int) -> Path:
@@ -178,19 +179,20 @@ def member_checkpoint(checkpoint: Path, index: int) -> Path:
 def fit_member(prep: Prepared, data: TrainData, index: int, checkpoint: Path, hooks: MemberHooks | None,
                finished: int = 0) -> TrainResult:
     """Train member `index` of the config's method (continuing from its own checkpoint if one is left)."""
-    configs = method_for(prep.cfg).member_configs()
-    cfg, normalizer = configs[index], data[4]
-    model = new_model(dataclasses.replace(prep, cfg=cfg))
+    member = dataclasses.replace(prep, cfg=prep.method.member_configs()[index])
+    cfg, normalizer = member.cfg, data.normalizer
+    model = new_model(member)
     path = member_checkpoint(checkpoint, index)
     with hooks.member(index, cfg) if hooks else nullcontext() as on_epoch:
         hook = (lambda net, row, logits: on_epoch(net, normalizer, row, logits)) if on_epoch else None
         try:
-            result = train(cfg, model, *data, path, path.exists(), hook)
+            result = train(member.method, model, data, path, path.exists(), TrainHooks(hook))
         except DivergedError as exc:
-            raise DivergedError(f"member {index} of {len(configs)}: {exc}; the {finished} finished member(s) are "
-                                "kept for `train --resume`") from None
+            members = len(prep.method.member_configs())
+            raise DivergedError(f"member {index} of {members}: {exc}; the {finished} finished member(s) are kept "
+                                "for `train --resume`") from None
         if hooks:
-            hooks.finished(index, Fitted(result.model, normalizer, result, data[0][:4], data[6]))
+            hooks.finished(index, Fitted(result.model, normalizer, result, data.train_images[:4], data.device))
     return result
 
 
@@ -200,7 +202,7 @@ def fit_members(prep: Prepared, data: TrainData, checkpoint: Path, resume: bool,
     another, or with `ensemble_workers` > 1 in that many processes (`hooks.elsewhere`). `checkpoint` keeps
     every finished member, so a resumed run trains only the others (and continues one that was interrupted
     from its own checkpoint)."""
-    method, train_x, normalizer, device = method_for(prep.cfg), data[0], data[4], data[6]
+    method, train_x, normalizer, device = prep.method, data.train_images, data.normalizer, data.device
     done: dict[int, dict] = torch.load(checkpoint, weights_only=True)["members"] if resume and checkpoint.exists() \
         else {}
     save_atomically({"members": done}, checkpoint)  # from the first member on, `train --resume` finds the run's
@@ -231,7 +233,7 @@ def fit_members(prep: Prepared, data: TrainData, checkpoint: Path, resume: bool,
         models.append(model)
         results.append(TrainResult(model, **done[index]["result"]))
     joined = method.combine(models)
-    val_acc = accuracy(joined.to(device), data[2], data[3], normalizer, device,
+    val_acc = accuracy(joined.to(device), data.val_images, data.val_labels, normalizer, device,
                        precision=autocast_dtype(prep.cfg.amp, device))
     result = TrainResult.joined(joined, val_acc, results)
     return Fitted(joined, normalizer, result, train_x[:4], device)

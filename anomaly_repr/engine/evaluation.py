@@ -12,17 +12,17 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from anomaly_repr.extract import Outputs, extract, tta_views
-from anomaly_repr.methods import Calibration, method_for
-from anomaly_repr.metrics import anomaly_metrics, closed_set_accuracy
-from anomaly_repr.models import OpenSetNet
-from anomaly_repr.pipeline import Normalizer
-from anomaly_repr.report import histogram_figure, roc_figure
-from anomaly_repr.scorers import CLASSIC_SCORERS, SCORERS, applies, is_oracle, make_scorer
-from anomaly_repr.split import UNKNOWN
-from anomaly_repr.summary import evaluation_intervals
-from anomaly_repr.train import autocast_dtype, pick_device, predict
-from anomaly_repr.workflow import Prepared
+from anomaly_repr.data.pipeline import Normalizer
+from anomaly_repr.data.split import UNKNOWN
+from anomaly_repr.engine.device import autocast_dtype, pick_device, predict
+from anomaly_repr.engine.figures import histogram_figure, roc_figure
+from anomaly_repr.engine.workflow import Prepared
+from anomaly_repr.methods import Calibration
+from anomaly_repr.models.backbones import OpenSetNet
+from anomaly_repr.scoring.intervals import evaluation_intervals
+from anomaly_repr.scoring.metrics import anomaly_metrics, closed_set_accuracy
+from anomaly_repr.scoring.outputs import Outputs, extract, tta_views
+from anomaly_repr.scoring.scorers import SCORERS, applies, is_oracle, make_scorer, scorers_of
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def classic_val_aurocs(prep: Prepared, model: OpenSetNet, normalizer: Normalizer
     val_outputs = Outputs(np.empty((len(labels), 0), np.float32), logits.float().numpy(), labels)
     nominal = val_outputs.rows(~val_outputs.is_anomaly)  # fixed functions learn nothing; the fit follows the protocol
     aurocs = {}
-    for name in CLASSIC_SCORERS:
+    for name in scorers_of("classic"):
         scores = make_scorer(name, prep.cfg).fit(nominal).score(val_outputs)
         if np.isfinite(scores).all():  # an analysis curve must not stop a training whose loss is still finite
             aurocs[f"val/{name}/auroc"] = anomaly_metrics(scores, val_outputs.is_anomaly)["auroc"]
@@ -65,7 +65,7 @@ def extract_parts(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, par
     per-epoch validation reads them): references and test images read alike. The forward passes run in
     training's precision (`amp`: bfloat16 where the device has it natively, every scorer's AUROC within
     0.0007 of float32 in BENCHMARKS.md); a method's calibration and extra passes stay float32."""
-    method, device = method_for(prep.cfg), pick_device(prep.cfg.device)
+    method, device = prep.method, pick_device(prep.cfg.device)
     precision = autocast_dtype(prep.cfg.amp, device)
     model.to(device).to(memory_format=torch.channels_last)
     views = tta_views(prep.cfg.tta if tta else "none", prep.data.hflip)
@@ -82,7 +82,7 @@ def extract_parts(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, par
 
 def evaluated_parts(prep: Prepared) -> tuple[str, ...]:
     """The split parts `evaluate` reads: the nominal training images too where feature scorers learn."""
-    return ("train", "val", "test") if method_for(prep.cfg).scores_logits else ("val", "test")
+    return ("train", "val", "test") if prep.method.scores_logits else ("val", "test")
 
 
 def nominal_reference(prep: Prepared, outputs: dict[str, Outputs]) -> Outputs:
@@ -150,7 +150,7 @@ def evaluate(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, val_inde
     narrows them). A method whose logits cover the anomaly classes (the oracle representation) gets the
     oracles only: its logit and feature scores mean nothing.
     """
-    method = method_for(prep.cfg)
+    method = prep.method
     parts = {"val": prep.split.val if val_index is None else val_index,
              "test": prep.split.test if test_index is None else test_index}
     if method.scores_logits:

@@ -16,14 +16,11 @@ import torch
 from scipy.special import logsumexp, softmax
 
 from anomaly_repr.errors import DataError
-from anomaly_repr.extract import Outputs
-from anomaly_repr.scorers import FunctionScorer, check_fitted, register_scorer
+from anomaly_repr.scoring.outputs import Outputs
+from anomaly_repr.scoring.scorers import FunctionScorer, check_fitted, register_scorer
 
 if TYPE_CHECKING:
     from anomaly_repr.config import ExperimentConfig
-
-FEATURE_SCORERS = ("knn", "mahalanobis", "rmds", "vim", "fdbd", "react", "gen")
-
 
 class NominalScorer:
     """Base of the feature scorers: `fit` checks that the reference holds nominal images only."""
@@ -214,36 +211,36 @@ def generalized_entropy(logits: np.ndarray, gamma: float = 0.1, top: int = 0) ->
     return (p**gamma * (1.0 - p) ** gamma).sum(axis=1)
 
 
-@register_scorer("knn")
+@register_scorer("knn", "feature")
 def _knn(cfg: ExperimentConfig) -> KNN:
     return KNN(cfg.knn_k)
 
 
-@register_scorer("mahalanobis")
+@register_scorer("mahalanobis", "feature")
 def _mahalanobis(cfg: ExperimentConfig) -> Mahalanobis:
     return Mahalanobis()
 
 
-@register_scorer("rmds")
+@register_scorer("rmds", "feature")
 def _rmds(cfg: ExperimentConfig) -> RelativeMahalanobis:
     return RelativeMahalanobis()
 
 
-@register_scorer("vim")
+@register_scorer("vim", "feature")
 def _vim(cfg: ExperimentConfig) -> ViM:
     return ViM(cfg.vim_dim)
 
 
-@register_scorer("fdbd")
+@register_scorer("fdbd", "feature")
 def _fdbd(cfg: ExperimentConfig) -> FDBD:
     return FDBD()
 
 
-@register_scorer("react")
+@register_scorer("react", "feature")
 def _react(cfg: ExperimentConfig) -> ReAct:
     return ReAct(cfg.react_percentile)
 
 
-@register_scorer("gen")
+@register_scorer("gen", "feature")
 def _gen(cfg: ExperimentConfig) -> FunctionScorer:
     return FunctionScorer(lambda outputs: generalized_entropy(outputs.logits, cfg.gen_gamma, cfg.gen_top))

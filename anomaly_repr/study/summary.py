@@ -1,48 +1,28 @@
 """A study's parent metrics: every cell (method x scorer x metric) and every gap, with its uncertainty.
 
 Each child run (one method on one split and seed) is a `Cell`: its test metrics and its test scores. The
-children of one (split, seed) share their test images, so one stratified bootstrap of those images
-(`stats.Resamples`, seeded by the child's seed, the same draw its own evaluation made) serves all their
-scorers: every difference below is *paired*. Over several repeats (seeds, splits), a resample's value is
-the mean of the repeats' values on their own resamples: the interval of the mean over test-image noise.
-The between-run spread (`_mean`, `_std`, `_ci95`: a Student-t interval) adds the seed and split noise.
+children of one (split, seed) share their test images, so one stratified bootstrap of those images (the
+same draw its own evaluation made: `scoring.intervals`) serves all their scorers: every difference below
+is *paired*.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 
 import numpy as np
 
 from anomaly_repr.methods import METHODS, ORACLE_REPRESENTATION, REFERENCE, VARIANT
-from anomaly_repr.scorers import CLASSIC_SCORERS, is_oracle
-from anomaly_repr.stats import METRICS, Resamples, Spread, difference_metrics, interval_metrics, resampled_metrics
-
-BASELINE = "max_logit"  # every scorer is also compared with this one on the same model
-INTERVAL_SUFFIXES = ("_ci_low", "_ci_high", "_p")
-
-
-@dataclass(frozen=True)
-class Cell:
-    """One child run's evaluation: what the parent summarises."""
-
-    split: int
-    seed: int
-    metrics: dict[str, float]  # test/acc, test/<scorer>/<metric>, ...
-    scores: dict[str, np.ndarray]  # scorer -> test scores (higher = more anomalous)
-    is_anomaly: np.ndarray  # the test images' labels, in the scores' order
-    known_classes: tuple[str, ...] = ()  # the split's known classes
-    run_id: str = ""  # the child run it was read from
-
-    @property
-    def repeat(self) -> tuple[int, int]:
-        return self.split, self.seed
-
-
-# Row -> its cells, one per repeat, in the same repeat order for every row. A row is a method (under the
-# study's reference augmentation policy), or `<method>.<policy>`: that method under another policy.
-Results = dict[str, list[Cell]]
+from anomaly_repr.scoring.intervals import (
+    BASELINE,
+    INTERVAL_SUFFIXES,
+    Bootstrap,
+    Results,
+    paired_gap,
+    spread_metrics,
+)
+from anomaly_repr.scoring.scorers import is_oracle, scorers_of
+from anomaly_repr.scoring.stats import interval_metrics
 
 
 def row_method(row: str) -> str:
@@ -61,41 +41,6 @@ def best_deployable(summary: dict[str, float], method: str) -> str | None:
               if k.startswith(f"test/{method}/") and k.endswith("/auroc") and k.count("/") == 3}
     deployable = {name: v for name, v in aurocs.items() if not is_oracle(name)}
     return max(deployable, key=lambda name: deployable[name]) if deployable else None
-
-
-class _Bootstrap:
-    """The resampled metrics of every (method, scorer), averaged over repeats, computed on demand."""
-
-    def __init__(self, results: Results, n_resamples: int):
-        self.results, self.n = results, n_resamples
-        self._draws: dict[tuple[int, int], Resamples] = {}
-        self._values: dict[tuple[str, str], dict[str, np.ndarray]] = {}
-
-    def __call__(self, method: str, scorer: str) -> dict[str, np.ndarray] | None:
-        cells = self.results[method]
-        if not self.n or not cells or any(scorer not in c.scores for c in cells):
-            return None
-        if (method, scorer) not in self._values:
-            per_repeat = [resampled_metrics(c.scores[scorer], self._draw(c)) for c in cells]
-            self._values[method, scorer] = {m: np.mean([r[m] for r in per_repeat], axis=0) for m in METRICS}
-        return self._values[method, scorer]
-
-    def _draw(self, cell: Cell) -> Resamples:
-        if cell.repeat not in self._draws:
-            self._draws[cell.repeat] = Resamples.draw(cell.is_anomaly, self.n, cell.seed)
-        draw = self._draws[cell.repeat]
-        if not np.array_equal(draw.is_anomaly, cell.is_anomaly):
-            raise ValueError(f"the cells of split {cell.split} seed {cell.seed} hold different test images; "
-                             "their differences cannot be paired")
-        return draw
-
-
-def _spread(name: str, values: np.ndarray) -> dict[str, float]:
-    out = {name: float(values.mean())}
-    if len(values) > 1:
-        spread = Spread.of(values)
-        out |= {f"{name}_std": spread.std} | spread.metrics(name)
-    return out
 
 
 def summarise(results: Results, n_resamples: int) -> dict[str, float]:
@@ -120,26 +65,26 @@ def summarise(results: Results, n_resamples: int) -> dict[str, float]:
     row, on the same repeats: `test/gain/<method>.<policy>/oracle_rf`, `.../max_logit`, `.../best_score` (best
     deployable against best deployable) and `.../acc` (test accuracy; its spread over repeats only).
     """
-    boot = _Bootstrap(results, n_resamples)
+    boot = Bootstrap(results, n_resamples)
     summary: dict[str, float] = {}
     for method, cells in results.items():
         for key in cells[0].metrics if cells else []:
             if not key.endswith(INTERVAL_SUFFIXES) and "/vs_" not in key and all(key in c.metrics for c in cells):
                 values = np.array([c.metrics[key] for c in cells])
-                summary |= _spread(f"test/{method}/{key.removeprefix('test/')}", values)
+                summary |= spread_metrics(f"test/{method}/{key.removeprefix('test/')}", values)
         for scorer in cells[0].scores if cells else []:
             for metric, values in (boot(method, scorer) or {}).items():
                 summary |= interval_metrics(f"test/{method}/{scorer}/{metric}", values)
             if scorer != BASELINE and BASELINE in cells[0].scores and not is_oracle(scorer):
-                summary |= _gap(results, boot, f"test/{method}/{scorer}/vs_{BASELINE}", (method, scorer),
+                summary |= paired_gap(results, boot, f"test/{method}/{scorer}/vs_{BASELINE}", (method, scorer),
                                 (method, BASELINE))
     summary |= _policy_gains(results, boot, summary)  # each policy row against its own method's row
     reference = reference_method(results)
     if reference is None:
         return summary
     rf = (reference, "oracle_rf")
-    classic = (reference, max(CLASSIC_SCORERS, key=lambda s: summary[f"test/{reference}/{s}/auroc"]))
-    summary |= _gap(results, boot, "test/q1_gap", rf, classic)
+    classic = (reference, max(scorers_of("classic"), key=lambda s: summary[f"test/{reference}/{s}/auroc"]))
+    summary |= paired_gap(results, boot, "test/q1_gap", rf, classic)
     best = best_deployable(summary, reference)
     if best is not None:
         summary["test/q1_best_deployable"] = summary[f"test/{reference}/{best}/auroc"]
@@ -152,14 +97,14 @@ def summarise(results: Results, n_resamples: int) -> dict[str, float]:
             names = ["test/q2_gap"] if cls.role == ORACLE_REPRESENTATION else [
                 f"test/gain/{method}/oracle_rf", *([cls.oracle_gain_alias] if cls.oracle_gain_alias else [])]
             for name in names:
-                summary |= _gap(results, boot, name, (method, "oracle_rf"), rf)
+                summary |= paired_gap(results, boot, name, (method, "oracle_rf"), rf)
         theirs = best_deployable(summary, method)
         if cls.role == VARIANT and theirs is not None and best is not None:
-            summary |= _gap(results, boot, f"test/gain/{method}/best_score", (method, theirs), (reference, best))
+            summary |= paired_gap(results, boot, f"test/gain/{method}/best_score", (method, theirs), (reference, best))
     return summary
 
 
-def _policy_gains(results: Results, boot: _Bootstrap, summary: dict[str, float]) -> dict[str, float]:
+def _policy_gains(results: Results, boot: Bootstrap, summary: dict[str, float]) -> dict[str, float]:
     """Each `<method>.<policy>` row against its method's row: AUROC gains with paired intervals, accuracy."""
     out: dict[str, float] = {}
     for row, cells in results.items():
@@ -168,28 +113,14 @@ def _policy_gains(results: Results, boot: _Bootstrap, summary: dict[str, float])
             continue
         for scorer in ("oracle_rf", BASELINE):
             if scorer in cells[0].scores and scorer in results[base][0].scores:
-                out |= _gap(results, boot, f"test/gain/{row}/{scorer}", (row, scorer), (base, scorer))
+                out |= paired_gap(results, boot, f"test/gain/{row}/{scorer}", (row, scorer), (base, scorer))
         theirs, ours = best_deployable(summary, row), best_deployable(summary, base)
         if theirs is not None and ours is not None:
-            out |= _gap(results, boot, f"test/gain/{row}/best_score", (row, theirs), (base, ours))
+            out |= paired_gap(results, boot, f"test/gain/{row}/best_score", (row, theirs), (base, ours))
         if all("test/acc" in c.metrics for c in [*cells, *results[base]]):
-            out |= _spread(f"test/gain/{row}/acc",
+            out |= spread_metrics(f"test/gain/{row}/acc",
                            np.array([a.metrics["test/acc"] - b.metrics["test/acc"]
                                      for a, b in zip(cells, results[base], strict=True)]))
-    return out
-
-
-def _gap(results: Results, boot: _Bootstrap, name: str, lhs: tuple[str, str],
-         rhs: tuple[str, str]) -> dict[str, float]:
-    """lhs AUROC minus rhs AUROC: per repeat (mean, and spread over repeats) and paired over resamples."""
-    pairs = list(zip(results[lhs[0]], results[rhs[0]], strict=True))
-    if any(a.repeat != b.repeat for a, b in pairs):
-        raise ValueError(f"{lhs[0]} and {rhs[0]} hold different repeats; a paired gap needs the same test images")
-    values = np.array([a.metrics[f"test/{lhs[1]}/auroc"] - b.metrics[f"test/{rhs[1]}/auroc"] for a, b in pairs])
-    out = _spread(name, values)
-    left, right = boot(*lhs), boot(*rhs)
-    if left is not None and right is not None:
-        out |= difference_metrics(name, left["auroc"] - right["auroc"])
     return out
 
 
@@ -205,18 +136,3 @@ def gap_names(summary: dict[str, float]) -> Iterable[str]:
             and not k.endswith((*INTERVAL_SUFFIXES, "_std", "_mean", "_ci95"))]
 
 
-def evaluation_intervals(scores: dict[str, np.ndarray], is_anomaly: np.ndarray, metrics: dict[str, float],
-                         n_resamples: int, seed: int) -> dict[str, float]:
-    """One evaluation's intervals: `test/<scorer>/<metric>_ci_low/_ci_high` for every scorer and metric, and
-    `test/<scorer>/vs_max_logit` (AUROC difference) with its paired interval and p-value for every
-    deployable scorer; the same draw that a study's parent makes for this seed's test images."""
-    cell = Cell(0, seed, metrics, scores, is_anomaly)
-    boot = _Bootstrap({"model": [cell]}, n_resamples)
-    out: dict[str, float] = {}
-    for scorer in scores:
-        for metric, values in (boot("model", scorer) or {}).items():
-            out |= interval_metrics(f"test/{scorer}/{metric}", values)
-    for scorer in scores:
-        if scorer != BASELINE and BASELINE in scores and not is_oracle(scorer):
-            out |= _gap({"model": [cell]}, boot, f"test/{scorer}/vs_{BASELINE}", ("model", scorer), ("model", BASELINE))
-    return out

@@ -17,7 +17,7 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 
 if TYPE_CHECKING:
-    from anomaly_repr.workflow import Prepared
+    from anomaly_repr.engine.workflow import Prepared
 
 CONTEXTS = {"train": "training", "val": "validation", "test": "test"}  # split part -> MLflow dataset context
 INPUT_ATTEMPTS = 3  # tries to log a run's dataset inputs when another process creates the same dataset at once

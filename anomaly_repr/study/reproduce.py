@@ -37,16 +37,16 @@ import mlflow
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from anomaly_repr import pool
-from anomaly_repr.cells import CellKey, Study
+from anomaly_repr.engine.workflow import Prepared, checkpoint_path, prepare
 from anomaly_repr.errors import AnomalyReprError
 from anomaly_repr.methods import method_for
-from anomaly_repr.parent import load_cell, log_parent
-from anomaly_repr.pool import POLL_SECONDS, check_identity, open_storage
-from anomaly_repr.runs import evaluate_logged, train_logged
-from anomaly_repr.summary import Results
-from anomaly_repr.tracking import git_commit, log_new_params, log_provenance, run_url, setup_tracking
-from anomaly_repr.workflow import Prepared, checkpoint_path, prepare
+from anomaly_repr.scoring.intervals import Results
+from anomaly_repr.study import pool
+from anomaly_repr.study.cells import CellKey, Study
+from anomaly_repr.study.parent import load_cell, log_parent
+from anomaly_repr.study.pool import POLL_SECONDS, check_identity, open_storage
+from anomaly_repr.tracking.runs import evaluate_logged, train_logged
+from anomaly_repr.tracking.store import git_commit, log_new_params, log_provenance, run_url, setup_tracking
 
 log = logging.getLogger(__name__)
 
