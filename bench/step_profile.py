@@ -1,9 +1,12 @@
 """Where a training step's time goes: torch.profiler over a few steps of one architecture on random images.
 
 Usage:  python bench/step_profile.py [--arch fastcnn] [--batch 512] [--steps 5] [--precision bf16|fp32]
+                                     [--compile]
 
 Prints the step's images/s and the share of the self CPU time per kind of op (convolutions forward and
 backward, batch norm, activations, pooling, the optimiser, other), then the ten ops with the most self time.
+`--compile` first times the same steps without the profiler, eager and with the model under torch.compile
+(inductor, its default mode), side by side: whether compiling pays on this machine.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch.nn.functional as F
 from common import hardware
 from torch.profiler import ProfilerActivity, profile
 
-from anomaly_repr.models import create_model
+from anomaly_repr.models.backbones import create_model
 
 KINDS = {"conv": ("conv", "mkldnn_convolution"), "batch norm": ("batch_norm",), "activation": ("gelu", "relu"),
          "pooling": ("max_pool", "amax", "max"), "optimiser": ("sgd", "_foreach", "add_", "mul_", "lerp")}
@@ -34,6 +37,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
+    parser.add_argument("--compile", action="store_true")
     args = parser.parse_args()
     model = create_model(args.arch, 6, 3).to(memory_format=torch.channels_last)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
@@ -49,6 +53,8 @@ def main() -> None:
 
     for _ in range(3):
         step()
+    if args.compile:
+        compare_compiled(model, optimizer, x, y, args)
     began = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(args.steps):
@@ -65,6 +71,27 @@ def main() -> None:
                                                                                   key=lambda kv: -kv[1])))
     for e in sorted(events, key=lambda e: -e.self_cpu_time_total)[:10]:
         print(f"  {e.key}: {e.self_cpu_time_total / total:.3f}")
+
+
+def compare_compiled(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+                     args: argparse.Namespace) -> None:
+    for name, forward in (("eager", model), ("torch.compile", torch.compile(model))):
+        def step(forward: torch.nn.Module = forward) -> None:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.precision == "bf16"):
+                loss = F.cross_entropy(forward(x).logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+        began = time.perf_counter()
+        for _ in range(3):  # warm-up (compilation, for the compiled model)
+            step()
+        warm = time.perf_counter() - began
+        began = time.perf_counter()
+        for _ in range(args.steps * 2):
+            step()
+        print(f"{name}: {args.batch * args.steps * 2 / (time.perf_counter() - began):.0f} images/s "
+              f"(warm-up {warm:.0f} s)")
 
 
 if __name__ == "__main__":
