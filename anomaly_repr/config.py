@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
-from anomaly_repr.errors import ConfigError, unknown
+from anomaly_repr.errors import ConfigError, check_finite, unknown
 from anomaly_repr.presets import PRESETS
 from anomaly_repr.registry import METHODS, MODELS, SOURCES
 
@@ -143,6 +143,7 @@ class ExperimentConfig:
             object.__setattr__(self, name, value)  # frozen: settled once, here
 
     def _check_ranges(self) -> None:
+        check_finite(self)
         for name in ("epochs", "batch_size", "oracle_trees", "oracle_neighbors"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be a positive integer, got {getattr(self, name)}")

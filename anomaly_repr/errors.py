@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Iterable
+from typing import Any
 
 
 class AnomalyReprError(Exception):
@@ -16,6 +19,15 @@ class ConfigError(AnomalyReprError):
 def unknown(what: str, value: object, choices: Iterable[object]) -> ConfigError:
     """The one-line error of a value that is not one of the choices, the same for every field."""
     return ConfigError(f"unknown {what} {value!r}; choose one of {', '.join(map(str, choices))}")
+
+
+def check_finite(config: Any) -> None:
+    """Refuse NaN and infinity in every float field of a config dataclass: NaN passes every check written
+    as `x < 0` (`max_hours nan` would mean no limit, `mixup nan` no mixing)."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{field.name} must be a finite number, got {value}")
 
 
 class DataError(AnomalyReprError):

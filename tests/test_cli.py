@@ -47,6 +47,9 @@ def assert_clean_failure(proc: subprocess.CompletedProcess, needle: str, trackin
     (["--epochs", "two"], "epochs must be int"),
     (["--preset", "bogus"], "unknown preset 'bogus'; choose one of none, fast"),
     (["--tta", "bogus"], "unknown tta 'bogus'; choose one of none, flip, flip_translate"),
+    (["--max_hours", "nan"], "max_hours must be a finite number, got nan"),  # not "no limit"
+    (["--mixup", "nan"], "mixup must be a finite number, got nan"),  # not "mixing off"
+    (["--lr", "inf"], "lr must be a finite number, got inf"),
     (["--dataset", "cifar10", "--data_root", "no/such/root", "--download", "false"], "CIFAR-10 not found"),
 ])
 def test_bad_input(tracking, capsys, args, needle):

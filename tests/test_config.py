@@ -1,3 +1,4 @@
+import math
 from dataclasses import fields
 
 import pytest
@@ -15,6 +16,17 @@ from anomaly_repr.errors import ConfigError
 def test_bad_values_are_named(change, word):
     with pytest.raises(ConfigError, match=word):
         ExperimentConfig(**change)
+
+
+FLOAT_FIELDS = [f.name for f in fields(ExperimentConfig) if f.type == "float"]
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_nan_and_infinity_are_refused_in_every_float_field(value):
+    assert len(FLOAT_FIELDS) >= 27  # every float field, new ones included
+    for name in FLOAT_FIELDS:
+        with pytest.raises(ConfigError, match=f"^{name} must be a finite number, got {value}$"):
+            ExperimentConfig(**{name: value})
 
 
 def test_params_round_trip_through_the_parser():

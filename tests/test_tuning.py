@@ -123,6 +123,8 @@ def test_class_holdout_needs_two_anomaly_classes():
     ({"lambda_low": 0.0}, "0 < lambda_low < lambda_high"),
     ({"holdout_fraction": 1.0}, "holdout_fraction"),
     ({"n_trials": 0}, "n_trials must be a positive integer"),
+    ({"timeout": float("nan")}, "timeout must be a finite number, got nan"),  # it ran no trial
+    ({"lambda_high": float("inf")}, "lambda_high must be a finite number, got inf"),
 ])
 def test_bad_tune_settings_are_one_line_errors(kw, message):
     with pytest.raises(ConfigError, match=message):

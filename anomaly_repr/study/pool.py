@@ -28,7 +28,7 @@ import sqlalchemy
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial
 
-from anomaly_repr.errors import AnomalyReprError, ConfigError, unknown
+from anomaly_repr.errors import AnomalyReprError, ConfigError, check_finite, unknown
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, metric names
@@ -51,6 +51,7 @@ class PoolConfig:
     max_retry: int = 2  # times a stale trial (its worker died) is queued again
 
     def __post_init__(self) -> None:
+        check_finite(self)
         if self.role not in ROLES:
             raise unknown("role", self.role, ROLES)
         for name in ("workers", "heartbeat_interval"):
