@@ -251,7 +251,8 @@ def test_diverging_trials_fail_and_three_in_a_row_stop_the_search(tracking):
 
 
 def test_timeout_stops_starting_trials(tracking):
-    parent_id = run_tune(FAST.replace(epochs=10), tune_cfg(n_trials=10, timeout=1.0, study_name="brief"))
+    # 40 epochs without early stopping: a trial outlasts the second even on a fast CPU (10 epochs did not)
+    parent_id = run_tune(FAST.replace(epochs=40, patience=0), tune_cfg(n_trials=10, timeout=1.0, study_name="brief"))
     study = optuna.load_study(study_name="brief", storage="sqlite:///optuna.db")
     assert len(study.trials) == 1  # the first trial outlasts the timeout; no second one starts
     assert mlflow.get_run(parent_id).data.metrics["tune/trials_complete"] == 1
