@@ -105,16 +105,16 @@ class Objective:
         prep = dataclasses.replace(self.prep, cfg=cfg)
         run = mlflow.start_run(run_name=f"trial {trial.number}", parent_run_id=self.parent.info.run_id,
                                experiment_id=self.parent.info.experiment_id, nested=mlflow.active_run() is not None)
-        # A trial queued again after its worker died inherits that trial's user attributes.
-        retry_of = {"retried_trial": str(trial.user_attrs.get("trial_number", "")),
-                    "retried_run_id": trial.user_attrs.get("mlflow_run_id", "")}
-        trial.set_user_attr("mlflow_run_id", run.info.run_id)
-        trial.set_user_attr("trial_number", trial.number)
-        url = run_url(run.info.experiment_id, run.info.run_id)
-        if url:  # one click from the trial in optuna-dashboard to its run in the MLflow UI
-            trial.set_user_attr("mlflow_run_url", url)
         status = "FAILED"
-        try:
+        try:  # from the start: a failure in between would leave the run to MLflow's exit hook, which says FINISHED
+            # A trial queued again after its worker died inherits that trial's user attributes.
+            retry_of = {"retried_trial": str(trial.user_attrs.get("trial_number", "")),
+                        "retried_run_id": trial.user_attrs.get("mlflow_run_id", "")}
+            trial.set_user_attr("mlflow_run_id", run.info.run_id)
+            trial.set_user_attr("trial_number", trial.number)
+            url = run_url(run.info.experiment_id, run.info.run_id)
+            if url:  # one click from the trial in optuna-dashboard to its run in the MLflow UI
+                trial.set_user_attr("mlflow_run_url", url)
             log_provenance(prep, stage="trial", parts=("train", "val"))
             log_new_params({"objective_scorer": scorer, "target": tcfg.target})
             mlflow.set_tags({"trial_number": str(trial.number), "optuna_study": self.study_name,

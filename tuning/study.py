@@ -35,7 +35,7 @@ from anomaly_repr.engine.evaluation import evaluated_parts
 from anomaly_repr.engine.workflow import Prepared, new_model, prepare, unseal
 from anomaly_repr.errors import AnomalyReprError, BudgetError, DivergedError
 from anomaly_repr.study import pool
-from anomaly_repr.study.pool import MACHINE_FIELDS, POLL_SECONDS, check_identity, open_storage
+from anomaly_repr.study.pool import MACHINE_FIELDS, POLL_SECONDS, check_identity, failing_run, open_storage
 from anomaly_repr.tracking.runs import evaluate_logged
 from anomaly_repr.tracking.store import (
     git_commit,
@@ -111,13 +111,14 @@ def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: ExperimentC
         os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run` made a run for this call; the study has its own
         return study, mlflow.start_run(run_id=parent_id)
     parent = mlflow.start_run(run_name=f"tune {name}")  # under `mlflow run`, the run it made
-    study.set_user_attr("identity", identity)
-    # optuna-dashboard labels the objective with this name instead of "Objective 0"
-    study.set_metric_names([f"val {'|'.join(tcfg.scorers)} AUROC"])
-    study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
-    study.set_user_attr("mlflow_experiment_id", parent.info.experiment_id)
-    for params in method_of(tcfg.target, cfg).talk_values(tcfg)[:tcfg.n_trials]:
-        study.enqueue_trial(params, skip_if_exists=True)
+    with failing_run():
+        study.set_user_attr("identity", identity)
+        # optuna-dashboard labels the objective with this name instead of "Objective 0"
+        study.set_metric_names([f"val {'|'.join(tcfg.scorers)} AUROC"])
+        study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
+        study.set_user_attr("mlflow_experiment_id", parent.info.experiment_id)
+        for params in method_of(tcfg.target, cfg).talk_values(tcfg)[:tcfg.n_trials]:
+            study.enqueue_trial(params, skip_if_exists=True)
     return study, parent
 
 

@@ -194,5 +194,17 @@ def parent_run(helpers: list[subprocess.Popen]) -> Iterator[None]:
         mlflow.end_run(status)
 
 
+@contextlib.contextmanager
+def failing_run() -> Iterator[None]:
+    """Around what follows a run's start before the block that ends it: an error there ends the active run
+    FAILED (KILLED on Ctrl-C) instead of leaving it to MLflow's exit hook, which would mark it FINISHED; on
+    success the run stays active."""
+    try:
+        yield
+    except BaseException as exc:
+        mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+
+
 def as_options(params: dict[str, str]) -> list[str]:
     return [item for key, value in params.items() for item in (f"--{key}", value)]

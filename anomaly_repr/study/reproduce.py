@@ -44,7 +44,7 @@ from anomaly_repr.scoring.intervals import Results
 from anomaly_repr.study import pool
 from anomaly_repr.study.cells import CellKey, Study
 from anomaly_repr.study.parent import load_cell, log_parent
-from anomaly_repr.study.pool import POLL_SECONDS, check_identity, open_storage
+from anomaly_repr.study.pool import POLL_SECONDS, check_identity, failing_run, open_storage
 from anomaly_repr.tracking.runs import evaluate_logged, train_logged
 from anomaly_repr.tracking.store import git_commit, log_new_params, log_provenance, run_url, setup_tracking
 
@@ -86,13 +86,13 @@ class CellObjective:
         name = self.study.row(method, policy)
         run = mlflow.start_run(run_name=f"{name} split={split} seed={seed}", parent_run_id=self.parent.info.run_id,
                                experiment_id=self.parent.info.experiment_id, nested=mlflow.active_run() is not None)
-        retry_of = trial.user_attrs.get("mlflow_run_id", "")  # a retried cell inherits its stale trial's attributes
-        trial.set_user_attr("mlflow_run_id", run.info.run_id)
-        url = run_url(run.info.experiment_id, run.info.run_id)
-        if url:
-            trial.set_user_attr("mlflow_run_url", url)
         status = "FAILED"
-        try:
+        try:  # from the start: a failure in between would leave the run to MLflow's exit hook, which says FINISHED
+            retry_of = trial.user_attrs.get("mlflow_run_id", "")  # a retried cell inherits its stale trial's
+            trial.set_user_attr("mlflow_run_id", run.info.run_id)  # attributes
+            url = run_url(run.info.experiment_id, run.info.run_id)
+            if url:
+                trial.set_user_attr("mlflow_run_url", url)
             log_provenance(child, stage=method)
             mlflow.set_tags({"optuna_study": self.study_name, "trial_number": str(trial.number),
                              "worker": f"{socket.gethostname()}:{os.getpid()}", "retried_run_id": retry_of})
@@ -160,15 +160,17 @@ def open_study(study: Study, storage: optuna.storages.BaseStorage,
         abandon_running(optuna_study, heartbeats)
         os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run` made a run for this call; the study has its own
         active = mlflow.start_run(run_id=optuna_study.user_attrs["mlflow_parent_run_id"])
-        log.info("resuming study %s (parent run %s): %d cell(s) queued again", name, active.info.run_id,
-                 enqueue_missing(optuna_study, study))
+        with failing_run():
+            log.info("resuming study %s (parent run %s): %d cell(s) queued again", name, active.info.run_id,
+                     enqueue_missing(optuna_study, study))
         return optuna_study, active
     active = mlflow.start_run(run_name="reproduce")  # under `mlflow run`, the run it made
-    optuna_study.set_user_attr("identity", study.identity())
-    optuna_study.set_metric_names(["val accuracy"])
-    enqueue_missing(optuna_study, study)
-    optuna_study.set_user_attr("mlflow_experiment_id", active.info.experiment_id)
-    optuna_study.set_user_attr("mlflow_parent_run_id", active.info.run_id)  # last: workers join once it is set
+    with failing_run():
+        optuna_study.set_user_attr("identity", study.identity())
+        optuna_study.set_metric_names(["val accuracy"])
+        enqueue_missing(optuna_study, study)
+        optuna_study.set_user_attr("mlflow_experiment_id", active.info.experiment_id)
+        optuna_study.set_user_attr("mlflow_parent_run_id", active.info.run_id)  # last: workers join once it is set
     return optuna_study, active
 
 

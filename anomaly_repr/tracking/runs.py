@@ -118,12 +118,13 @@ class MemberRuns:
                                                    f"tags.member = '{index}'")
         mlflow.start_run(run_id=earlier[0].info.run_id if earlier else None, run_name=f"member {index}",
                          parent_run_id=self.run_id, experiment_id=experiment, nested=mlflow.active_run() is not None)
-        if not earlier:
-            log_new_params(cfg.to_params())
-            mlflow.set_tags({"stage": "member", "member": str(index), "method": cfg.method, "seed": str(cfg.seed)})
-        mlflow.set_tag("worker", f"{socket.gethostname()}:{os.getpid()}")
         status = "FAILED"
-        try:
+        try:  # from the start: a failure in between would leave the run to MLflow's exit hook, which says FINISHED
+            if not earlier:
+                log_new_params(cfg.to_params())
+                mlflow.set_tags({"stage": "member", "member": str(index), "method": cfg.method,
+                                 "seed": str(cfg.seed)})
+            mlflow.set_tag("worker", f"{socket.gethostname()}:{os.getpid()}")
             yield self.on_epoch
             status = "FINISHED"
         finally:
