@@ -1,5 +1,5 @@
 """Evaluation as a plain computation: extract once per split, calibrate the method, fit every applicable
-scorer on nominal references, score, and measure. `evaluate` returns an `Evaluation`; `runs.py` logs it.
+scorer on nominal references, score, and measure. `evaluate` returns an `Evaluation`; `tracking/runs.py` logs it.
 """
 
 from __future__ import annotations

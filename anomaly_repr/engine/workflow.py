@@ -1,7 +1,7 @@
 """The stages every entry point shares, as plain computations: no MLflow call below this line.
 
 source -> OpenSetSplit -> the method's model, trained on its labels -> extract once per split ->
-calibrate -> scorers -> metrics (`evaluation.py`). `fit` and `evaluate` return values; `runs.py` and the
+calibrate -> scorers -> metrics (`evaluation.py`). `fit` and `evaluate` return values; `tracking/runs.py` and the
 studies log them.
 """
 
