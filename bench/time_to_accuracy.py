@@ -12,7 +12,8 @@ the machine's bound in the same process: a bfloat16 (or, without native bfloat16
 matmul and a 3x3 convolution with 256 channels at 16x16, each in TFLOP/s. Then the mean ± sd over seeds
 per recipe.
 
-`--tta_too`: each model evaluated once more with `--tta flip_translate` (a line under its row).
+`--tta_too`: each model whose recipe evaluates without them (cpu_tier; `fast` has them) evaluated once more
+with `--tta flip_translate` (a line under its row).
 `--parity`: one more run of `fast`, seed 0, in float32 (`--amp false`), beside the bfloat16 run of the same
 seed: the test accuracy, max-logit AUROC and oracle_rf differences.
 
@@ -148,11 +149,12 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for recipe in args.recipes.split(","):
-        arch = ExperimentConfig.create(**({"preset": "fast"} if recipe == "fast" else {"arch": "resnet20"})).arch
+        resolved = ExperimentConfig.create(**({"preset": "fast"} if recipe == "fast" else {"arch": "resnet20"}))
+        arch = resolved.arch
         for seed in map(int, args.seeds.split(",")):
             rows.append(run(recipe, seed, extra))
             print(row(rows[-1], flops[arch]), flush=True)
-            if args.tta_too:
+            if args.tta_too and resolved.tta != "flip_translate":  # else its own evaluation already was
                 print(f"  seed {seed}, {tta_reading(str(rows[-1]['train_id']))}", flush=True)
     if args.parity:
         parity = run("fast", 0, [*extra, "--amp", "false"])
