@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import threading
 from dataclasses import MISSING
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from anomaly_repr.config import DEFAULT_METHODS, FIELDS, ExperimentConfig, parse_bool, parse_value
 from anomaly_repr.errors import AnomalyReprError, ConfigError
 from anomaly_repr.presets import PRESET_FIELDS
-from anomaly_repr.study.pool import POOL_FIELDS, PoolConfig
+from anomaly_repr.study.pool import CHECKPOINTS_ENV, POOL_FIELDS, STORAGE_ENV, PoolConfig
 from tuning.config import TUNE_FIELDS, TuneConfig
 
 if TYPE_CHECKING:
@@ -37,8 +41,23 @@ def _config(args: argparse.Namespace) -> ExperimentConfig:
     return ExperimentConfig.create(**_given(args, FIELDS))
 
 
+def _pool_fields(args: argparse.Namespace, fields: dict) -> dict:
+    """The pool options given, with the storage of $ANOMALY_REPR_STORAGE where `--storage` is not."""
+    given = _given(args, fields)
+    if not given.get("storage") and os.environ.get(STORAGE_ENV):
+        given["storage"] = os.environ[STORAGE_ENV]
+    return given
+
+
+def _checkpoints() -> Path:
+    """The checkpoint folder: $ANOMALY_REPR_CHECKPOINTS, else ./checkpoints."""
+    from anomaly_repr.engine.workflow import DEFAULT_CHECKPOINTS
+
+    return Path(os.environ.get(CHECKPOINTS_ENV) or DEFAULT_CHECKPOINTS)
+
+
 def _tune_config(args: argparse.Namespace) -> TuneConfig:
-    return TuneConfig(**_given(args, TUNE_FIELDS))
+    return TuneConfig(**_pool_fields(args, TUNE_FIELDS))
 
 
 def _study(args: argparse.Namespace) -> Study:
@@ -77,7 +96,7 @@ def _study(args: argparse.Namespace) -> Study:
     if not parse_bool("godin", args.godin):
         methods = [m for m in methods if m != "godin"]
     return Study(_config(args), lists["seed"], lists["split"], tuple(methods), augments,
-                 PoolConfig(**_given(args, POOL_FIELDS)))
+                 PoolConfig(**_pool_fields(args, POOL_FIELDS)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +132,16 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
+    if threading.current_thread() is not threading.main_thread():  # signals reach the main thread only
+        return _command(args)
+    previous = signal.signal(signal.SIGTERM, _stop)
+    try:
+        return _command(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _command(args: argparse.Namespace) -> int:
     # Imported here so that `--help` and argument errors answer without loading torch and mlflow.
     from anomaly_repr.methods import METHODS
     from anomaly_repr.models.backbones import MODELS
@@ -127,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(METHODS))
         elif args.command == "train":
             if not args.resume:
-                print(runs.run_train(_config(args)))
+                print(runs.run_train(_config(args), checkpoints=_checkpoints()))
                 return 0
             # A resumed run keeps the settings of its earlier epochs, but those its method lets change (JEM's
             # sampler step after a divergence); the run's method checks them once its config is read.
@@ -136,14 +165,38 @@ def main(argv: list[str] | None = None) -> int:
             fixed = [f"--{name}" for name in changes if name not in resumable]
             if fixed:
                 raise ConfigError(f"--resume continues a run with its logged config; leave out {', '.join(fixed)}")
-            print(runs.run_train(None, resume_run_id=args.resume, changes=changes))
+            print(runs.run_train(None, resume_run_id=args.resume, changes=changes, checkpoints=_checkpoints()))
         elif args.command == "evaluate":
             print(runs.run_evaluate(args.train_run_id, tta=args.tta))
         elif args.command == "tune":
-            print(run_tune(_config(args), _tune_config(args)))
+            print(run_tune(_config(args), _tune_config(args), _checkpoints(), _launcher()))
         else:
-            print(run_reproduce(_study(args)))
+            print(run_reproduce(_study(args), _checkpoints(), _launcher()))
     except AnomalyReprError as exc:
         print(f"anomaly-repr: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:  # the runs were ended KILLED on the way out; checkpoints stay
+        signum = exc.signum if isinstance(exc, Stopped) else signal.SIGINT
+        print(f"anomaly-repr: stopped by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
     return 0
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM (docker stop, Kubernetes, batch schedulers) taken as Ctrl-C: every run ends KILLED, every
+    trial FAIL, a `train` run's checkpoint stays for `train --resume`, and the exit status is 128 + 15."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop(signum: int, _frame: object) -> None:
+    signal.signal(signum, signal.SIG_DFL)  # a second signal is not caught while the runs are being ended
+    raise Stopped(signum)
+
+
+def _launcher() -> str:
+    """The run `mlflow run` made for this command: a study decides what it becomes (its parent, or a link
+    to the study it resumed or joined), so MLflow must not resume it for the study's other runs."""
+    return os.environ.pop("MLFLOW_RUN_ID", "")

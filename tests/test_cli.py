@@ -145,14 +145,17 @@ def test_train_evaluate_and_resume_from_the_cli(tracking, tmp_path):
     assert resume.returncode == 2 and "no checkpoint for run" in resume.stderr
 
 
-def test_resume_after_kill_9_reaches_the_uninterrupted_result(tracking, tmp_path):
+def test_resume_after_kill_9_reaches_the_uninterrupted_result(tracking, tmp_path, monkeypatch):
     """kill -9 in the middle of training, then `train --resume RUN_ID`: the same run ends FINISHED with the
-    same per-epoch validation accuracy as an uninterrupted run with the same seed (CPU)."""
+    same per-epoch validation accuracy as an uninterrupted run with the same seed (CPU). The checkpoints
+    go where $ANOMALY_REPR_CHECKPOINTS says, not to ./checkpoints."""
     import os
     import signal
     import time
 
     args = ["train", "--epochs", "6", "--patience", "0", "--batch_size", "16", "--device", "cpu"]
+    checkpoints = tmp_path / "elsewhere"
+    monkeypatch.setenv("ANOMALY_REPR_CHECKPOINTS", str(checkpoints))
     mlflow.set_tracking_uri(tracking)
     client = mlflow.MlflowClient()
 
@@ -165,7 +168,6 @@ def test_resume_after_kill_9_reaches_the_uninterrupted_result(tracking, tmp_path
 
     proc = subprocess.Popen([sys.executable, "-m", "anomaly_repr", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, text=True)
-    checkpoints = tmp_path / "checkpoints"
     deadline = time.monotonic() + 240
     while not list(checkpoints.glob("*.pt")) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)
@@ -182,7 +184,7 @@ def test_resume_after_kill_9_reaches_the_uninterrupted_result(tracking, tmp_path
     assert run.info.status == "FINISHED" and run.data.metrics["train/epochs_run"] == 6
     assert accuracies(run_id) == accuracies(reference)  # every epoch, bit for bit
     assert run.data.metrics["val/best_acc"] == client.get_run(reference).data.metrics["val/best_acc"]
-    assert not checkpoint.exists()
+    assert not checkpoint.exists() and not (tmp_path / "checkpoints").exists()
 
 
 def test_ui_links_open_the_model_training_view(monkeypatch):

@@ -35,6 +35,7 @@ def main_run(study):
 def test_main_is_a_study_with_a_child_per_model(study):
     client, parent, children = study
     assert parent.info.status == "FINISHED" and sorted(children) == ["classifier", "godin", "hybrid", "oracle_rep"]
+    assert parent.data.tags["mlflow.project.entryPoint"] == "main"  # the run `mlflow run` made is the parent
     assert client.get_experiment_by_name("e2e").tags["mlflow.experimentKind"] == "custom_model_development"
     assert all(child.info.status == "FINISHED" for child in children.values())
     m = parent.data.metrics

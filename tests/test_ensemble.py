@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -123,7 +124,7 @@ def test_no_repulsion_is_independent_gradient_steps(space):
 
 def disagreement_on_validation(cfg: ExperimentConfig) -> tuple[float, float]:
     prep = prepare(cfg)
-    fitted = fit(prep, workflow.checkpoint_path(f"{cfg.method}-{cfg.svgd_repulsion}"))
+    fitted = fit(prep, workflow.checkpoint_path(Path("checkpoints"), f"{cfg.method}-{cfg.svgd_repulsion}"))
     val = extract(fitted.model, prep.images(prep.split.val), prep.open_labels[prep.split.val], fitted.normalizer,
                   torch.device("cpu"), method_for(cfg).batch_extras)
     return float(disagreement(val.member_logits).mean()), fitted.result.best_val_acc

@@ -30,6 +30,9 @@ LAYERS = (
 # config reads the registries that the layers above fill, and nothing else of the package
 CONFIG_IMPORTS = {"anomaly_repr.errors", "anomaly_repr.registry", "anomaly_repr.presets"}
 MLFLOW_LAYERS = {"tracking", "study", "entry"}
+# The edge that reads the environment: the CLI, and the tracking setup that reads MLflow's own variables
+# (the store, and the experiment `mlflow run` chose). The pool copies it for the workers it starts.
+ENVIRONMENT_READERS = {"anomaly_repr.cli", "anomaly_repr.tracking.store", "anomaly_repr.study.pool"}
 
 
 def module_name(path: Path) -> str:
@@ -125,6 +128,20 @@ def test_mlflow_is_imported_only_where_runs_are_started_and_logged():
                 [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             outside += [f"{name}:{node.lineno}" for n in names if n.split(".")[0] == "mlflow"]
     assert not outside, outside
+
+
+def environment_reads(path: Path) -> list[int]:
+    """Lines that touch os.environ or call os.getenv / os.putenv / os.unsetenv."""
+    return sorted({node.lineno for node in ast.walk(ast.parse(path.read_text()))
+                   if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id == "os"
+                   and node.attr in ("environ", "getenv", "putenv", "unsetenv")})
+
+
+def test_the_environment_is_read_at_the_edge_and_passed_down():
+    deep = [f"{name}:{line}" for name, path in modules().items() if name not in ENVIRONMENT_READERS
+            for line in environment_reads(path)]
+    assert not deep, deep
+    assert environment_reads(modules()["anomaly_repr.cli"])  # the checker sees a read where one is
 
 
 def test_the_checker_finds_a_circle_and_an_upward_import():

@@ -1,7 +1,9 @@
 """`reproduce` in process on a private SQLite store: cells as trials of a study, intervals, resume, local
 workers (the server-backed runs are in test_e2e.py, the PostgreSQL workers in test_distributed.py)."""
 
+import dataclasses
 import logging
+import re
 import time
 
 import mlflow
@@ -72,7 +74,8 @@ def test_several_seeds_give_means_intervals_and_a_child_each(tracking):
         ("classifier", 0), ("classifier", 1), ("oracle_rep", 0), ("oracle_rep", 1)]
 
 
-def test_a_rerun_retrains_only_the_cells_without_a_result(tracking, monkeypatch):
+def test_a_rerun_by_name_retrains_only_the_cells_without_a_result(tracking, monkeypatch):
+    """The same command again is a new study; with the failed study's name it resumes that study."""
     real = study_module.train_logged
 
     def broken(prep, *args, **kwargs):
@@ -83,15 +86,21 @@ def test_a_rerun_retrains_only_the_cells_without_a_result(tracking, monkeypatch)
     study = Study(BASE.replace(bootstrap=0), methods=("classifier", "oracle_rep"))
     monkeypatch.setattr(study_module, "train_logged", broken)
     with pytest.raises(AnomalyReprError, match=r"1 of 2 cells have no result, first oracle_rep split 0 seed 0 "
-                                               r"\(RuntimeError: out of memory \(simulated\)\)"):
+                                               r"\(RuntimeError: out of memory \(simulated\)\); run the command "
+                                               r"again with --study_name (reproduce-digits-\S+) ") as failed:
         run_reproduce(study)
+    name = re.search(r"--study_name (\S+)", str(failed.value)).group(1)
     client = mlflow.MlflowClient(tracking)
     [parent] = mlflow.search_runs(search_all_experiments=True, filter_string="tags.stage = 'reproduce'",
                                   output_format="list")
-    assert parent.info.status == "FAILED"
+    assert parent.info.status == "FAILED" and parent.data.tags["optuna_study"] == name
 
     monkeypatch.setattr(study_module, "train_logged", real)
-    assert run_reproduce(study) == parent.info.run_id  # the same study: resumed, not started again
+    again = run_reproduce(study)  # the same command: a new study and parent, every cell trained
+    assert again != parent.info.run_id and client.get_run(again).data.tags["optuna_study"] not in ("", name)
+    assert len(children(client, again)) == 2 and client.get_run(again).info.status == "FINISHED"
+    resumed = dataclasses.replace(study, pool=PoolConfig(study_name=name))
+    assert run_reproduce(resumed) == parent.info.run_id  # named: the failed study resumed, not started again
     kids = children(client, parent.info.run_id)
     assert sorted((c.data.tags["method"], c.info.status) for c in kids) == [
         ("classifier", "FINISHED"), ("oracle_rep", "FAILED"), ("oracle_rep", "FINISHED")]
@@ -117,8 +126,9 @@ def test_two_local_workers_share_a_journal_study(tracking, tmp_path, monkeypatch
     assert client.get_run(parent_id).info.status == "FINISHED"
     # A journal has no heartbeats: a trial left RUNNING by a dead process is failed when the driver resumes.
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(f"{tmp_path}/cells.journal"))
-    orphan = optuna.load_study(study_name=client.get_run(parent_id).data.tags["optuna_study"], storage=storage).ask()
-    assert run_reproduce(study) == parent_id
+    name = client.get_run(parent_id).data.tags["optuna_study"]
+    orphan = optuna.load_study(study_name=name, storage=storage).ask()
+    assert run_reproduce(dataclasses.replace(study, pool=pool.replace(study_name=name))) == parent_id
     assert len(children(client, parent_id)) == 4  # every cell had its result: nothing trained again
     cells = optuna.load_study(study_name=client.get_run(parent_id).data.tags["optuna_study"], storage=storage)
     assert cells.trials[orphan.number].state == TrialState.FAIL

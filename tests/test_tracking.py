@@ -4,6 +4,7 @@ metrics and its checkpoint."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import mlflow
@@ -109,7 +110,7 @@ def test_one_validation_pass_per_epoch_serves_the_accuracy_and_the_auroc(trackin
     monkeypatch.setattr(OpenSetNet, "forward", counting)
     track.setup_tracking()
     with mlflow.start_run() as run:
-        train_logged(prep, run.info.run_id, serve=False,
+        train_logged(prep, run.info.run_id, Path("checkpoints"), serve=False,
                      epoch_hook=lambda model, normalizer, row, logits: per_epoch.append(sum(evaluated)))
     assert per_epoch == [len(prep.split.val), 2 * len(prep.split.val)]  # nominal and anomaly images, once each
     history = mlflow.MlflowClient().get_metric_history(run.info.run_id, "val/max_logit/auroc")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -153,7 +154,8 @@ def test_a_pruned_trial_ends_its_run_killed_with_its_epochs_logged(tracking):
     study = optuna.create_study(direction="maximize", pruner=PruneAtEpoch2())
     mlflow.set_experiment("objective")
     with mlflow.start_run() as parent:
-        study.optimize(Objective(sealed, tcfg, view, mlflow.get_run(parent.info.run_id), "s"), n_trials=1)
+        objective = Objective(sealed, tcfg, view, mlflow.get_run(parent.info.run_id), "s", Path("checkpoints"))
+        study.optimize(objective, n_trials=1)
         assert mlflow.active_run().info.run_id == parent.info.run_id  # the trial's run ended, not its parent
     [trial] = study.trials
     assert trial.state == optuna.trial.TrialState.PRUNED and sorted(trial.intermediate_values) == [1, 2]

@@ -15,11 +15,13 @@ import logging
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlflow
 import numpy as np
 import optuna
 import torch
+from optuna.trial import FrozenTrial, TrialState
 
 from anomaly_repr.data.pipeline import Normalizer
 from anomaly_repr.data.split import OpenSetSplit
@@ -91,16 +93,33 @@ def validation_auroc(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, 
     return anomaly_metrics(scores, val.is_anomaly)["auroc"]
 
 
+SURPLUS = "surplus"  # user attribute of a trial asked for after the study held n_trials: pruned, not counted
+
+
+def counted(trial: FrozenTrial) -> bool:
+    """Whether a trial counts towards n_trials: queued, running or finished, and not a surplus one."""
+    return trial.state != TrialState.FAIL and not trial.user_attrs.get(SURPLUS)
+
+
+def is_surplus(study: optuna.Study, number: int, n_trials: int) -> bool:
+    """Workers count the trials and then ask for one, so two of them may both ask for the last: the trial
+    with n_trials counted trials numbered before it is the extra one (trial numbers are unique and ordered)."""
+    return sum(1 for t in study.get_trials(deepcopy=False) if t.number < number and counted(t)) >= n_trials
+
+
 class Objective:
     """Optuna objective: one nested MLflow run per trial under the study's parent run."""
 
     def __init__(self, prep: Prepared, tcfg: TuneConfig, view: ProtocolView, parent: mlflow.entities.Run,
-                 study_name: str):
+                 study_name: str, checkpoints: Path):
         self.prep, self.tcfg, self.view = prep, tcfg, view
-        self.parent, self.study_name = parent, study_name
+        self.parent, self.study_name, self.checkpoints = parent, study_name, checkpoints
 
     def __call__(self, trial: optuna.Trial) -> float:
         tcfg = self.tcfg
+        if is_surplus(trial.study, trial.number, tcfg.n_trials):
+            trial.set_user_attr(SURPLUS, True)
+            raise optuna.TrialPruned(f"the study held {tcfg.n_trials} trials when this one started")
         cfg, scorer = suggest(trial, method_of(tcfg.target, self.prep.cfg), tcfg.scorers, tcfg)
         prep = dataclasses.replace(self.prep, cfg=cfg)
         run = mlflow.start_run(run_name=f"trial {trial.number}", parent_run_id=self.parent.info.run_id,
@@ -131,7 +150,8 @@ class Objective:
                 if trial.should_prune():
                     raise optuna.TrialPruned(f"validation AUROC {value:.4f} at epoch {int(row['epoch'])}")
 
-            fitted = train_logged(prep, run.info.run_id, epoch_hook=score_and_prune, serve=False, analyse=False)
+            fitted = train_logged(prep, run.info.run_id, self.checkpoints, epoch_hook=score_and_prune, serve=False,
+                                  analyse=False)
             # the kept (best-accuracy) model
             value = validation_auroc(prep, fitted.model, fitted.normalizer, scorer, self.view.val)
             mlflow.log_metric("trial/value", value)
@@ -145,6 +165,10 @@ class Objective:
         except Exception:
             mlflow.set_tag("trial_state", "FAIL")
             raise
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Optuna fails the trial
+            mlflow.set_tag("trial_state", "FAIL")
+            status = "KILLED"
+            raise
         finally:
-            checkpoint_path(run.info.run_id).unlink(missing_ok=True)
+            checkpoint_path(self.checkpoints, run.info.run_id).unlink(missing_ok=True)
             mlflow.end_run(status)

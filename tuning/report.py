@@ -12,6 +12,7 @@ from matplotlib.figure import Figure
 from optuna.trial import TrialState
 
 from tuning.config import TuneConfig
+from tuning.objective import SURPLUS
 
 
 def study_figures(study: optuna.Study, tcfg: TuneConfig) -> dict[str, Figure]:
@@ -41,7 +42,9 @@ def study_figures(study: optuna.Study, tcfg: TuneConfig) -> dict[str, Figure]:
 def summarise_trials(study: optuna.Study) -> dict[str, float]:
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state for t in trials)
-    return {"tune/trials_complete": counts[TrialState.COMPLETE], "tune/trials_pruned": counts[TrialState.PRUNED],
+    surplus = sum(1 for t in trials if t.user_attrs.get(SURPLUS))  # pruned before training: not counted
+    return {"tune/trials_complete": counts[TrialState.COMPLETE],
+            "tune/trials_pruned": counts[TrialState.PRUNED] - surplus, "tune/trials_surplus": surplus,
             "tune/trials_failed": counts[TrialState.FAIL],
             # one intermediate value per trained epoch: the compute the study spent, pruned trials included
             "tune/epochs_trained": sum(len(t.intermediate_values) for t in trials)}

@@ -1,13 +1,16 @@
 """`tune`: an Optuna study on the sealed view, a parent MLflow run with a child per trial, one final test.
 
-A study is named; running `tune` again with the same name resumes it, and any number of processes
-(`workers=N` here, or `role=worker` elsewhere) can share it through its storage:
-- a SQLite file (the default, beside a SQLite MLflow store; ANOMALY_REPR_STORAGE overrides it) for one machine;
+Every `tune` is a new study (named after its settings and start) unless `study_name` names one to resume
+(`lifecycle.py`), and any number of processes (`workers=N` here, or `role=worker` elsewhere) can share it
+through its storage:
+- a SQLite file (the default, beside a SQLite MLflow store; the CLI reads ANOMALY_REPR_STORAGE first) for
+  one machine;
 - `journal:<file>` for several processes on one machine (no heartbeats);
 - a PostgreSQL URL for many machines.
 On RDB storages (SQLite, PostgreSQL) trials send heartbeats; a trial whose worker died goes stale, is
 failed (its MLflow run ends FAILED) and is queued again. `n_trials` is what the study should hold in
-all, so workers stop together and a resumed study runs only the trials it still lacks.
+all, so workers stop together and a resumed study runs only the trials it still lacks; a trial asked for
+in the same instant as the last one is pruned before it trains and not counted.
 
 The driver (`role=driver`) creates the study and its parent run, runs trials, waits for the other
 workers' trials, then reads the test images for the first time: it loads the best trial's weights,
@@ -25,6 +28,7 @@ import socket
 import subprocess
 import time
 from collections import Counter
+from pathlib import Path
 
 import mlflow
 import optuna
@@ -32,10 +36,11 @@ from optuna.trial import FrozenTrial, TrialState
 
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.engine.evaluation import evaluated_parts
-from anomaly_repr.engine.workflow import Prepared, new_model, prepare, unseal
+from anomaly_repr.engine.workflow import DEFAULT_CHECKPOINTS, Prepared, new_model, prepare, unseal
 from anomaly_repr.errors import AnomalyReprError, BudgetError, DivergedError
-from anomaly_repr.study import pool
-from anomaly_repr.study.pool import MACHINE_FIELDS, POLL_SECONDS, check_identity, failing_run, open_storage
+from anomaly_repr.study import lifecycle, pool
+from anomaly_repr.study.lifecycle import check_identity, failing_run
+from anomaly_repr.study.pool import MACHINE_FIELDS, POLL_SECONDS, open_storage
 from anomaly_repr.tracking.runs import evaluate_logged
 from anomaly_repr.tracking.store import (
     git_commit,
@@ -49,7 +54,7 @@ from anomaly_repr.tracking.store import (
     setup_tracking,
 )
 from tuning.config import TuneConfig
-from tuning.objective import Objective, ProtocolView
+from tuning.objective import Objective, ProtocolView, counted
 from tuning.report import study_figures, summarise_trials
 from tuning.space import method_of
 
@@ -95,37 +100,29 @@ def study_identity(cfg: ExperimentConfig, tcfg: TuneConfig, split_hash: str) -> 
     return {"split_hash": split_hash, **tcfg.objective_fields(), **experiment}
 
 
-def open_study(name: str, storage: optuna.storages.BaseStorage, cfg: ExperimentConfig, tcfg: TuneConfig,
-               identity: dict[str, str]) -> tuple[optuna.Study, mlflow.ActiveRun]:
+def open_study(settings_name: str, storage: optuna.storages.BaseStorage, heartbeats: bool, cfg: ExperimentConfig,
+               tcfg: TuneConfig, identity: dict[str, str], launcher: str) -> tuple[optuna.Study, mlflow.ActiveRun]:
     """Driver: create the study and its parent run (creating a study name is atomic in every storage),
-    or resume both. The parent run becomes the active run."""
-    sampler, pruner = make_sampler(cfg, tcfg), make_pruner(cfg, tcfg)
-    try:
-        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner,
-                                    direction="maximize")
-    except optuna.exceptions.DuplicatedStudyError:
-        study = optuna.load_study(study_name=name, storage=storage, sampler=sampler, pruner=pruner)
+    or resume the named study and its parent. The parent run becomes the active run."""
+    study, new = lifecycle.open_or_create(tcfg, settings_name, storage, sampler=make_sampler(cfg, tcfg),
+                                          pruner=make_pruner(cfg, tcfg))
+    if not new:
         check_identity(study, identity)
-        parent_id = study.user_attrs["mlflow_parent_run_id"]
-        log.info("resuming study %s (parent run %s)", name, parent_id)
-        os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run` made a run for this call; the study has its own
-        return study, mlflow.start_run(run_id=parent_id)
-    parent = mlflow.start_run(run_name=f"tune {name}")  # under `mlflow run`, the run it made
+        parent = lifecycle.resume_parent(study, launcher)
+        with failing_run():
+            lifecycle.abandon_running(study, heartbeats)
+        log.info("resuming study %s (parent run %s)", study.study_name, parent.info.run_id)
+        return study, parent
+    parent = lifecycle.start_parent(launcher, run_name=f"tune {study.study_name}")
     with failing_run():
+        log.info("new study %s; resume it with --study_name %s", study.study_name, study.study_name)
         study.set_user_attr("identity", identity)
         # optuna-dashboard labels the objective with this name instead of "Objective 0"
         study.set_metric_names([f"val {'|'.join(tcfg.scorers)} AUROC"])
-        study.set_user_attr("mlflow_parent_run_id", parent.info.run_id)
-        study.set_user_attr("mlflow_experiment_id", parent.info.experiment_id)
         for params in method_of(tcfg.target, cfg).talk_values(tcfg)[:tcfg.n_trials]:
             study.enqueue_trial(params, skip_if_exists=True)
+        lifecycle.record(study, parent.info)
     return study, parent
-
-
-def join_study(name: str, storage: optuna.storages.BaseStorage, cfg: ExperimentConfig, tcfg: TuneConfig,
-               identity: dict[str, str]) -> tuple[optuna.Study, mlflow.entities.Run]:
-    return pool.join_study(name, storage, identity, "tune", sampler=make_sampler(cfg, tcfg),
-                           pruner=make_pruner(cfg, tcfg))
 
 
 # --- running trials --------------------------------------------------------------------------------------
@@ -145,9 +142,10 @@ def work(study: optuna.Study, objective: Objective, tcfg: TuneConfig, heartbeats
 
     while True:
         optuna.storages.fail_stale_trials(study)
-        counts = Counter(t.state for t in study.get_trials(deepcopy=False))
+        trials = study.get_trials(deepcopy=False)
+        counts = Counter(t.state for t in trials)
         queued, running = counts[TrialState.WAITING], counts[TrialState.RUNNING]
-        planned = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] + running + queued
+        planned = sum(1 for t in trials if counted(t))
         if time.monotonic() < deadline and (queued or planned < tcfg.n_trials):
             study.optimize(objective, n_trials=1, catch=(DivergedError, BudgetError), callbacks=[record])
             if failures[-MAX_FAILURES_IN_A_ROW:] == [True] * MAX_FAILURES_IN_A_ROW:
@@ -161,10 +159,11 @@ def work(study: optuna.Study, objective: Objective, tcfg: TuneConfig, heartbeats
             return
 
 
-def spawn_workers(n: int, cfg: ExperimentConfig, tcfg: TuneConfig, tracking_uri: str) -> list[subprocess.Popen]:
+def spawn_workers(n: int, cfg: ExperimentConfig, tcfg: TuneConfig, tracking_uri: str,
+                  checkpoints: Path) -> list[subprocess.Popen]:
     """`n` local `tune role=worker` processes on the same study (the driver itself is one more)."""
     params = cfg.to_params() | tcfg.replace(role="worker", workers=1).to_params()
-    return pool.spawn_workers(n, ["tune", *pool.as_options(params)], tracking_uri)
+    return pool.spawn_workers(n, ["tune", *pool.as_options(params)], tracking_uri, checkpoints)
 
 
 # --- after the search -------------------------------------------------------------------------------------
@@ -203,31 +202,36 @@ def evaluate_best(study: optuna.Study, sealed: Prepared, view: ProtocolView, tcf
     return metrics | gap
 
 
-def run_tune(cfg: ExperimentConfig, tcfg: TuneConfig) -> str:
-    """`tune`: returns the study's parent run id."""
-    tracking_uri = setup_tracking()
+def run_tune(cfg: ExperimentConfig, tcfg: TuneConfig, checkpoints: Path = DEFAULT_CHECKPOINTS,
+             launcher: str = "") -> str:
+    """`tune`, its trials checkpointing to `checkpoints`; `launcher` is the run `mlflow run` made for this
+    command. Returns the study's parent run id."""
+    tracking_uri = setup_tracking(own_experiment=True)
     storage_spec = tcfg.storage_spec(tracking_uri)
     storage, heartbeats = open_storage(storage_spec, tcfg)
     sealed = prepare(cfg, parts=("train", "val"))  # the search never holds a test image
     view = ProtocolView.make(sealed.split, sealed.data.labels, tcfg.protocol, tcfg.holdout_fraction, cfg.seed)
-    name = tcfg.study_name or f"{tcfg.target}-{cfg.dataset}-{tcfg.protocol}-{sealed.split.hash[:8]}"
+    settings_name = f"{tcfg.target}-{cfg.dataset}-{tcfg.protocol}-{sealed.split.hash[:8]}"
     identity = study_identity(cfg, tcfg, sealed.split.hash)
-    tcfg = tcfg.replace(study_name=name, storage=storage_spec)
+    tcfg = tcfg.replace(storage=storage_spec)
     if tcfg.role == "worker":
-        study, parent = join_study(name, storage, cfg, tcfg, identity)
-        work(study, Objective(sealed, tcfg, view, parent, name), tcfg, heartbeats)
+        study, parent = lifecycle.join_study(tcfg, settings_name, storage, identity, "tune", launcher,
+                                             sampler=make_sampler(cfg, tcfg), pruner=make_pruner(cfg, tcfg))
+        work(study, Objective(sealed, tcfg, view, parent, study.study_name, checkpoints), tcfg, heartbeats)
         return parent.info.run_id
 
-    study, active = open_study(name, storage, cfg, tcfg, identity)
+    study, active = open_study(settings_name, storage, heartbeats, cfg, tcfg, identity, launcher)
+    name = study.study_name
+    tcfg = tcfg.replace(study_name=name)  # what its local workers join
     helpers: list[subprocess.Popen] = []
-    with pool.parent_run(helpers):
+    with lifecycle.parent_run(helpers):
         log_new_params(cfg.to_params() | {k: v for k, v in tcfg.to_params().items() if k != "role"})
         mlflow.set_tags({"stage": "tune", "optuna_study": name, "optuna_storage": storage_spec,
                          "dataset": cfg.dataset, "arch": cfg.arch, "git_commit": git_commit(),
                          "split_hash": sealed.split.hash, **view.tags()})
         parent = mlflow.get_run(active.info.run_id)
-        helpers += spawn_workers(tcfg.workers - 1, cfg, tcfg, tracking_uri)
-        work(study, Objective(sealed, tcfg, view, parent, name), tcfg, heartbeats, wait_for=helpers)
+        helpers += spawn_workers(tcfg.workers - 1, cfg, tcfg, tracking_uri, checkpoints)
+        work(study, Objective(sealed, tcfg, view, parent, name, checkpoints), tcfg, heartbeats, wait_for=helpers)
         pool.reap(helpers, "trials")
         mlflow.log_metrics(summarise_trials(study))
         if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):

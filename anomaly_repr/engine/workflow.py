@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -34,9 +33,12 @@ from anomaly_repr.models.backbones import OpenSetNet
 log = logging.getLogger(__name__)
 
 
-def checkpoint_path(run_id: str) -> Path:
-    """Per-run checkpoint file; ANOMALY_REPR_CHECKPOINTS moves the folder (default ./checkpoints)."""
-    return Path(os.environ.get("ANOMALY_REPR_CHECKPOINTS", "checkpoints")) / f"{run_id}.pt"
+DEFAULT_CHECKPOINTS = Path("checkpoints")  # the CLI's default; ANOMALY_REPR_CHECKPOINTS moves it
+
+
+def checkpoint_path(folder: Path, run_id: str) -> Path:
+    """Per-run checkpoint file in `folder` (the caller's: the CLI reads it from the environment)."""
+    return folder / f"{run_id}.pt"
 
 
 PARTS = ("train", "val", "test")

@@ -70,9 +70,10 @@ class Study:
         return experiment | {"seeds": ",".join(map(str, self.seeds)), "splits": ",".join(map(str, self.splits)),
                              "methods": ",".join(self.methods), "augment": ",".join(self.policies)}
 
-    def name(self) -> str:
+    def settings_name(self) -> str:
+        """The start of the name of every study of these settings (a study's own name adds when it began)."""
         digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]
-        return self.pool.study_name or f"reproduce-{self.base.dataset}-{digest}"
+        return f"reproduce-{self.base.dataset}-{digest}"
 
     def shared_class_sets(self) -> list[tuple[int, ...]]:
         """Groups of requested standard splits that hold the same known classes (CIFAR-10's 0 and 1)."""

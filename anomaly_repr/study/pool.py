@@ -9,7 +9,6 @@ queued again.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import os
@@ -17,7 +16,6 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -28,23 +26,27 @@ import sqlalchemy
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import FrozenTrial
 
-from anomaly_repr.errors import AnomalyReprError, ConfigError, check_finite, unknown
+from anomaly_repr.errors import ConfigError, check_finite, unknown
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats, metric names
 
+CONNECT_SECONDS = 10  # how long to wait for a PostgreSQL storage server to answer
 STORAGE_ATTEMPTS = 5  # tries to open an RDB storage whose tables another process is creating
 Role = Literal["driver", "worker"]
 ROLES = get_args(Role)
+# Read by the CLI (the edge) and passed down; written for the local workers a driver starts.
+STORAGE_ENV, CHECKPOINTS_ENV = "ANOMALY_REPR_STORAGE", "ANOMALY_REPR_CHECKPOINTS"
 
 
 @dataclass(frozen=True)
 class PoolConfig:
     """Where a study's trials live and who runs them (the CLI options of `tune` and `reproduce`)."""
 
-    study_name: str = ""  # '' = a name derived from the study's settings; the same name resumes the study
-    storage: str = ""  # '' = $ANOMALY_REPR_STORAGE, else optuna.db beside a SQLite MLflow store; journal:<file>;
+    study_name: str = ""  # '' = a new study, named after its settings and start; a name resumes that study
+    # '' = optuna.db beside a SQLite MLflow store (the CLI reads $ANOMALY_REPR_STORAGE first); journal:<file>;
     # or an RDB URL (postgresql+psycopg2://...)
+    storage: str = ""
     workers: int = 1  # processes on this machine that run trials of the study (this one included)
     role: Role = "driver"  # driver: runs trials, waits for all, reports | worker: runs trials only
     heartbeat_interval: int = 60  # seconds between trial heartbeats (RDB storages); a trial is stale after 2x
@@ -70,7 +72,7 @@ class PoolConfig:
         return dataclasses.replace(self, **changes)
 
     def storage_spec(self, tracking_uri: str) -> str:
-        return self.storage or os.environ.get("ANOMALY_REPR_STORAGE") or default_storage(tracking_uri)
+        return self.storage or default_storage(tracking_uri)
 
 
 POOL_FIELDS = {f.name: f for f in fields(PoolConfig)}
@@ -109,7 +111,9 @@ def open_storage(spec: str, pool: PoolConfig) -> tuple[optuna.storages.BaseStora
         raise ConfigError(f"storage must be journal:<file> or a database URL (sqlite:///..., postgresql://...), "
                           f"got {spec!r}")
     # SQLite: wait for other processes' writes instead of failing; servers: drop dead pooled connections.
-    engine = {"connect_args": {"timeout": 60}} if spec.startswith("sqlite") else {"pool_pre_ping": True}
+    engine: dict[str, Any] = {"connect_args": {"timeout": 60}} if spec.startswith("sqlite") else {"pool_pre_ping": True}
+    if spec.startswith("postgresql"):  # libpq waits for an unreachable host for minutes by default
+        engine["connect_args"] = {"connect_timeout": CONNECT_SECONDS}
     for attempt in range(STORAGE_ATTEMPTS):
         try:
             storage = optuna.storages.RDBStorage(
@@ -134,37 +138,10 @@ JOIN_SECONDS = 300  # how long a worker waits for the driver to create the study
 MACHINE_FIELDS = ("data_root", "download", "device", "amp")
 
 
-def check_identity(study: optuna.Study, identity: dict[str, str]) -> None:
-    """Refuse to resume or join a study created with other settings (fields newer than it are not stored)."""
-    stored = study.user_attrs.get("identity", {})
-    for key, value in identity.items():
-        if key in stored and stored[key] != value:
-            raise ConfigError(f"study {study.study_name!r} was created with {key}={stored.get(key)!r}, this run has "
-                              f"{key}={value!r}; keep the study's settings or choose another study_name")
-
-
-def join_study(name: str, storage: optuna.storages.BaseStorage, identity: dict[str, str], command: str,
-               **study_kwargs: Any) -> tuple[optuna.Study, mlflow.entities.Run]:
-    """Worker: wait for the driver's study and parent run, then check the study is this experiment's."""
-    deadline = time.monotonic() + JOIN_SECONDS
-    while True:
-        try:
-            study = optuna.load_study(study_name=name, storage=storage, **study_kwargs)
-            if "mlflow_parent_run_id" in study.user_attrs:
-                break
-        except KeyError:  # Optuna: the study does not exist yet
-            pass
-        if time.monotonic() > deadline:
-            raise AnomalyReprError(f"study {name!r} has no parent run after {JOIN_SECONDS} s; start its driver "
-                                   f"({command} without role=worker) first")
-        time.sleep(POLL_SECONDS)
-    check_identity(study, identity)
-    return study, mlflow.get_run(study.user_attrs["mlflow_parent_run_id"])
-
-
-def spawn_workers(n: int, argv: list[str], tracking_uri: str) -> list[subprocess.Popen]:
-    """`n` local worker processes running `python -m anomaly_repr ARGV` (the driver itself is one more)."""
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+def spawn_workers(n: int, argv: list[str], tracking_uri: str, checkpoints: Path) -> list[subprocess.Popen]:
+    """`n` local worker processes running `python -m anomaly_repr ARGV` (the driver itself is one more), with
+    the driver's tracking store and checkpoint folder (through the environment their CLI reads)."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, CHECKPOINTS_ENV: str(checkpoints.resolve())}
     env.pop("MLFLOW_RUN_ID", None)  # the driver's run; a worker opens trial runs under the parent only
     return [subprocess.Popen([sys.executable, "-m", "anomaly_repr", *argv], env=env) for _ in range(n)]
 
@@ -174,36 +151,6 @@ def reap(helpers: list[subprocess.Popen], what: str) -> None:
     for proc in helpers:
         if proc.wait() != 0:
             log.warning("a local worker exited with code %d; its %s are in the study", proc.returncode, what)
-
-
-@contextlib.contextmanager
-def parent_run(helpers: list[subprocess.Popen]) -> Iterator[None]:
-    """Around a driver's work: the active (parent) run ends FINISHED when the block completes, KILLED on
-    Ctrl-C, FAILED on any error; local workers (`helpers`, filled inside the block) still running are stopped."""
-    status = "FAILED"
-    try:
-        yield
-        status = "FINISHED"
-    except KeyboardInterrupt:
-        status = "KILLED"
-        raise
-    finally:
-        for proc in helpers:
-            if proc.poll() is None:
-                proc.terminate()
-        mlflow.end_run(status)
-
-
-@contextlib.contextmanager
-def failing_run() -> Iterator[None]:
-    """Around what follows a run's start before the block that ends it: an error there ends the active run
-    FAILED (KILLED on Ctrl-C) instead of leaving it to MLflow's exit hook, which would mark it FINISHED; on
-    success the run stays active."""
-    try:
-        yield
-    except BaseException as exc:
-        mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
 
 
 def as_options(params: dict[str, str]) -> list[str]:

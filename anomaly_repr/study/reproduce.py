@@ -18,9 +18,9 @@ machines) pops the next queued cell (an atomic step of every Optuna storage, so 
 and evaluates it in a child run of the parent. Optuna's `GridSampler` is not used: it picks among unvisited
 grid points at random once trials outnumber the grid, and counts a failed point as visited, so a failed cell
 could never run again. On an RDB storage a killed worker's cell goes stale by heartbeats and is queued again;
-a cell that fails leaves the parent FAILED with its error, and running the same command again (the study name
-follows the settings) reruns only the cells without a result. When every cell has one, the driver assembles
-the parent (`parent.py`).
+a cell that fails leaves the parent FAILED with its error, and running the command again with the study's name
+(`--study_name`, printed when it starts) reruns only the cells without a result. When every cell has one, the
+driver assembles the parent (`parent.py`).
 """
 
 from __future__ import annotations
@@ -32,19 +32,21 @@ import socket
 import subprocess
 import time
 from collections import Counter
+from pathlib import Path
 
 import mlflow
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from anomaly_repr.engine.workflow import Prepared, checkpoint_path, prepare
+from anomaly_repr.engine.workflow import DEFAULT_CHECKPOINTS, Prepared, checkpoint_path, prepare
 from anomaly_repr.errors import AnomalyReprError
 from anomaly_repr.methods import method_for
 from anomaly_repr.scoring.intervals import Results
-from anomaly_repr.study import pool
+from anomaly_repr.study import lifecycle, pool
 from anomaly_repr.study.cells import CellKey, Study
+from anomaly_repr.study.lifecycle import check_identity, failing_run
 from anomaly_repr.study.parent import load_cell, log_parent
-from anomaly_repr.study.pool import POLL_SECONDS, check_identity, failing_run, open_storage
+from anomaly_repr.study.pool import POLL_SECONDS, open_storage
 from anomaly_repr.tracking.runs import evaluate_logged, train_logged
 from anomaly_repr.tracking.store import git_commit, log_new_params, log_provenance, run_url, setup_tracking
 
@@ -60,8 +62,8 @@ class CellObjective:
     """One cell per trial: train and evaluate its method in a child run of the parent; the trial's value
     is the child's best validation accuracy (what its training selected on; nothing is searched)."""
 
-    def __init__(self, study: Study, parent: mlflow.entities.Run, study_name: str):
-        self.study, self.parent, self.study_name = study, parent, study_name
+    def __init__(self, study: Study, parent: mlflow.entities.Run, study_name: str, checkpoints: Path):
+        self.study, self.parent, self.study_name, self.checkpoints = study, parent, study_name, checkpoints
         self._prepared: tuple[tuple[int, int], Prepared] | None = None  # the last (split, seed)'s data
 
     def prepared(self, split: int, seed: int) -> Prepared:
@@ -96,15 +98,18 @@ class CellObjective:
             log_provenance(child, stage=method)
             mlflow.set_tags({"optuna_study": self.study_name, "trial_number": str(trial.number),
                              "worker": f"{socket.gethostname()}:{os.getpid()}", "retried_run_id": retry_of})
-            fitted = train_logged(child, run.info.run_id)
+            fitted = train_logged(child, run.info.run_id, self.checkpoints)
             evaluate_logged(child, fitted.model, fitted.normalizer)
             status = "FINISHED"
             return fitted.result.best_val_acc
         except Exception as exc:
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}".splitlines()[0])
             raise
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Optuna fails the trial
+            status = "KILLED"
+            raise
         finally:
-            checkpoint_path(run.info.run_id).unlink(missing_ok=True)
+            checkpoint_path(self.checkpoints, run.info.run_id).unlink(missing_ok=True)
             mlflow.end_run(status)
 
 
@@ -135,42 +140,27 @@ def enqueue_missing(optuna_study: optuna.Study, study: Study) -> int:
     return len(missing)
 
 
-def abandon_running(optuna_study: optuna.Study, heartbeats: bool) -> None:
-    """On resume: the cells of workers that died with the last driver are failed, so that they are queued
-    again. With heartbeats, those gone silent (Optuna's stale trials); without them (a journal file on one
-    machine), every RUNNING cell: resume a journal study only when none of its workers runs."""
-    if heartbeats:
-        optuna.storages.fail_stale_trials(optuna_study)
-        return
-    for trial in optuna_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        optuna_study.tell(trial.number, state=TrialState.FAIL)
-        log.warning("cell trial %d was RUNNING when this driver started; failed, its cell is queued again",
-                    trial.number)
-
-
-def open_study(study: Study, storage: optuna.storages.BaseStorage,
-               heartbeats: bool) -> tuple[optuna.Study, mlflow.ActiveRun]:
-    """Driver: create the study and its parent run, or resume both; queue the cells without a result."""
-    name = study.name()
-    try:
-        optuna_study = optuna.create_study(study_name=name, storage=storage, direction="maximize")
-    except optuna.exceptions.DuplicatedStudyError:
-        optuna_study = optuna.load_study(study_name=name, storage=storage)
+def open_study(study: Study, storage: optuna.storages.BaseStorage, heartbeats: bool,
+               launcher: str) -> tuple[optuna.Study, mlflow.ActiveRun]:
+    """Driver: create the study and its parent run, or resume the named study and its parent; queue the
+    cells without a result."""
+    optuna_study, new = lifecycle.open_or_create(study.pool, study.settings_name(), storage)
+    name = optuna_study.study_name
+    if not new:
         check_identity(optuna_study, study.identity())
-        abandon_running(optuna_study, heartbeats)
-        os.environ.pop("MLFLOW_RUN_ID", None)  # `mlflow run` made a run for this call; the study has its own
-        active = mlflow.start_run(run_id=optuna_study.user_attrs["mlflow_parent_run_id"])
+        active = lifecycle.resume_parent(optuna_study, launcher)
         with failing_run():
+            lifecycle.abandon_running(optuna_study, heartbeats, "cell trial")
             log.info("resuming study %s (parent run %s): %d cell(s) queued again", name, active.info.run_id,
                      enqueue_missing(optuna_study, study))
         return optuna_study, active
-    active = mlflow.start_run(run_name="reproduce")  # under `mlflow run`, the run it made
+    active = lifecycle.start_parent(launcher, run_name="reproduce")
     with failing_run():
+        log.info("new study %s; resume it with --study_name %s", name, name)
         optuna_study.set_user_attr("identity", study.identity())
         optuna_study.set_metric_names(["val accuracy"])
         enqueue_missing(optuna_study, study)
-        optuna_study.set_user_attr("mlflow_experiment_id", active.info.experiment_id)
-        optuna_study.set_user_attr("mlflow_parent_run_id", active.info.run_id)  # last: workers join once it is set
+        lifecycle.record(optuna_study, active.info)
     return optuna_study, active
 
 
@@ -187,8 +177,8 @@ def collect_cells(study: Study, optuna_study: optuna.Study) -> Results:
         split, seed, method, policy = missing[0]
         why = f" ({errors[missing[0]]})" if errors.get(missing[0]) else ""
         raise AnomalyReprError(f"{len(missing)} of {len(study.cells())} cells have no result, first "
-                               f"{study.row(method, policy)} split {split} seed {seed}{why}; run the same command "
-                               "again to retry only those")
+                               f"{study.row(method, policy)} split {split} seed {seed}{why}; run the command again "
+                               f"with --study_name {optuna_study.study_name} to retry only those")
     results: Results = {study.row(method, policy): [] for policy in study.policies for method in study.methods}
     for cell in study.cells():
         split, seed, method, policy = cell
@@ -196,22 +186,23 @@ def collect_cells(study: Study, optuna_study: optuna.Study) -> Results:
     return results
 
 
-def run_reproduce(study: Study) -> str:
+def run_reproduce(study: Study, checkpoints: Path = DEFAULT_CHECKPOINTS, launcher: str = "") -> str:
     """`reproduce`: the driver runs cells, waits for all, and assembles the parent; a worker runs cells.
+    Training checkpoints go to `checkpoints`; `launcher` is the run `mlflow run` made for this command.
     Returns the parent run id."""
-    tracking_uri = setup_tracking()
+    tracking_uri = setup_tracking(own_experiment=True)
     spec = study.pool.storage_spec(tracking_uri)
     storage, heartbeats = open_storage(spec, study.pool)
-    name = study.name()
     if study.pool.role == "worker":
-        os.environ.pop("MLFLOW_RUN_ID", None)  # under `mlflow run`, its own run; cells are children of the parent
-        optuna_study, parent = pool.join_study(name, storage, study.identity(), "reproduce")
-        work(optuna_study, CellObjective(study, parent, name), heartbeats)
+        optuna_study, parent = lifecycle.join_study(study.pool, study.settings_name(), storage, study.identity(),
+                                                    "reproduce", launcher)
+        work(optuna_study, CellObjective(study, parent, optuna_study.study_name, checkpoints), heartbeats)
         return parent.info.run_id
 
-    optuna_study, active = open_study(study, storage, heartbeats)
+    optuna_study, active = open_study(study, storage, heartbeats, launcher)
+    name = optuna_study.study_name
     helpers: list[subprocess.Popen] = []
-    with pool.parent_run(helpers):
+    with lifecycle.parent_run(helpers):
         seeds, splits = ",".join(map(str, study.seeds)), ",".join(map(str, study.splits))
         policies = ",".join(study.policies)
         log_new_params({k: v for k, v in study.base.to_params().items() if k != "method"}
@@ -226,23 +217,23 @@ def run_reproduce(study: Study) -> str:
                         "them counts that class set %d times", ",".join(map(str, group)), study.base.dataset,
                         len(group))
         parent = mlflow.get_run(active.info.run_id)
-        objective = CellObjective(study, parent, name)
+        objective = CellObjective(study, parent, name, checkpoints)
         prep = objective.prepared(study.splits[0], study.seeds[0])  # bad data or classes stop the study here, once
         for method in study.methods:
             method_for(study.config(method, study.reference_policy)).check_data(prep.data.shape)
-        argv = ["reproduce", *pool.as_options(worker_params(study))]
-        helpers += pool.spawn_workers(study.pool.workers - 1, argv, tracking_uri)
+        argv = ["reproduce", *pool.as_options(worker_params(study, name))]
+        helpers += pool.spawn_workers(study.pool.workers - 1, argv, tracking_uri, checkpoints)
         work(optuna_study, objective, heartbeats, wait_for=helpers)
         pool.reap(helpers, "cells")
         log_parent(study, collect_cells(study, optuna_study))
     return active.info.run_id
 
 
-def worker_params(study: Study) -> dict[str, str]:
+def worker_params(study: Study, name: str) -> dict[str, str]:
     """The command-line options of a local worker of this study."""
     base = {k: v for k, v in study.base.to_params().items() if k != "method"}
     if study.base.recon_weight == 0:
         base["recon_weight"] = "auto"  # the CLI's spelling of "the talk's λ for the hybrid child"
     return base | {"seed": ",".join(map(str, study.seeds)), "split": ",".join(map(str, study.splits)),
                    "methods": ",".join(study.methods), "augment": ",".join(study.policies)} \
-        | study.pool.replace(role="worker", workers=1).to_params()
+        | study.pool.replace(role="worker", workers=1, study_name=name).to_params()

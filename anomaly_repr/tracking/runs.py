@@ -25,6 +25,7 @@ from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.data.pipeline import Normalizer
 from anomaly_repr.engine.evaluation import Evaluation, classic_val_aurocs, evaluate, evaluated_parts
 from anomaly_repr.engine.workflow import (
+    DEFAULT_CHECKPOINTS,
     EpochHook,
     Fitted,
     Prepared,
@@ -39,6 +40,7 @@ from anomaly_repr.errors import AnomalyReprError, ConfigError
 from anomaly_repr.methods import method_for
 from anomaly_repr.models.backbones import OpenSetNet
 from anomaly_repr.tracking.store import (
+    ending_run,
     load_config,
     load_weights,
     log_epoch,
@@ -83,14 +85,15 @@ def epoch_logger(prep: Prepared, analyse: bool = True, then: EpochHook | None = 
     return on_epoch
 
 
-def train_logged(prep: Prepared, run_id: str, resume: bool = False, epoch_hook: EpochHook | None = None,
-                 serve: bool = True, analyse: bool = True) -> Fitted:
+def train_logged(prep: Prepared, run_id: str, checkpoints: Path, resume: bool = False,
+                 epoch_hook: EpochHook | None = None, serve: bool = True, analyse: bool = True) -> Fitted:
     """Train the config's method in the active run: per-epoch metrics as they come, then the summary, and the
     model (the servable LoggedModel, or with `serve=False` the weights alone). `epoch_hook` runs after each
     epoch's metrics are logged. With `analyse`, every `val_auroc_every` epochs the classic scorers'
-    validation AUROC is logged beside them (analysis only; a tuning trial logs its own objective instead)."""
+    validation AUROC is logged beside them (analysis only; a tuning trial logs its own objective instead).
+    The checkpoint, `checkpoints`/<run_id>.pt, is removed once the model is logged."""
     on_epoch = epoch_logger(prep, analyse, epoch_hook)
-    checkpoint = checkpoint_path(run_id)
+    checkpoint = checkpoint_path(checkpoints, run_id)
     members = MemberRuns(run_id, on_epoch) if prep.method.member_configs() else None
     fitted = fit(prep, checkpoint, resume, on_epoch, members, on_figures=log_figures)
     mlflow.log_metrics(fitted.summary())
@@ -127,6 +130,9 @@ class MemberRuns:
             mlflow.set_tag("worker", f"{socket.gethostname()}:{os.getpid()}")
             yield self.on_epoch
             status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
         finally:
             mlflow.end_run(status)
 
@@ -166,14 +172,17 @@ def evaluate_logged(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, v
     return evaluation
 
 
-def run_train(cfg: ExperimentConfig | None, resume_run_id: str = "", changes: dict | None = None) -> str:
-    """`train`: train and log a model. With resume_run_id, continue that run from its checkpoint with its
-    logged config, where `changes` may set the fields its method lets a resumed run change."""
+def run_train(cfg: ExperimentConfig | None, resume_run_id: str = "", changes: dict | None = None,
+              checkpoints: Path = DEFAULT_CHECKPOINTS) -> str:
+    """`train`: train and log a model, checkpointing to `checkpoints`/<run_id>.pt. With resume_run_id,
+    continue that run from its checkpoint with its logged config, where `changes` may set the fields its
+    method lets a resumed run change."""
     setup_tracking()
     if resume_run_id:
         cfg = load_config(resume_run_id)
-        if not checkpoint_path(resume_run_id).exists():
-            raise AnomalyReprError(f"no checkpoint for run {resume_run_id} at {checkpoint_path(resume_run_id)}")
+        if not checkpoint_path(checkpoints, resume_run_id).exists():
+            raise AnomalyReprError(f"no checkpoint for run {resume_run_id} at "
+                                   f"{checkpoint_path(checkpoints, resume_run_id)}")
         allowed = method_for(cfg).resume_fields
         refused = [f"--{name}" for name in changes or {} if name not in allowed]
         if refused:
@@ -182,13 +191,13 @@ def run_train(cfg: ExperimentConfig | None, resume_run_id: str = "", changes: di
         cfg = cfg.replace(**(changes or {}))
     assert cfg is not None
     prep = prepare(cfg)
-    with mlflow.start_run(run_id=resume_run_id or None) as run:
+    with ending_run(run_id=resume_run_id or None) as run:
         if not resume_run_id:
             log_provenance(prep, stage="train", parts=("train", "val"))
         elif changes:  # params keep their first values (MLflow's are immutable); config.json holds the new ones
             log_json(dataclasses.asdict(cfg), "config.json")
             mlflow.set_tags({f"resumed_with.{name}": str(value) for name, value in changes.items()})
-        train_logged(prep, run.info.run_id, resume=bool(resume_run_id))
+        train_logged(prep, run.info.run_id, checkpoints, resume=bool(resume_run_id))
         return run.info.run_id
 
 
@@ -204,7 +213,7 @@ def run_evaluate(train_run_id: str, tta: str = "") -> str:
     if stored_split.hash != prep.split.hash:
         raise AnomalyReprError(f"the data no longer match train run {train_run_id}: split hash "
                                f"{prep.split.hash} != {stored_split.hash}")
-    with mlflow.start_run() as run:
+    with ending_run() as run:
         log_provenance(prep, stage="evaluate", parts=evaluated_parts(prep))
         mlflow.set_tag("train_run_id", train_run_id)
         evaluate_logged(prep, model, normalizer)

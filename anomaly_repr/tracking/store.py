@@ -3,6 +3,7 @@ the results that the computing stages return (training summaries, evaluations, f
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -12,7 +13,7 @@ import platform
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from anomaly_repr.tracking.lineage import log_dataset_inputs
 log = logging.getLogger(__name__)
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # a local SQLite store in the working directory
 DEFAULT_EXPERIMENT = "anomaly-repr"
+MLFLOW_DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default", where `mlflow run` puts runs without --experiment-name
 SERVER_WAIT_SECONDS = 10  # how long to wait for an HTTP tracking server before giving up
 # The experiment's kind, as MLflow 3 records it: custom model development (training runs), not GenAI.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
@@ -51,15 +53,34 @@ class TrackingError(AnomalyReprError):
     """The tracking server cannot be reached or refuses the request."""
 
 
-def setup_tracking() -> str:
-    """Use MLFLOW_TRACKING_URI when set, else a local SQLite store; fail fast on a dead server."""
+@contextlib.contextmanager
+def ending_run(**start: Any) -> Iterator[mlflow.ActiveRun]:
+    """`mlflow.start_run(**start)` whose run ends FINISHED, FAILED on an error, and KILLED on Ctrl-C or
+    SIGTERM (which the CLI raises as KeyboardInterrupt), where MLflow's own context would say FAILED."""
+    run = mlflow.start_run(**start)
+    status = "FAILED"
+    try:
+        yield run
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        mlflow.end_run(status)
+
+
+def setup_tracking(own_experiment: bool = False) -> str:
+    """Use MLFLOW_TRACKING_URI when set, else a local SQLite store; fail fast on a dead server. The
+    experiment is the one `mlflow run` chose, else $MLFLOW_EXPERIMENT_NAME or "anomaly-repr"; with
+    `own_experiment` (a study, which starts its own parent run) MLflow's Default experiment is not taken."""
     uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
     mlflow.set_tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
         _wait_for_server(uri)
         _check_access()
-    if "MLFLOW_EXPERIMENT_ID" in os.environ:  # `mlflow run` picks the experiment itself
-        experiment_id = os.environ["MLFLOW_EXPERIMENT_ID"]
+    chosen = os.environ.get("MLFLOW_EXPERIMENT_ID", "")  # `mlflow run` picks the experiment itself
+    if chosen and not (own_experiment and chosen == MLFLOW_DEFAULT_EXPERIMENT_ID):
+        experiment_id = chosen
     else:
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
         experiment_id = mlflow.set_experiment(name).experiment_id
