@@ -21,6 +21,7 @@ Amp = Literal["auto", "true", "false"]
 Head = Literal["linear", "godin"]
 GodinH = Literal["cosine", "inner", "euclidean"]
 BadImages = Literal["error", "skip"]
+Resize = Literal["crop", "squash"]
 ScorerReference = Literal["train", "val_nominal"]
 Augment = Literal["crop_flip", "trivialaugment", "randaugment", "autoaugment"]  # see anomaly_repr/data/augment.py
 SvgdSpace = Literal["function", "weights"]
@@ -42,6 +43,8 @@ class ExperimentConfig:
     unknown_classes: str = ""  # comma-separated; '' = every class that is not known
     num_known: int = 0  # known classes in a random draw; 0 = dataset default (60 % of classes, 80 for CIFAR-100)
     image_size: int = 32  # imagefolder only: images are resized to image_size x image_size pixels
+    resize: Resize = "crop"  # imagefolder only: crop = the shorter side to image_size, then the centre square
+    #                          (torchvision's Resize + CenterCrop) | squash = both sides to image_size
     bad_images: BadImages = "error"  # imagefolder only: unreadable images stop the run (error) or are left out (skip)
     seed: int = 0  # seeds the 60/20/20 partition, initialisation and augmentation
     # --- model ---

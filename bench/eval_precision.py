@@ -35,7 +35,7 @@ def main() -> None:
     args = parser.parse_args()
     cfg = load_config(args.train_run_id)
     prep = prepare(cfg)
-    model, normalizer, _ = load_weights(args.train_run_id, new_model(prep))
+    model, normalizer = load_weights(args.train_run_id, new_model(prep), prep.split)
     split = prep.split
     parts = {"val": split.val, "test": split.test, "train": split.nominal(split.train, prep.data.labels)}
     seconds: dict[str, list[float]] = {name: [] for name in PRECISIONS}

@@ -36,7 +36,7 @@ def scoring_cost(run_id: str, n: int) -> tuple[float, float]:
     transform, SGLD-free input gradients, augmented views...), after its calibration."""
     cfg = load_config(run_id)
     prep = prepare(cfg, parts=("train", "val", "test"))
-    model, normalizer, _ = load_weights(run_id, new_model(prep))
+    model, normalizer = load_weights(run_id, new_model(prep), prep.split)
     method, device = method_for(cfg), torch.device("cpu")
     images = prep.images(prep.split.test[:n])
     nominal = {part: prep.images(prep.split.nominal(getattr(prep.split, part), prep.data.labels)[:2000])

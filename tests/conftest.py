@@ -166,3 +166,29 @@ def reproduce_parent(server: str, tmp_path, params: dict, where: str):
     [parent] = client.search_runs([experiment.experiment_id], f"{where} and tags.stage = 'reproduce'")
     children = client.search_runs([experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     return parent, children
+
+
+def best_deployable_auroc(metrics: dict[str, float], model: str) -> float:
+    """The highest test AUROC of a model's non-oracle scorers, read from a parent's metrics."""
+    from anomaly_repr.scoring.scorers import is_oracle
+
+    values = [value for key, value in metrics.items()
+              if (parts := key.split("/")) and len(parts) == 4 and parts[:2] == ["test", model]
+              and parts[3] == "auroc" and not is_oracle(parts[2])]
+    assert values, f"no deployable AUROC of {model}"
+    return max(values)
+
+
+def assert_gains(parent_id: str, method: str, own: str, reference: str = "classifier") -> None:
+    """A study's parent: the gains of `method` over `reference` are the differences of their AUROCs (oracle,
+    and best deployable against best deployable), and its `own` scorer's AUROC is what its child logged."""
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_id)
+    m = parent.data.metrics
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
+    [child] = [c for c in children if c.data.tags.get("method") == method]
+    assert m[f"test/{method}/{own}/auroc"] == pytest.approx(child.data.metrics[f"test/{own}/auroc"])
+    assert m[f"test/gain/{method}/oracle_rf"] == pytest.approx(
+        m[f"test/{method}/oracle_rf/auroc"] - m[f"test/{reference}/oracle_rf/auroc"], abs=1e-9)
+    assert m[f"test/gain/{method}/best_score"] == pytest.approx(
+        best_deployable_auroc(m, method) - best_deployable_auroc(m, reference), abs=1e-9)

@@ -48,7 +48,11 @@ def test_main_is_a_study_with_a_child_per_model(study):
     for scorer in ("godin", "godin_quotient", "godin_g"):
         assert f"test/godin/{scorer}/auroc" in m and f"test/classifier/{scorer}/auroc" not in m
     assert children["hybrid"].data.params["recon_weight"] == "0.9"  # the talk's λ for CIFAR-10 and others
-    assert children["godin"].data.params["head"] == "godin" and "godin/epsilon" in children["godin"].data.metrics
+    godin = children["godin"].data
+    grid = [float(e) for e in godin.params["godin_epsilons"].split(",")]
+    assert godin.params["head"] == "godin" and len(grid) == 7 and godin.metrics["godin/epsilon"] in grid
+    search = mlflow.artifacts.load_dict(f"runs:/{children['godin'].info.run_id}/godin/epsilon_search.json")
+    assert godin.metrics["godin/epsilon"] == float(max(search, key=search.get))  # the best of the search
     assert m["test/q3_gap"] == pytest.approx(m["test/hybrid/oracle_rf/auroc"] - m["test/classifier/oracle_rf/auroc"])
     assert m["test/classifier/oracle_rf/auroc"] > 0.6 and m["test/oracle_rep/oracle_rf/auroc"] > 0.6
     best_classic = max(m[f"test/classifier/{s}/auroc"] for s in ("msp", "entropy", "max_logit", "energy"))
@@ -167,7 +171,8 @@ def test_reproduce_on_an_image_folder_with_several_seeds(mlflow_server, tmp_path
     m = parent.data.metrics
     per_seed = [c.data.metrics["test/max_logit/auroc"] for c in children if c.data.tags["model"] == "classifier"]
     assert m["test/classifier/max_logit/auroc"] == pytest.approx(sum(per_seed) / 2)
-    assert "test/classifier/max_logit/auroc_std" in m and "test/oracle_rep/oracle_rf/auroc_std" in m
+    assert m["test/classifier/max_logit/auroc_std"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert m["test/oracle_rep/oracle_rf/auroc_std"] >= 0
     assert "test/q3_gap" not in m  # no hybrid in this study
     assert "+-" in mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/results/auroc_table.csv")
 

@@ -147,8 +147,11 @@ def test_feature_scorers_refuse_a_reference_with_anomalies():
                 scorer.fit(mixed)
 
 
-def test_feature_scorers_are_registered_and_deployable():
-    assert set(scorers_of("feature")) <= set(deployable())
+def test_the_tiers_hold_the_scorers_the_report_expects_and_oracles_are_not_deployable():
+    assert scorers_of("feature") == ("knn", "mahalanobis", "rmds", "vim", "fdbd", "react", "gen")
+    assert scorers_of("classic") == ("msp", "entropy", "max_logit", "energy")
+    assert scorers_of("oracle") == ("oracle_rf", "oracle_linear", "oracle_knn")
+    assert all(is_oracle(n) for n in scorers_of("oracle")) and not set(scorers_of("oracle")) & set(deployable())
 
 
 # --- in the evaluation: every deployable scorer learns from nominal outputs and never reads a label -------

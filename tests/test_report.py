@@ -13,7 +13,7 @@ from anomaly_repr.study.summary import significant, summarise
 IS_ANOMALY = np.r_[np.zeros(300, bool), np.ones(200, bool)]
 
 
-def cell(separations: dict[str, float], split: int = 0, seed: int = 0) -> Cell:
+def cell(separations: dict[str, float], split: int = 0, seed: int = 0, acc: float = 0.9) -> Cell:
     """A child whose scorer `name` separates anomalies by `separations[name]` standard deviations; its metrics
     are computed from its scores, as an evaluation does."""
     rng = np.random.default_rng(100 * split + seed)
@@ -21,7 +21,7 @@ def cell(separations: dict[str, float], split: int = 0, seed: int = 0) -> Cell:
     scores = {name: noise + d * IS_ANOMALY + 0.3 * rng.normal(size=len(IS_ANOMALY))
               for name, d in separations.items()}
     metrics = {f"test/{name}/{k}": v for name, s in scores.items() for k, v in anomaly_metrics(s, IS_ANOMALY).items()}
-    return Cell(split, seed, metrics | {"test/acc": 0.9}, scores, IS_ANOMALY, ("a", "b"))
+    return Cell(split, seed, metrics | {"test/acc": acc}, scores, IS_ANOMALY, ("a", "b"))
 
 
 CLASSIFIER = {"msp": 0.6, "entropy": 0.65, "max_logit": 0.8, "energy": 0.75, "knn": 1.0, "oracle_rf": 1.3}
@@ -130,9 +130,11 @@ def test_bar_chart_draws_every_cell_with_its_interval():
 
 def test_a_policy_row_is_measured_against_its_own_method_even_without_a_classifier():
     stronger = {name: d + 0.4 for name, d in CLASSIFIER.items()}
-    s = summarise({"hybrid": [cell(CLASSIFIER)], "hybrid.trivialaugment": [cell(stronger, seed=0)]}, 200)
+    s = summarise({"hybrid": [cell(CLASSIFIER)], "hybrid.trivialaugment": [cell(stronger, seed=0, acc=0.93)]}, 200)
     gain = s["test/hybrid.trivialaugment/max_logit/auroc"] - s["test/hybrid/max_logit/auroc"]
     assert s["test/gain/hybrid.trivialaugment/max_logit"] == pytest.approx(gain) and gain > 0
     assert s["test/gain/hybrid.trivialaugment/max_logit_ci_low"] > 0  # paired: the same test images
-    assert "test/gain/hybrid.trivialaugment/best_score" in s and s["test/gain/hybrid.trivialaugment/acc"] == 0
+    best = s["test/gain/hybrid.trivialaugment/best_score"]  # best deployable against best deployable: knn both
+    assert best == pytest.approx(s["test/hybrid.trivialaugment/knn/auroc"] - s["test/hybrid/knn/auroc"])
+    assert s["test/gain/hybrid.trivialaugment/acc"] == pytest.approx(0.03)
     assert "test/q1_gap" not in s  # no reference method in this study

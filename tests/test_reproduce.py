@@ -21,6 +21,8 @@ from anomaly_repr.study.cells import Study
 from anomaly_repr.study.pool import PoolConfig
 from anomaly_repr.study.reproduce import run_reproduce
 
+from conftest import best_deployable_auroc
+
 BASE = ExperimentConfig(epochs=2, oracle_trees=20, device="cpu", bootstrap=200)
 
 
@@ -105,7 +107,12 @@ def test_a_rerun_by_name_retrains_only_the_cells_without_a_result(tracking, monk
     assert sorted((c.data.tags["method"], c.info.status) for c in kids) == [
         ("classifier", "FINISHED"), ("oracle_rep", "FAILED"), ("oracle_rep", "FINISHED")]
     parent = client.get_run(parent.info.run_id)
-    assert parent.info.status == "FINISHED" and "test/q2_gap" in parent.data.metrics
+    m = parent.data.metrics
+    assert parent.info.status == "FINISHED"  # and its gaps read the retried cell's result
+    q2 = m["test/oracle_rep/oracle_rf/auroc"] - m["test/classifier/oracle_rf/auroc"]
+    assert m["test/q2_gap"] == pytest.approx(q2)
+    [retried] = [c for c in kids if c.data.tags["method"] == "oracle_rep" and c.info.status == "FINISHED"]
+    assert m["test/oracle_rep/oracle_rf/auroc"] == pytest.approx(retried.data.metrics["test/oracle_rf/auroc"])
 
 
 def test_two_local_workers_share_a_journal_study(tracking, tmp_path, monkeypatch):
@@ -172,10 +179,16 @@ def test_augmentation_policies_are_rows_measured_against_crop_and_flip(tracking)
     gain = m[f"test/{row}/max_logit/auroc"] - m["test/classifier/max_logit/auroc"]
     assert m[f"test/gain/{row}/max_logit"] == pytest.approx(gain)
     assert m[f"test/gain/{row}/max_logit_ci_low"] <= m[f"test/gain/{row}/max_logit_ci_high"]
-    assert f"test/gain/{row}/oracle_rf_p" in m and f"test/gain/{row}/best_score" in m
+    assert 0 <= m[f"test/gain/{row}/oracle_rf_p"] <= 1
+    best = best_deployable_auroc(m, row) - best_deployable_auroc(m, "classifier")
+    assert m[f"test/gain/{row}/best_score"] == pytest.approx(best)
     assert m[f"test/gain/{row}/acc"] == pytest.approx(m[f"test/{row}/acc"] - m["test/classifier/acc"])
-    assert "test/gain/hybrid.trivialaugment/oracle_rf" in m  # each method against itself under crop and flip
-    assert "test/gain/hybrid/oracle_rf" in m and "test/q1_gap" in m  # the reference policy's gaps as before
+    # each method against itself under crop and flip; the reference policy's gaps as before
+    for method, reference in (("hybrid.trivialaugment", "hybrid"), ("hybrid", "classifier")):
+        gain = m[f"test/{method}/oracle_rf/auroc"] - m[f"test/{reference}/oracle_rf/auroc"]
+        assert m[f"test/gain/{method}/oracle_rf"] == pytest.approx(gain)
+    classic = max(m[f"test/classifier/{s}/auroc"] for s in ("msp", "entropy", "max_logit", "energy"))
+    assert m["test/q1_gap"] == pytest.approx(m["test/classifier/oracle_rf/auroc"] - classic)
     assert not any(k.startswith("test/gain/classifier/") for k in m)
     table = mlflow.artifacts.load_text(f"runs:/{parent_id}/results/auroc_table.md")
     assert f"| {row} |" in table and "| classifier |" in table

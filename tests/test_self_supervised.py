@@ -22,7 +22,7 @@ from anomaly_repr.scoring.scorers import make_scorer
 from anomaly_repr.study.cells import Study
 from anomaly_repr.study.reproduce import run_reproduce
 
-from conftest import reproduce_parent, write_image
+from conftest import assert_gains, best_deployable_auroc, reproduce_parent, write_image
 
 NO_AUTOCAST = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
 
@@ -221,7 +221,13 @@ def test_a_rotation_study_searches_aux_weight_on_validation_data(tracking):
     assert 0.1 <= study.trials[1].params["aux_weight"] <= 10
     parent = mlflow.get_run(parent_id)
     assert parent.info.status == "FINISHED" and parent.data.tags["best_params.aux_weight"]
-    assert "test/rotation/auroc" in parent.data.metrics and "val/rotation/auroc" in parent.data.metrics
+    m = parent.data.metrics
+    assert m["val/rotation/auroc"] == pytest.approx(study.best_value)  # the best trial's objective
+    children = mlflow.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+                                  output_format="list")
+    [test_run] = [r for r in children if r.info.run_name.startswith("test: best trial")]
+    assert m["test/rotation/auroc"] == pytest.approx(test_run.data.metrics["test/rotation/auroc"])
+    assert m["tune/val_test_gap"] == pytest.approx(m["val/rotation/auroc"] - m["test/rotation/auroc"])
 
 
 # --- through the study ---------------------------------------------------------------------------------------
@@ -249,7 +255,8 @@ def test_reproduce_trains_the_four_tasks_and_logs_their_gains(tracking, rgb_fold
         assert f"test/classifier/{scorers[0]}/auroc" not in m
         gain = m[f"test/{method}/oracle_rf/auroc"] - m["test/classifier/oracle_rf/auroc"]
         assert m[f"test/gain/{method}/oracle_rf"] == pytest.approx(gain)
-        assert f"test/gain/{method}/best_score" in m
+        best = best_deployable_auroc(m, method) - best_deployable_auroc(m, "classifier")
+        assert m[f"test/gain/{method}/best_score"] == pytest.approx(best)
     text = mlflow.artifacts.load_text(f"runs:/{parent_id}/results/auroc_table.md").splitlines()
     start = next(i for i, line in enumerate(text) if line.startswith("| model |"))
     assert [row.split("|")[1].strip() for row in text[start + 2:start + 2 + len(methods)]] == list(methods)
@@ -267,9 +274,8 @@ def test_mlflow_run_reproduce_with_rotation(mlflow_server, tmp_path, rgb_folder)
         "dataset": "imagefolder", "data_root": rgb_folder, "image_size": 8, "known_classes": "beetle,moth,wasp",
         "epochs": 2, "batch_size": 8, "oracle_trees": 20, "bootstrap": 50, "methods": "classifier,rotation"},
         "params.methods = 'classifier,rotation'")
-    m = parent.data.metrics
     assert parent.info.status == "FINISHED"
-    assert {"test/rotation/rotation/auroc", "test/gain/rotation/oracle_rf", "test/gain/rotation/best_score"} <= set(m)
+    assert_gains(parent.info.run_id, "rotation", own="rotation")
     assert sorted(c.data.params["method"] for c in children) == ["classifier", "rotation"]
 
 

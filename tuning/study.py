@@ -186,9 +186,7 @@ def evaluate_best(study: optuna.Study, sealed: Prepared, view: ProtocolView, tcf
     # The trial's settings, on this machine's data and device (a worker elsewhere may have had other paths).
     trial_cfg = load_config(trial_run).replace(**{k: getattr(sealed.cfg, k) for k in MACHINE_FIELDS})
     prep = dataclasses.replace(full, cfg=trial_cfg)
-    model, normalizer, split = load_weights(trial_run, new_model(prep))
-    if split.hash != prep.split.hash:
-        raise AnomalyReprError(f"trial run {trial_run} was trained on split {split.hash}, not {prep.split.hash}")
+    model, normalizer = load_weights(trial_run, new_model(prep), prep.split, who="trial run")
     with mlflow.start_run(run_name=f"test: best trial {best.number}", nested=True):
         log_provenance(prep, stage="test", parts=evaluated_parts(prep))
         mlflow.set_tags({"trial_run_id": trial_run, "trial_number": str(best.number),

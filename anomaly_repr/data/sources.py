@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from anomaly_repr import registry
 from anomaly_repr.errors import DataError
@@ -39,6 +39,8 @@ class ImageData:
     skipped: tuple[str, ...] = ()  # files passed over as not images (by extension), relative to the source's root
     left_out: tuple[str, ...] = ()  # unreadable images left out (bad_images=skip); recorded in the split manifest
     origin: str = ""  # where the images come from (a folder or file), for the runs' dataset inputs
+    decoding: str = ""  # how files become pixels (decoder version and resize mode), recorded in the split manifest;
+    #                     '' for sources that hold decoded arrays
 
     def read(self, index: np.ndarray) -> torch.Tensor:
         """The uint8 images (n, C, H, W) of pooled indices `index`, in that order."""
@@ -126,7 +128,8 @@ def load_imagefolder(cfg: ExperimentConfig) -> ImageData:
     extension are skipped (listed in `ImageData.skipped`). Every image is decoded once here, in parallel,
     so that all unreadable ones are found in one pass: `bad_images=error` names them in one error, `skip`
     leaves them out (`ImageData.left_out`). The pixels checked are dropped; `read` decodes again only the
-    images asked for. Images are converted to RGB and resized to image_size x image_size.
+    images asked for. Every mode PIL opens becomes 8-bit RGB (`_to_rgb`), upright by its EXIF orientation,
+    then image_size x image_size by `resize` (`_fit`).
     """
     if not cfg.data_root:
         raise DataError("dataset imagefolder needs data_root, the folder that holds one sub-folder per class")
@@ -134,7 +137,7 @@ def load_imagefolder(cfg: ExperimentConfig) -> ImageData:
     if not root.is_dir():
         raise DataError(f"data_root {root} is not a folder")
     files, skipped = _class_files(root)
-    size = cfg.image_size
+    size = (cfg.image_size, cfg.resize)
     bad = _unreadable([p for found in files.values() for p in found], size)
     if bad and cfg.bad_images == "error":
         names = ", ".join(str(p.relative_to(root)) for p in list(bad)[:SHOWN])
@@ -153,14 +156,15 @@ def load_imagefolder(cfg: ExperimentConfig) -> ImageData:
     def read(index: np.ndarray) -> torch.Tensor:
         arrays = _decode_all([paths[i] for i in index], size)
         if not arrays:
-            return torch.empty((0, 3, size, size), dtype=torch.uint8)
+            return torch.empty((0, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8)
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
 
     def relative(found: list[Path]) -> tuple[str, ...]:
         return tuple(p.relative_to(root).as_posix() for p in found)  # the same in the manifest on every OS
 
-    return ImageData(labels, classes, hflip=True, shape=(3, size, size), reader=read,
-                     skipped=relative(skipped), left_out=relative(sorted(bad)), origin=str(root.resolve()))
+    return ImageData(labels, classes, hflip=True, shape=(3, cfg.image_size, cfg.image_size), reader=read,
+                     skipped=relative(skipped), left_out=relative(sorted(bad)), origin=str(root.resolve()),
+                     decoding=f"{DECODER}/{cfg.resize}")
 
 
 def _class_files(root: Path) -> tuple[dict[str, list[Path]], list[Path]]:
@@ -182,13 +186,13 @@ def _class_files(root: Path) -> tuple[dict[str, list[Path]], list[Path]]:
     return files, skipped
 
 
-def _decode_all(paths: list[Path], size: int) -> list[np.ndarray]:
+def _decode_all(paths: list[Path], size: Size) -> list[np.ndarray]:
     # Decoding is I/O and C code that releases the GIL; threads keep all cores busy.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         return list(pool.map(lambda p: _read_image(p, size), paths, chunksize=256))
 
 
-def _unreadable(paths: list[Path], size: int) -> dict[Path, str]:
+def _unreadable(paths: list[Path], size: Size) -> dict[Path, str]:
     """{path: why} for every file that does not decode, in `paths` order."""
     def check(path: Path) -> str:
         try:
@@ -202,16 +206,58 @@ def _unreadable(paths: list[Path], size: int) -> dict[Path, str]:
     return {p: why for p, why in zip(paths, reasons, strict=True) if why}
 
 
-def _read_image(path: Path, size: int) -> np.ndarray:
+def _read_image(path: Path, size: Size) -> np.ndarray:
     try:
         return _decode(path, size)
     except UNREADABLE as exc:
         raise DataError(f"cannot read image {path}: {exc}") from None
 
 
-def _decode(path: Path, size: int) -> np.ndarray:
+# --- from a file to image_size x image_size 8-bit RGB --------------------------------------------------------
+
+# The decoder's version, recorded in the split manifest: raise it whenever a file would decode to other pixels,
+# so that a model trained on the old pixels is not silently evaluated on new ones. 1 (unrecorded): convert("RGB")
+# and a squash; 2: every mode scaled, EXIF orientation, alpha composited, `resize`.
+DECODER = "2"
+BACKGROUND = (255, 255, 255)  # what transparent pixels show: white, as a browser or viewer shows them
+WIDE_MODES = ("I", "F", "I;16", "I;16L", "I;16B", "I;16N")  # 16- and 32-bit integer and float single channels
+Size = tuple[int, str]  # (image_size, resize)
+ORIENTATION = ExifTags.Base.Orientation
+
+
+def _decode(path: Path, size: Size) -> np.ndarray:
     with Image.open(path) as img:
-        rgb = img.convert("RGB")
-    if rgb.size != (size, size):
-        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8)
+        # Phone photos are stored sideways with an orientation tag; most files have none (no copy then).
+        upright = ImageOps.exif_transpose(img) if img.getexif().get(ORIENTATION, 1) != 1 else img
+        rgb = _to_rgb(upright)
+    return np.asarray(_fit(rgb, *size), dtype=np.uint8)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """8-bit RGB from any mode: wide single channels scaled from their own value range to 0..255 (convert
+    would saturate them: a 16-bit microscope image came out all white), alpha composited onto BACKGROUND,
+    the rest (palette, CMYK, greyscale, YCbCr, ...) by PIL's conversion."""
+    if img.mode in WIDE_MODES:
+        values = np.asarray(img, dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        low, high = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+        scaled = (np.nan_to_num(values, nan=low, posinf=high, neginf=low) - low) * (255 / (high - low)) \
+            if high > low else np.zeros_like(values)
+        return Image.fromarray(np.round(scaled).astype(np.uint8)).convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (*BACKGROUND, 255)), rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _fit(rgb: Image.Image, size: int, resize: str) -> Image.Image:
+    """`squash`: both sides to `size`. `crop`, as torchvision's Resize(size) + CenterCrop(size): the shorter
+    side to `size` (the longer in proportion, truncated), then the centred square (offsets rounded)."""
+    width, height = rgb.size
+    if resize == "squash" or width == height:
+        return rgb if rgb.size == (size, size) else rgb.resize((size, size), Image.Resampling.BILINEAR)
+    short, long = sorted((width, height))
+    scaled = (size, int(size * long / short)) if width < height else (int(size * long / short), size)
+    rgb = rgb.resize(scaled, Image.Resampling.BILINEAR)
+    left, top = round((scaled[0] - size) / 2), round((scaled[1] - size) / 2)
+    return rgb.crop((left, top, left + size, top + size))

@@ -91,10 +91,11 @@ class OpenSetSplit:
     val: np.ndarray
     test: np.ndarray
     left_out: tuple[str, ...] = ()  # source files left out as unreadable; indices count without them
+    decoding: str = ""  # how the source's files became pixels (ImageData.decoding); '' for decoded sources
 
     @classmethod
     def make(cls, cfg: ExperimentConfig, labels: np.ndarray, classes: list[str],
-             left_out: tuple[str, ...] = ()) -> OpenSetSplit:
+             left_out: tuple[str, ...] = (), decoding: str = "") -> OpenSetSplit:
         known, unknown = choose_classes(cfg, classes)
         rng = np.random.default_rng(cfg.seed)
         parts: tuple[list, list, list] = ([], [], [])
@@ -109,7 +110,7 @@ class OpenSetSplit:
             for part, chunk in zip(parts, chunks, strict=True):
                 part.append(chunk)
         train, val, test = (np.sort(np.concatenate(p)).astype(np.int64) for p in parts)
-        return cls(cfg.dataset, list(classes), known, unknown, cfg.seed, train, val, test, tuple(left_out))
+        return cls(cfg.dataset, list(classes), known, unknown, cfg.seed, train, val, test, tuple(left_out), decoding)
 
     def _relabel(self, labels: np.ndarray, order: list[str]) -> np.ndarray:
         """Source labels -> position in `order`; classes not in it -> UNKNOWN."""
@@ -140,18 +141,32 @@ class OpenSetSplit:
     def _header(self) -> dict[str, Any]:
         header = {"dataset": self.dataset, "classes": self.classes, "known": self.known,
                   "unknown": self.unknown, "seed": self.seed, "fractions": list(FRACTIONS)}
-        # Only when files were left out: the hash of a source without bad files stays what it always was.
-        return header | ({"left_out": list(self.left_out)} if self.left_out else {})
+        # Only when files were left out, or decoded from files: the hash of a source without bad files, or of
+        # one held decoded (digits, CIFAR), stays what it always was.
+        return header | ({"left_out": list(self.left_out)} if self.left_out else {}) \
+            | ({"decoding": self.decoding} if self.decoding else {})
 
     def to_dict(self) -> dict[str, Any]:
         return {**self._header(), "hash": self.hash, "train": self.train.tolist(),
                 "val": self.val.tolist(), "test": self.test.tolist()}
 
+    def check_trained_on(self, trained: OpenSetSplit, who: str) -> None:
+        """Refuse in one line a model (`who`) whose split manifest, `trained`, is not this split."""
+        if trained.decoding != self.decoding:
+            then = trained.decoding or "an earlier, unrecorded one"
+            raise DataError(f"{who} read its images with decoding {then}; this version decodes them as "
+                            f"{self.decoding or 'stored arrays'}, so the same files give other pixels: train it "
+                            "again with this version, or evaluate it with the version that trained it")
+        if trained.hash != self.hash:
+            count = f" ({len(trained.known)} known classes; the data give {len(self.known)})" \
+                if len(trained.known) != len(self.known) else ""
+            raise DataError(f"the data no longer match {who}: split hash {self.hash} != {trained.hash}{count}")
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> OpenSetSplit:
         train, val, test = (np.asarray(d[k], dtype=np.int64) for k in ("train", "val", "test"))
         split = cls(d["dataset"], d["classes"], d["known"], d["unknown"], d["seed"], train, val, test,
-                    tuple(d.get("left_out", ())))
+                    tuple(d.get("left_out", ())), d.get("decoding", ""))
         if split.hash != d["hash"]:
             raise ConfigError(f"split manifest hash mismatch: stored {d['hash']}, computed {split.hash}")
         return split

@@ -90,7 +90,7 @@ def prepare(cfg: ExperimentConfig, parts: tuple[str, ...] = PARTS) -> Prepared:
         raise ConfigError(f"unknown parts {sorted(set(parts) - set(PARTS))}; parts are {', '.join(PARTS)}")
     data, method = load_source(cfg), method_for(cfg)
     method.check_data(data.shape)
-    split = OpenSetSplit.make(cfg, data.labels, data.classes, data.left_out)
+    split = OpenSetSplit.make(cfg, data.labels, data.classes, data.left_out, data.decoding)
     index = np.sort(np.concatenate([getattr(split, part) for part in parts]))
     rows = np.full(len(data.labels), -1, dtype=np.int64)
     rows[index] = np.arange(len(index))

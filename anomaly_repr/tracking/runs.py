@@ -14,6 +14,7 @@ import os
 import socket
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -150,9 +151,23 @@ class MemberRuns:
             try:
                 for future in as_completed(futures):
                     yield future.result()
+            except BrokenProcessPool:  # a member's process died (killed, out of memory): the pool stops them all
+                self.fail_running("its process died")
+                raise AnomalyReprError(f"an ensemble member's process died (killed, or out of memory); the members "
+                                       f"that finished are kept: `train --resume {self.run_id}` trains the rest") \
+                    from None
             except BaseException:
                 pool.shutdown(cancel_futures=True)  # a member failed: the queued ones do not start
                 raise
+
+    def fail_running(self, why: str) -> None:
+        """End the member runs that their processes left RUNNING (a process that died cannot end its own)."""
+        client = mlflow.MlflowClient()
+        experiment = client.get_run(self.run_id).info.experiment_id
+        for run in client.search_runs([experiment], f"tags.mlflow.parentRunId = '{self.run_id}' and "
+                                                    "attributes.status = 'RUNNING'"):
+            client.set_tag(run.info.run_id, "failure", why)
+            client.set_terminated(run.info.run_id, "FAILED")
 
 
 def _member_process(cfg: ExperimentConfig, run_id: str, index: int, checkpoint: str,
@@ -209,10 +224,7 @@ def run_evaluate(train_run_id: str, tta: str = "") -> str:
     if tta:
         cfg = cfg.replace(tta=tta)
     prep = prepare(cfg)
-    model, normalizer, stored_split = load_weights(train_run_id, new_model(prep))
-    if stored_split.hash != prep.split.hash:
-        raise AnomalyReprError(f"the data no longer match train run {train_run_id}: split hash "
-                               f"{prep.split.hash} != {stored_split.hash}")
+    model, normalizer = load_weights(train_run_id, new_model(prep), prep.split)
     with ending_run() as run:
         log_provenance(prep, stage="evaluate", parts=evaluated_parts(prep))
         mlflow.set_tag("train_run_id", train_run_id)

@@ -304,12 +304,29 @@ def load_config(run_id: str) -> ExperimentConfig:
     return ExperimentConfig(**fields)
 
 
-def load_weights(run_id: str, model: OpenSetNet) -> tuple[OpenSetNet, Normalizer, OpenSetSplit]:
-    """Weights, normaliser and split manifest of a train run, loaded without unpickling anything."""
+def load_weights(run_id: str, model: OpenSetNet, split: OpenSetSplit,
+                 who: str = "train run") -> tuple[OpenSetNet, Normalizer]:
+    """Weights and normaliser of a run trained on `split`, loaded without unpickling anything. A run trained
+    on other data (split manifest first, so a class count that differs is named as such), or one without
+    weights (it crashed or is still running), is refused in one line."""
+    who = f"{who} {run_id}"
+    try:
+        manifest = mlflow.artifacts.load_dict(f"runs:/{run_id}/split/manifest.json")
+    except mlflow.exceptions.MlflowException:
+        raise TrackingError(f"{who} has no split manifest: it is not a train run of this project") from None
+    split.check_trained_on(OpenSetSplit.from_dict(manifest), who)
     with tempfile.TemporaryDirectory() as tmp:
-        weights = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model/weights.pt", dst_path=tmp)
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-        norm = mlflow.artifacts.load_dict(f"runs:/{run_id}/model/normalizer.json")
-    manifest = mlflow.artifacts.load_dict(f"runs:/{run_id}/split/manifest.json")
-    normalizer = Normalizer(torch.tensor(norm["mean"]), torch.tensor(norm["std"]))
-    return model, normalizer, OpenSetSplit.from_dict(manifest)
+        try:
+            weights = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="model/weights.pt",
+                                                          dst_path=tmp)
+            norm = mlflow.artifacts.load_dict(f"runs:/{run_id}/model/normalizer.json")
+        except mlflow.exceptions.MlflowException:
+            status = mlflow.get_run(run_id).info.status
+            raise TrackingError(f"{who} has no model weights (status {status}): it crashed or is still running; "
+                                f"`train --resume {run_id}` finishes it") from None
+        try:
+            model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        except RuntimeError as exc:  # another architecture or head than its config says
+            detail = [line.strip() for line in str(exc).splitlines() if line.strip()][-1]
+            raise TrackingError(f"the weights of {who} do not fit its model: {detail}") from None
+    return model, Normalizer(torch.tensor(norm["mean"]), torch.tensor(norm["std"]))
