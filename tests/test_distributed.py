@@ -310,3 +310,26 @@ def test_the_stack_s_mlflow_server_with_basic_auth_and_allowed_hosts(databases, 
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=30)
+
+
+@needs_postgres
+def test_a_server_whose_database_is_down_is_one_line_before_any_run(databases, tmp_path):
+    backend = databases.create("down")
+    server = Server(backend, tmp_path).start()
+    name = backend.rsplit("/", 1)[1]
+    try:
+        cursor = databases.admin.cursor()
+        cursor.execute(f"ALTER DATABASE {name} ALLOW_CONNECTIONS false")  # superusers too
+        cursor.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'")
+        assert requests.get(server.url + "/health", timeout=10).ok  # what a liveness probe sees
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"MLFLOW_TRACKING_URI": server.url}
+        start = time.monotonic()
+        proc = subprocess.run([sys.executable, "-m", "anomaly_repr", "train", "--epochs", "1"], env=env, cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2 and time.monotonic() - start < 120, proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr
+        line = proc.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"anomaly-repr: error: the tracking server at {server.url} answers /health but fails "
+                               "requests (its database may be down): ")
+    finally:
+        server.kill()

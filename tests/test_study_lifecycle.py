@@ -196,3 +196,29 @@ def study_processes(study_name: str) -> list[int]:
         if b"anomaly_repr" in command and study_name.encode() in command and state != "Z":
             found.append(int(entry.name))
     return found
+
+
+def test_a_storage_whose_tables_another_worker_is_creating_opens_on_a_retry(monkeypatch, tmp_path):
+    """A driver and a worker that open a new PostgreSQL database together race to create Optuna's tables;
+    the loser sees "relation ... already exists" (seen in the distributed tests) and must retry."""
+    import sqlalchemy
+
+    from anomaly_repr.study import pool
+
+    real, calls = optuna.storages.RDBStorage, []
+
+    def racing(*args, **kwargs):
+        calls.append(args[0])
+        if len(calls) == 1:
+            raise sqlalchemy.exc.ProgrammingError("CREATE TABLE studies", {},
+                                                  Exception('relation "studies" already exists'))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(optuna.storages, "RDBStorage", racing)
+    monkeypatch.setattr(pool.time, "sleep", lambda seconds: None)
+    storage, heartbeats = open_storage(f"sqlite:///{tmp_path}/optuna.db", PoolConfig())
+    assert heartbeats and len(calls) == 2
+    monkeypatch.setattr(optuna.storages, "RDBStorage", lambda *a, **k: (_ for _ in ()).throw(
+        sqlalchemy.exc.ProgrammingError("SELECT", {}, Exception("permission denied for table studies"))))
+    with pytest.raises(ConfigError, match="cannot open the Optuna storage .*permission denied"):
+        open_storage(f"sqlite:///{tmp_path}/optuna.db", PoolConfig())

@@ -126,7 +126,7 @@ def join_study(pool: PoolConfig, settings_name: str, storage: optuna.storages.Ba
     settings whose parent run is running, then check that it is this experiment's."""
     deadline = time.monotonic() + JOIN_SECONDS
     while (name := pool.study_name or running_study(settings_name, storage)) is None or \
-            PARENT not in (attrs := study_attrs(name, storage)):
+            PARENT not in study_attrs(name, storage):
         if time.monotonic() > deadline:
             what = f"study {pool.study_name!r} has no parent run" if pool.study_name else \
                 f"no study of these settings ({settings_name}-...) is running"
@@ -138,7 +138,7 @@ def join_study(pool: PoolConfig, settings_name: str, storage: optuna.storages.Ba
     parent = parent_of(study)
     if launcher:
         point(launcher, "worked on the study", parent.info)
-    log.info("joined study %s (parent run %s; %d attribute(s))", name, parent.info.run_id, len(attrs))
+    log.info("joined study %s (parent run %s)", name, parent.info.run_id)
     return study, parent
 
 

@@ -121,9 +121,11 @@ def open_storage(spec: str, pool: PoolConfig) -> tuple[optuna.storages.BaseStora
                 grace_period=2 * pool.heartbeat_interval,
                 heartbeat_stale_trial_callback=FailStaleTrial(pool.max_retry))
             return storage, True
-        except sqlalchemy.exc.IntegrityError:
-            # Workers that open a new database together race to create Optuna's tables; the loser retries
-            # and finds them made.
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            # Workers that open a new database together race to create Optuna's tables; the loser (a unique
+            # key, or on PostgreSQL "relation ... already exists") retries and finds them made.
+            if isinstance(exc, sqlalchemy.exc.ProgrammingError) and "already exists" not in str(exc):
+                raise ConfigError(f"cannot open the Optuna storage {spec}: {str(exc).splitlines()[0]}") from None
             time.sleep(1 + attempt)
         except Exception as exc:  # SQLAlchemy: bad URL, missing driver, server down
             raise ConfigError(f"cannot open the Optuna storage {spec}: {str(exc).splitlines()[0]}") from None

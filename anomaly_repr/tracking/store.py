@@ -41,6 +41,9 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # a local SQLite store in the work
 DEFAULT_EXPERIMENT = "anomaly-repr"
 MLFLOW_DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default", where `mlflow run` puts runs without --experiment-name
 SERVER_WAIT_SECONDS = 10  # how long to wait for an HTTP tracking server before giving up
+# The first request's retries and seconds per try: MLflow's defaults for a run in progress (7 retries, 120 s)
+# would keep a user waiting for many minutes on a server whose database is down.
+ACCESS_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
 # The experiment's kind, as MLflow 3 records it: custom model development (training runs), not GenAI.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 # MLflow 3.17's UI still opens an experiment in its GenAI view (traces) unless the link asks for the model
@@ -77,7 +80,7 @@ def setup_tracking(own_experiment: bool = False) -> str:
     mlflow.set_tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
         _wait_for_server(uri)
-        _check_access()
+        _check_access(uri)
     chosen = os.environ.get("MLFLOW_EXPERIMENT_ID", "")  # `mlflow run` picks the experiment itself
     if chosen and not (own_experiment and chosen == MLFLOW_DEFAULT_EXPERIMENT_ID):
         experiment_id = chosen
@@ -123,16 +126,28 @@ def _wait_for_server(uri: str) -> None:
         time.sleep(1)
 
 
-def _check_access() -> None:
+def _check_access(uri: str) -> None:
     """One authenticated request, so that missing or wrong credentials (MLFLOW_TRACKING_USERNAME and
-    MLFLOW_TRACKING_PASSWORD on a server with basic auth) stop the run before it starts."""
+    MLFLOW_TRACKING_PASSWORD on a server with basic auth), or a server that answers /health while its
+    database is down (the server then spends minutes on each request), stop the run before it starts: the
+    request has ACCESS_LIMITS, not the retries and timeout that MLflow gives a run in progress."""
+    earlier = {name: os.environ.get(name) for name in ACCESS_LIMITS}
+    os.environ.update(ACCESS_LIMITS)
     try:
         mlflow.MlflowClient().search_experiments(max_results=1)
     except mlflow.exceptions.MlflowException as exc:
-        if exc.get_http_status_code() in (401, 403):
-            raise TrackingError(f"the tracking server refused access ({exc.get_http_status_code()}): set "
+        status = exc.get_http_status_code()
+        if status in (401, 403):
+            raise TrackingError(f"the tracking server refused access ({status}): set "
                                 "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
-        raise
+        raise TrackingError(f"the tracking server at {uri} answers /health but fails requests (its database may "
+                            f"be down): {exc.message.splitlines()[0][:300]}") from None
+    finally:
+        for name, value in earlier.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def experiment_url(experiment_id: str) -> str:
