@@ -62,7 +62,10 @@ def test_several_seeds_give_means_intervals_and_a_child_each(tracking):
     assert "**seeds**: 0,1" in table and "**epochs**: 2" in table and "**commit**:" in table
     [row] = [line for line in table.splitlines() if line.startswith("| classifier |")]
     assert " +- " in row and " [" in row
-    assert "test/q1_gap" in mlflow.artifacts.load_text(f"runs:/{parent_id}/results/gaps.csv")
+    gaps = mlflow.artifacts.load_text(f"runs:/{parent_id}/results/gaps.csv").splitlines()
+    assert gaps[0].startswith("gap,") and any(line.startswith("test/q1_gap,") for line in gaps)
+    csv = mlflow.artifacts.load_text(f"runs:/{parent_id}/results/auroc_table.csv").splitlines()
+    assert csv[0].startswith("model,") and any(line.startswith("classifier,") for line in csv)
     by_split = mlflow.artifacts.load_text(f"runs:/{parent_id}/results/auroc_by_split.csv").splitlines()
     assert by_split[0].startswith("model,split,") and len(by_split) == 3
     assert "figures/accuracy_vs_auroc.png" in {a.path for a in client.list_artifacts(parent_id, "figures")}

@@ -146,3 +146,27 @@ def test_an_ensemble_member_process_killed_is_one_line_and_ends_the_runs_failed(
     found = mlflow.search_runs(search_all_experiments=True, output_format="list")
     assert {r.data.tags["stage"] for r in found} == {"train", "member"}
     assert all(r.info.status == "FAILED" for r in found), [(r.info.run_name, r.info.status) for r in found]
+
+
+def test_a_final_status_is_written_again_while_a_sqlite_store_is_locked(tracking, monkeypatch):
+    """A stopped driver and its local workers end their runs together on one SQLite file; a write that waits
+    past SQLite's timeout ("database is locked", seen in the SIGTERM test) must not leave its run RUNNING."""
+    from mlflow.protos.databricks_pb2 import TEMPORARILY_UNAVAILABLE
+
+    from anomaly_repr.tracking import store
+
+    real, calls = mlflow.MlflowClient.set_terminated, []
+
+    def locked(self, run_id, status=None, end_time=None):
+        calls.append(status)
+        if len(calls) <= 2:
+            raise mlflow.exceptions.MlflowException("(sqlite3.OperationalError) database is locked",
+                                                    error_code=TEMPORARILY_UNAVAILABLE)
+        return real(self, run_id, status, end_time)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "set_terminated", locked)
+    monkeypatch.setattr(store.time, "sleep", lambda seconds: None)
+    run = mlflow.start_run()
+    store.end_run("KILLED")
+    assert calls == ["KILLED"] * 3 and mlflow.active_run() is None
+    assert mlflow.get_run(run.info.run_id).info.status == "KILLED"

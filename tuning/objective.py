@@ -32,7 +32,7 @@ from anomaly_repr.models.backbones import OpenSetNet
 from anomaly_repr.scoring.metrics import anomaly_metrics
 from anomaly_repr.scoring.scorers import make_scorer
 from anomaly_repr.tracking.runs import train_logged
-from anomaly_repr.tracking.store import log_new_params, log_provenance, run_url
+from anomaly_repr.tracking.store import end_run, log_new_params, log_provenance, run_url
 from tuning.config import TuneConfig
 from tuning.space import method_of, suggest
 
@@ -171,4 +171,4 @@ class Objective:
             raise
         finally:
             checkpoint_path(self.checkpoints, run.info.run_id).unlink(missing_ok=True)
-            mlflow.end_run(status)
+            end_run(status)

@@ -27,7 +27,7 @@ from optuna.trial import TrialState
 
 from anomaly_repr.errors import AnomalyReprError, ConfigError
 from anomaly_repr.study.pool import JOIN_SECONDS, POLL_SECONDS, PoolConfig
-from anomaly_repr.tracking.store import MLFLOW_DEFAULT_EXPERIMENT_ID, run_url
+from anomaly_repr.tracking.store import MLFLOW_DEFAULT_EXPERIMENT_ID, end_run, run_url
 
 log = logging.getLogger(__name__)
 STOP_SECONDS = 60  # how long a driver waits for its local workers to end their runs after it stops them
@@ -193,7 +193,7 @@ def parent_run(helpers: list[subprocess.Popen]) -> Iterator[None]:
         raise
     finally:
         stop(helpers)
-        mlflow.end_run(status)
+        end_run(status)
 
 
 def stop(helpers: list[subprocess.Popen]) -> None:
@@ -217,5 +217,5 @@ def failing_run() -> Iterator[None]:
     try:
         yield
     except BaseException as exc:
-        mlflow.end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        end_run("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         raise

@@ -116,9 +116,9 @@ def log_parent(study: Study, results: Results) -> dict[str, float]:
     if best:
         mlflow.set_tag("q1_best_deployable", best)
     table = auroc_table(results, summary)
-    mlflow.log_text(table.to_csv(), "results/auroc_table.csv")
+    mlflow.log_text(table.to_csv(index_label="model"), "results/auroc_table.csv")  # named: MLflow's preview
     mlflow.log_text(markdown_report(about, results, summary), "results/auroc_table.md")
-    mlflow.log_text(gap_table(summary).to_csv(), "results/gaps.csv")
+    mlflow.log_text(gap_table(summary).to_csv(index_label="gap"), "results/gaps.csv")  # shows a blank otherwise
     mlflow.log_text(by_split_table(results).to_csv(), "results/auroc_by_split.csv")
     log_figures({"figures/auroc_by_method.png": auroc_bar_chart(results, summary, title=f"{base.dataset} AUROC"),
                  "figures/accuracy_vs_auroc.png": figure})

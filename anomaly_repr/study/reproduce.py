@@ -48,7 +48,7 @@ from anomaly_repr.study.lifecycle import check_identity, failing_run
 from anomaly_repr.study.parent import load_cell, log_parent
 from anomaly_repr.study.pool import POLL_SECONDS, open_storage
 from anomaly_repr.tracking.runs import evaluate_logged, train_logged
-from anomaly_repr.tracking.store import git_commit, log_new_params, log_provenance, run_url, setup_tracking
+from anomaly_repr.tracking.store import end_run, git_commit, log_new_params, log_provenance, run_url, setup_tracking
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ class CellObjective:
             raise
         finally:
             checkpoint_path(self.checkpoints, run.info.run_id).unlink(missing_ok=True)
-            mlflow.end_run(status)
+            end_run(status)
 
 
 def work(optuna_study: optuna.Study, objective: CellObjective, heartbeats: bool,

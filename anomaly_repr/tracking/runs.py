@@ -41,6 +41,7 @@ from anomaly_repr.errors import AnomalyReprError, ConfigError
 from anomaly_repr.methods import method_for
 from anomaly_repr.models.backbones import OpenSetNet
 from anomaly_repr.tracking.store import (
+    end_run,
     ending_run,
     load_config,
     load_weights,
@@ -135,7 +136,7 @@ class MemberRuns:
             status = "KILLED"
             raise
         finally:
-            mlflow.end_run(status)
+            end_run(status)
 
     def finished(self, index: int, fitted: Fitted) -> None:
         mlflow.log_metrics(fitted.summary())

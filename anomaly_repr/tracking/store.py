@@ -56,6 +56,33 @@ class TrackingError(AnomalyReprError):
     """The tracking server cannot be reached or refuses the request."""
 
 
+END_ATTEMPTS = 4  # writes of a run's final status while another process holds a SQLite store's lock
+
+
+def end_run(status: str) -> None:
+    """`mlflow.end_run(status)`, the status write retried (1, 2, 4 s apart) while a SQLite store answers
+    "database is locked": local workers share one file, and when a stopped driver and its workers end their
+    runs together one of them can wait past SQLite's timeout, which would leave its run RUNNING."""
+    active = mlflow.active_run()
+    try:
+        mlflow.end_run(status)
+        return
+    except mlflow.exceptions.MlflowException as exc:
+        if active is None or exc.error_code != "TEMPORARILY_UNAVAILABLE":
+            raise
+        error = exc
+    for attempt in range(1, END_ATTEMPTS):  # mlflow.end_run has already taken the run off its stack
+        time.sleep(2 ** (attempt - 1))
+        try:
+            mlflow.MlflowClient().set_terminated(active.info.run_id, status)
+            return
+        except mlflow.exceptions.MlflowException as exc:
+            if exc.error_code != "TEMPORARILY_UNAVAILABLE":
+                raise
+            error = exc
+    raise error
+
+
 @contextlib.contextmanager
 def ending_run(**start: Any) -> Iterator[mlflow.ActiveRun]:
     """`mlflow.start_run(**start)` whose run ends FINISHED, FAILED on an error, and KILLED on Ctrl-C or
@@ -69,7 +96,7 @@ def ending_run(**start: Any) -> Iterator[mlflow.ActiveRun]:
         status = "KILLED"
         raise
     finally:
-        mlflow.end_run(status)
+        end_run(status)
 
 
 def setup_tracking(own_experiment: bool = False) -> str:
