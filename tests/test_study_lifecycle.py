@@ -37,6 +37,10 @@ def test_the_same_tune_twice_is_two_studies_and_a_name_resumes_one(tracking):
     study = optuna.load_study(study_name=names[0], storage=mlflow.get_run(first).data.tags["optuna_storage"])
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     assert study.user_attrs["mlflow_tracking_uri"] == tracking  # an absolute SQLite path already
+    trial = study.trials[0].user_attrs  # a link that `mlflow ui --backend-store-uri <store>` serves
+    experiment = mlflow.get_run(first).info.experiment_id
+    assert trial["mlflow_run_url"] == (f"http://127.0.0.1:5000/#/experiments/{experiment}/runs/"
+                                       f"{trial['mlflow_run_id']}?workflowType=machine_learning")
     assert study.user_attrs["mlflow_experiment"] == "anomaly-repr"
 
 

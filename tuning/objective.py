@@ -131,9 +131,8 @@ class Objective:
                         "retried_run_id": trial.user_attrs.get("mlflow_run_id", "")}
             trial.set_user_attr("mlflow_run_id", run.info.run_id)
             trial.set_user_attr("trial_number", trial.number)
-            url = run_url(run.info.experiment_id, run.info.run_id)
-            if url:  # one click from the trial in optuna-dashboard to its run in the MLflow UI
-                trial.set_user_attr("mlflow_run_url", url)
+            # one click from the trial in optuna-dashboard to its run in the MLflow UI (`mlflow ui` for a local store)
+            trial.set_user_attr("mlflow_run_url", run_url(run.info.experiment_id, run.info.run_id))
             log_provenance(prep, stage="trial", parts=("train", "val"))
             log_new_params({"objective_scorer": scorer, "target": tcfg.target})
             mlflow.set_tags({"trial_number": str(trial.number), "optuna_study": self.study_name,

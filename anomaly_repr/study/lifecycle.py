@@ -113,7 +113,7 @@ def resume_parent(study: optuna.Study, launcher: str) -> mlflow.ActiveRun:
 
 def point(launcher: str, what: str, parent: mlflow.entities.RunInfo) -> None:
     """Tag the run `mlflow run` made, when it is not the study's parent, with the study's parent."""
-    link = run_url(parent.experiment_id, parent.run_id) or f"run {parent.run_id}"
+    link = run_url(parent.experiment_id, parent.run_id)
     client = mlflow.MlflowClient()
     client.set_tag(launcher, "study_parent_run_id", parent.run_id)
     client.set_tag(launcher, "mlflow.note.content", f"This command {what}; its runs: {link}")

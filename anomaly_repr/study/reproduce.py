@@ -92,9 +92,7 @@ class CellObjective:
         try:  # from the start: a failure in between would leave the run to MLflow's exit hook, which says FINISHED
             retry_of = trial.user_attrs.get("mlflow_run_id", "")  # a retried cell inherits its stale trial's
             trial.set_user_attr("mlflow_run_id", run.info.run_id)  # attributes
-            url = run_url(run.info.experiment_id, run.info.run_id)
-            if url:
-                trial.set_user_attr("mlflow_run_url", url)
+            trial.set_user_attr("mlflow_run_url", run_url(run.info.experiment_id, run.info.run_id))
             log_provenance(child, stage=method)
             mlflow.set_tags({"optuna_study": self.study_name, "trial_number": str(trial.number),
                              "worker": f"{socket.gethostname()}:{os.getpid()}", "retried_run_id": retry_of})

@@ -152,7 +152,13 @@ class MemberRuns:
             try:
                 for future in as_completed(futures):
                     yield future.result()
-            except BrokenProcessPool:  # a member's process died (killed, out of memory): the pool stops them all
+            except BrokenProcessPool:  # a member's process died (killed, out of memory)
+                # The pool stops the other members' processes on some paths only (seen: one trained on and
+                # kept this process from exiting); stop them, then end the runs they leave RUNNING.
+                for child in multiprocessing.active_children():
+                    child.terminate()
+                for child in multiprocessing.active_children():
+                    child.join(timeout=30)
                 self.fail_running("its process died")
                 raise AnomalyReprError(f"an ensemble member's process died (killed, or out of memory); the members "
                                        f"that finished are kept: `train --resume {self.run_id}` trains the rest") \

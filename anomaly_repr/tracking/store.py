@@ -49,6 +49,7 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 # MLflow 3.17's UI still opens an experiment in its GenAI view (traces) unless the link asks for the model
 # training view (seen in a browser: the tag alone does not switch it); the links the project gives ask.
 TRAINING_VIEW = "workflowType=machine_learning"
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store (SQLite, files) by default
 EPOCH_LOG_ATTEMPTS = 4  # sends of one epoch's metrics when the server's answer breaks off (1, 2, 4 s apart)
 
 
@@ -118,8 +119,8 @@ def setup_tracking(own_experiment: bool = False) -> str:
         # making it active; setting it by id always does.
         mlflow.set_experiment(experiment_id=experiment_id)
     _mark_experiment_kind(experiment_id)
-    if ui := experiment_url(experiment_id):
-        log.info("MLflow UI, this experiment's training runs: %s", ui)
+    local = "" if uri.startswith(("http://", "https://")) else f" (serve it with `mlflow ui --backend-store-uri {uri}`)"
+    log.info("MLflow UI, this experiment's training runs: %s%s", experiment_url(experiment_id), local)
     return uri
 
 
@@ -178,20 +179,20 @@ def _check_access(uri: str) -> None:
 
 
 def experiment_url(experiment_id: str) -> str:
-    """The experiment's training-runs table in the MLflow UI of an HTTP tracking server ('' for local stores,
-    which have no UI address)."""
+    """The experiment's training-runs table in the MLflow UI: the HTTP tracking server's, or for a local store
+    (SQLite, files) the address where `mlflow ui --backend-store-uri <store>` serves it (LOCAL_UI)."""
     uri = mlflow.get_tracking_uri()
-    if not uri.startswith(("http://", "https://")):
-        return ""
-    parts = urlsplit(uri)  # a user:password@ in the tracking URI stays out of logs and trial attributes
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return f"{parts.scheme}://{host}{parts.path.rstrip('/')}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
+    if uri.startswith(("http://", "https://")):
+        parts = urlsplit(uri)  # a user:password@ in the tracking URI stays out of logs and trial attributes
+        base = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path.rstrip('/')}"
+    else:
+        base = LOCAL_UI
+    return f"{base}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
 
 
 def run_url(experiment_id: str, run_id: str) -> str:
-    """The run's page in the MLflow UI's model-training view ('' for local stores)."""
-    base = experiment_url(experiment_id)
-    return base.replace(f"/runs?{TRAINING_VIEW}", f"/runs/{run_id}?{TRAINING_VIEW}") if base else ""
+    """The run's page in the MLflow UI's model-training view (see `experiment_url`)."""
+    return experiment_url(experiment_id).replace(f"/runs?{TRAINING_VIEW}", f"/runs/{run_id}?{TRAINING_VIEW}")
 
 
 def git_commit() -> str:
@@ -246,7 +247,9 @@ def log_provenance(prep: Prepared, stage: str, parts: Sequence[str] = ("train", 
     log_json(split.to_dict(), "split/manifest.json")
     log_json(package_versions(), "environment/versions.json")
     log_dataset_inputs(prep, parts)
-    mlflow.log_metrics({"data/skipped_files": len(prep.data.skipped), "data/bad_images": len(prep.data.left_out)})
+    # Counts that never change within a run: tags, not one-point metric charts in the UI's "Model metrics".
+    mlflow.set_tags({"data/skipped_files": str(len(prep.data.skipped)),
+                     "data/bad_images": str(len(prep.data.left_out))})
     if prep.data.skipped:
         mlflow.log_text("\n".join(prep.data.skipped) + "\n", "split/skipped_files.txt")
     if prep.data.left_out:
