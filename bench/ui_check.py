@@ -29,7 +29,7 @@ import mlflow
 import requests
 from playwright.sync_api import Page, expect, sync_playwright
 
-from anomaly_repr.tracking.store import TRAINING_VIEW
+from anomaly_repr.tracking.setup import TRAINING_VIEW
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 TIMEOUT_MS = 60_000

@@ -189,7 +189,7 @@ def test_resume_after_kill_9_reaches_the_uninterrupted_result(tracking, tmp_path
 
 
 def test_ui_links_open_the_model_training_view(monkeypatch):
-    from anomaly_repr.tracking import store as tracking
+    from anomaly_repr.tracking import setup as tracking
 
     monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: "http://127.0.0.1:5000/")
     view = "workflowType=machine_learning"  # MLflow 3.17's UI opens the GenAI view without it

@@ -32,7 +32,7 @@ CONFIG_IMPORTS = {"anomaly_repr.errors", "anomaly_repr.registry", "anomaly_repr.
 MLFLOW_LAYERS = {"tracking", "study", "entry"}
 # The edge that reads the environment: the CLI, and the tracking setup that reads MLflow's own variables
 # (the store, and the experiment `mlflow run` chose). The pool copies it for the workers it starts.
-ENVIRONMENT_READERS = {"anomaly_repr.cli", "anomaly_repr.tracking.store", "anomaly_repr.study.pool"}
+ENVIRONMENT_READERS = {"anomaly_repr.cli", "anomaly_repr.tracking.setup", "anomaly_repr.study.pool"}
 
 
 def module_name(path: Path) -> str:

@@ -12,6 +12,7 @@ import pytest
 from mlflow.exceptions import MlflowException
 
 from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.tracking import setup
 from anomaly_repr.tracking import store as track
 from anomaly_repr.tracking.runs import epoch_logger
 
@@ -26,9 +27,9 @@ def test_an_experiment_tagged_by_another_worker_in_the_same_instant(tracking, mo
         raise RACE  # ... and this one's is refused
 
     monkeypatch.setattr(mlflow.MlflowClient, "set_experiment_tag", tagged_by_another_first)
-    track.setup_tracking()
-    experiment = mlflow.get_experiment_by_name(track.DEFAULT_EXPERIMENT)
-    assert experiment.tags[track.EXPERIMENT_KIND_TAG] == track.EXPERIMENT_KIND
+    setup.setup_tracking()
+    experiment = mlflow.get_experiment_by_name(setup.DEFAULT_EXPERIMENT)
+    assert experiment.tags[setup.EXPERIMENT_KIND_TAG] == setup.EXPERIMENT_KIND
 
 
 def test_a_refused_tag_that_nobody_wrote_is_an_error(tracking, monkeypatch):
@@ -37,7 +38,7 @@ def test_a_refused_tag_that_nobody_wrote_is_an_error(tracking, monkeypatch):
 
     monkeypatch.setattr(mlflow.MlflowClient, "set_experiment_tag", refused)
     with pytest.raises(MlflowException, match="duplicate key"):
-        track.setup_tracking()
+        setup.setup_tracking()
 
 
 def test_an_epoch_is_logged_again_when_the_answer_breaks_off(tracking, monkeypatch):
@@ -108,7 +109,7 @@ def test_one_validation_pass_per_epoch_serves_the_accuracy_and_the_auroc(trackin
         return real(self, x)
 
     monkeypatch.setattr(OpenSetNet, "forward", counting)
-    track.setup_tracking()
+    setup.setup_tracking()
     with mlflow.start_run() as run:
         train_logged(prep, run.info.run_id, Path("checkpoints"), serve=False,
                      epoch_hook=lambda model, normalizer, row, logits: per_epoch.append(sum(evaluated)))

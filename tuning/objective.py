@@ -32,7 +32,8 @@ from anomaly_repr.models.backbones import OpenSetNet
 from anomaly_repr.scoring.metrics import anomaly_metrics
 from anomaly_repr.scoring.scorers import make_scorer
 from anomaly_repr.tracking.runs import train_logged
-from anomaly_repr.tracking.store import end_run, log_new_params, log_provenance, run_url
+from anomaly_repr.tracking.setup import run_url
+from anomaly_repr.tracking.store import end_run, log_new_params, log_provenance
 from tuning.config import TuneConfig
 from tuning.space import method_of, suggest
 

@@ -42,6 +42,7 @@ from anomaly_repr.study import lifecycle, pool
 from anomaly_repr.study.lifecycle import check_identity, failing_run
 from anomaly_repr.study.pool import MACHINE_FIELDS, POLL_SECONDS, open_storage
 from anomaly_repr.tracking.runs import evaluate_logged
+from anomaly_repr.tracking.setup import setup_tracking
 from anomaly_repr.tracking.store import (
     git_commit,
     load_config,
@@ -51,7 +52,6 @@ from anomaly_repr.tracking.store import (
     log_model,
     log_new_params,
     log_provenance,
-    setup_tracking,
 )
 from tuning.config import TuneConfig
 from tuning.objective import Objective, ProtocolView, counted

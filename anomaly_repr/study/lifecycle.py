@@ -27,7 +27,8 @@ from optuna.trial import TrialState
 
 from anomaly_repr.errors import AnomalyReprError, ConfigError
 from anomaly_repr.study.pool import JOIN_SECONDS, POLL_SECONDS, PoolConfig
-from anomaly_repr.tracking.store import MLFLOW_DEFAULT_EXPERIMENT_ID, end_run, run_url
+from anomaly_repr.tracking.setup import MLFLOW_DEFAULT_EXPERIMENT_ID, run_url
+from anomaly_repr.tracking.store import end_run
 
 log = logging.getLogger(__name__)
 STOP_SECONDS = 60  # how long a driver waits for its local workers to end their runs after it stops them

@@ -48,7 +48,8 @@ from anomaly_repr.study.lifecycle import check_identity, failing_run
 from anomaly_repr.study.parent import load_cell, log_parent
 from anomaly_repr.study.pool import POLL_SECONDS, open_storage
 from anomaly_repr.tracking.runs import evaluate_logged, train_logged
-from anomaly_repr.tracking.store import end_run, git_commit, log_new_params, log_provenance, run_url, setup_tracking
+from anomaly_repr.tracking.setup import run_url, setup_tracking
+from anomaly_repr.tracking.store import end_run, git_commit, log_new_params, log_provenance
 
 log = logging.getLogger(__name__)
 

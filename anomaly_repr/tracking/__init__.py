@@ -1,5 +1,5 @@
-"""Layer `tracking`: the only place below the studies that talks to MLflow: the store (setup, logging,
-reading runs back), dataset lineage, and the runs of `train` and `evaluate`.
+"""Layer `tracking`: the only place below the studies that talks to MLflow: where runs go (setup), the
+store (logging, reading runs back), dataset lineage, and the runs of `train` and `evaluate`.
 
 May import: engine and everything below it.
 """

@@ -40,8 +40,8 @@ from anomaly_repr.engine.workflow import (
 from anomaly_repr.errors import AnomalyReprError, ConfigError
 from anomaly_repr.methods import method_for
 from anomaly_repr.models.backbones import OpenSetNet
+from anomaly_repr.tracking.setup import setup_tracking
 from anomaly_repr.tracking.store import (
-    end_run,
     ending_run,
     load_config,
     load_weights,
@@ -54,7 +54,6 @@ from anomaly_repr.tracking.store import (
     log_provenance,
     log_weights,
     logged_epochs,
-    setup_tracking,
 )
 
 log = logging.getLogger(__name__)
@@ -121,22 +120,14 @@ class MemberRuns:
         experiment = client.get_run(self.run_id).info.experiment_id
         earlier = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{self.run_id}' and "
                                                    f"tags.member = '{index}'")
-        mlflow.start_run(run_id=earlier[0].info.run_id if earlier else None, run_name=f"member {index}",
-                         parent_run_id=self.run_id, experiment_id=experiment, nested=mlflow.active_run() is not None)
-        status = "FAILED"
-        try:  # from the start: a failure in between would leave the run to MLflow's exit hook, which says FINISHED
+        with ending_run(run_id=earlier[0].info.run_id if earlier else None, run_name=f"member {index}",
+                        parent_run_id=self.run_id, experiment_id=experiment, nested=mlflow.active_run() is not None):
             if not earlier:
                 log_new_params(cfg.to_params())
                 mlflow.set_tags({"stage": "member", "member": str(index), "method": cfg.method,
                                  "seed": str(cfg.seed)})
             mlflow.set_tag("worker", f"{socket.gethostname()}:{os.getpid()}")
             yield self.on_epoch
-            status = "FINISHED"
-        except KeyboardInterrupt:
-            status = "KILLED"
-            raise
-        finally:
-            end_run(status)
 
     def finished(self, index: int, fitted: Fitted) -> None:
         mlflow.log_metrics(fitted.summary())

@@ -1,5 +1,6 @@
-"""MLflow plumbing, the one layer that logs: where runs go, what every run records about its origin, and
-the results that the computing stages return (training summaries, evaluations, figures, models)."""
+"""MLflow plumbing, the one layer that logs (where runs go is `setup.py`'s): how runs end, what every run
+records about its origin, and the results that the computing stages return (training summaries,
+evaluations, figures, models)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import copy
 import dataclasses
 import json
 import logging
-import os
 import platform
 import subprocess
 import tempfile
@@ -17,7 +17,6 @@ from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import matplotlib.pyplot as plt
 import mlflow
@@ -35,28 +34,10 @@ from anomaly_repr.errors import AnomalyReprError
 from anomaly_repr.models.backbones import OpenSetNet
 from anomaly_repr.models.served import PixelsToLogits
 from anomaly_repr.tracking.lineage import log_dataset_inputs
+from anomaly_repr.tracking.setup import TrackingError
 
 log = logging.getLogger(__name__)
-DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # a local SQLite store in the working directory
-DEFAULT_EXPERIMENT = "anomaly-repr"
-MLFLOW_DEFAULT_EXPERIMENT_ID = "0"  # MLflow's "Default", where `mlflow run` puts runs without --experiment-name
-SERVER_WAIT_SECONDS = 10  # how long to wait for an HTTP tracking server before giving up
-# The first request's retries and seconds per try: MLflow's defaults for a run in progress (7 retries, 120 s)
-# would keep a user waiting for many minutes on a server whose database is down.
-ACCESS_LIMITS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
-# The experiment's kind, as MLflow 3 records it: custom model development (training runs), not GenAI.
-EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
-# MLflow 3.17's UI still opens an experiment in its GenAI view (traces) unless the link asks for the model
-# training view (seen in a browser: the tag alone does not switch it); the links the project gives ask.
-TRAINING_VIEW = "workflowType=machine_learning"
-LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store (SQLite, files) by default
 EPOCH_LOG_ATTEMPTS = 4  # sends of one epoch's metrics when the server's answer breaks off (1, 2, 4 s apart)
-
-
-class TrackingError(AnomalyReprError):
-    """The tracking server cannot be reached or refuses the request."""
-
-
 END_ATTEMPTS = 4  # writes of a run's final status while another process holds a SQLite store's lock
 
 
@@ -98,101 +79,6 @@ def ending_run(**start: Any) -> Iterator[mlflow.ActiveRun]:
         raise
     finally:
         end_run(status)
-
-
-def setup_tracking(own_experiment: bool = False) -> str:
-    """Use MLFLOW_TRACKING_URI when set, else a local SQLite store; fail fast on a dead server. The
-    experiment is the one `mlflow run` chose, else $MLFLOW_EXPERIMENT_NAME or "anomaly-repr"; with
-    `own_experiment` (a study, which starts its own parent run) MLflow's Default experiment is not taken."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
-    mlflow.set_tracking_uri(uri)
-    if uri.startswith(("http://", "https://")):
-        _wait_for_server(uri)
-        _check_access(uri)
-    chosen = os.environ.get("MLFLOW_EXPERIMENT_ID", "")  # `mlflow run` picks the experiment itself
-    if chosen and not (own_experiment and chosen == MLFLOW_DEFAULT_EXPERIMENT_ID):
-        experiment_id = chosen
-    else:
-        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
-        experiment_id = mlflow.set_experiment(name).experiment_id
-        # When another process creates the experiment in the same instant, set_experiment returns it without
-        # making it active; setting it by id always does.
-        mlflow.set_experiment(experiment_id=experiment_id)
-    _mark_experiment_kind(experiment_id)
-    local = "" if uri.startswith(("http://", "https://")) else f" (serve it with `mlflow ui --backend-store-uri {uri}`)"
-    log.info("MLflow UI, this experiment's training runs: %s%s", experiment_url(experiment_id), local)
-    return uri
-
-
-def _mark_experiment_kind(experiment_id: str) -> None:
-    """Tag the experiment as model training, unless it has a kind already (a user's own choice stays)."""
-    client = mlflow.MlflowClient()
-    if EXPERIMENT_KIND_TAG in client.get_experiment(experiment_id).tags:
-        return
-    try:
-        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-    except mlflow.exceptions.MlflowException:
-        # Workers starting together all find the tag missing; a SQL store then refuses all inserts of the
-        # tag but the first (a unique-key violation, seen on PostgreSQL). Tagged by another: nothing to do.
-        if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
-            raise
-
-
-def _wait_for_server(uri: str) -> None:
-    import requests
-
-    deadline = time.monotonic() + SERVER_WAIT_SECONDS
-    while True:
-        try:
-            if requests.get(uri.rstrip("/") + "/health", timeout=5).ok:
-                return
-        except requests.RequestException:
-            pass
-        if time.monotonic() > deadline:
-            raise TrackingError(f"cannot reach the MLflow tracking server at {uri} "
-                                f"(no answer within {SERVER_WAIT_SECONDS} s)")
-        time.sleep(1)
-
-
-def _check_access(uri: str) -> None:
-    """One authenticated request, so that missing or wrong credentials (MLFLOW_TRACKING_USERNAME and
-    MLFLOW_TRACKING_PASSWORD on a server with basic auth), or a server that answers /health while its
-    database is down (the server then spends minutes on each request), stop the run before it starts: the
-    request has ACCESS_LIMITS, not the retries and timeout that MLflow gives a run in progress."""
-    earlier = {name: os.environ.get(name) for name in ACCESS_LIMITS}
-    os.environ.update(ACCESS_LIMITS)
-    try:
-        mlflow.MlflowClient().search_experiments(max_results=1)
-    except mlflow.exceptions.MlflowException as exc:
-        status = exc.get_http_status_code()
-        if status in (401, 403):
-            raise TrackingError(f"the tracking server refused access ({status}): set "
-                                "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD") from None
-        raise TrackingError(f"the tracking server at {uri} answers /health but fails requests (its database may "
-                            f"be down): {exc.message.splitlines()[0][:300]}") from None
-    finally:
-        for name, value in earlier.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
-def experiment_url(experiment_id: str) -> str:
-    """The experiment's training-runs table in the MLflow UI: the HTTP tracking server's, or for a local store
-    (SQLite, files) the address where `mlflow ui --backend-store-uri <store>` serves it (LOCAL_UI)."""
-    uri = mlflow.get_tracking_uri()
-    if uri.startswith(("http://", "https://")):
-        parts = urlsplit(uri)  # a user:password@ in the tracking URI stays out of logs and trial attributes
-        base = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path.rstrip('/')}"
-    else:
-        base = LOCAL_UI
-    return f"{base}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
-
-
-def run_url(experiment_id: str, run_id: str) -> str:
-    """The run's page in the MLflow UI's model-training view (see `experiment_url`)."""
-    return experiment_url(experiment_id).replace(f"/runs?{TRAINING_VIEW}", f"/runs/{run_id}?{TRAINING_VIEW}")
 
 
 def git_commit() -> str:
