@@ -11,6 +11,7 @@ import optuna
 from matplotlib.figure import Figure
 from optuna.trial import TrialState
 
+from anomaly_repr.engine.figures import fit_preview
 from tuning.config import TuneConfig
 from tuning.objective import SURPLUS
 
@@ -35,7 +36,7 @@ def study_figures(study: optuna.Study, tcfg: TuneConfig) -> dict[str, Figure]:
         every = list(axes.flat) if hasattr(axes, "flat") else [axes]
         if name != "param_importances":
             every[0].set_ylabel(objective)
-        figures[f"figures/{name}.png"] = every[0].figure
+        figures[f"figures/{name}.png"] = fit_preview(every[0].figure)
     return figures
 
 

@@ -16,9 +16,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy import stats as scipy_stats
 
+from anomaly_repr.engine.figures import DPI
 from anomaly_repr.scoring.intervals import Cell, Results
 from anomaly_repr.study.report import (
-    auroc_bar_chart,
+    auroc_chart,
     auroc_table,
     by_split_table,
     gap_table,
@@ -65,7 +66,7 @@ def accuracy_vs_auroc(results: Results) -> tuple[Figure, dict[str, float]]:
     """Validation accuracy against validation max-logit AUROC for every epoch of every child, one colour per
     method; the correlations over the final models (test accuracy against test max-logit AUROC)."""
     client = mlflow.MlflowClient()
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=DPI)
     final_acc, final_auroc = [], []
     for i, (method, cells) in enumerate(results.items()):
         for j, cell in enumerate(cells):
@@ -120,7 +121,7 @@ def log_parent(study: Study, results: Results) -> dict[str, float]:
     mlflow.log_text(markdown_report(about, results, summary), "results/auroc_table.md")
     mlflow.log_text(gap_table(summary).to_csv(index_label="gap"), "results/gaps.csv")  # shows a blank otherwise
     mlflow.log_text(by_split_table(results).to_csv(), "results/auroc_by_split.csv")
-    log_figures({"figures/auroc_by_method.png": auroc_bar_chart(results, summary, title=f"{base.dataset} AUROC"),
+    log_figures({"figures/auroc_by_method.png": auroc_chart(results, summary, title=base.dataset),
                  "figures/accuracy_vs_auroc.png": figure})
     log.info("gaps:\n%s\n%s", to_markdown(gap_table(summary), first="gap"), to_markdown(table))
     return summary

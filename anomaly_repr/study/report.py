@@ -1,21 +1,16 @@
 """A study's tables and figures: the AUROC table with its intervals, the gap table, the per-split table and
-the bar chart (the numbers come from `summary`)."""
+the AUROC chart (the numbers come from `summary`)."""
 
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; no display on servers and workers
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-
-from anomaly_repr.scoring.intervals import Results  # noqa: E402
-from anomaly_repr.scoring.scorers import TIERS, tier  # noqa: E402
-from anomaly_repr.study.summary import gap_names, significant  # noqa: E402
+from anomaly_repr.scoring.intervals import Results
+from anomaly_repr.scoring.scorers import TIERS, tier
+from anomaly_repr.study.figures import auroc_panels
+from anomaly_repr.study.summary import gap_names, significant
 
 # --- study tables and charts: one row per model, one column per scorer ---
 
@@ -88,38 +83,20 @@ def markdown_report(about: dict[str, str], results: Results, summary: dict[str, 
                  "[95 % stratified bootstrap interval over test images"
                  f"{', of the mean over runs' if runs > 1 else ''}]. Gaps: paired bootstrap (the same resampled "
                  "images on both sides); * = the interval excludes 0.")
-    parts = ["\n".join(lines) + "\n", to_markdown(auroc_table(results, summary))]  # blank lines between blocks
+    parts = ["\n".join(lines) + "\n"]  # blank lines between blocks
+    table = auroc_table(results, summary)
+    for kind in TIERS:  # one table per tier: all scorers in one would be squeezed until names wrap
+        columns = [s for s in table.columns if tier(s) == kind]
+        rows = table[columns][(table[columns] != "").any(axis=1)]
+        if len(columns) and len(rows):
+            parts.append(f"**{kind} scorers**\n\n" + to_markdown(rows))
     gaps = gap_table(summary)
     if len(gaps):
         parts.append(to_markdown(gaps, first="gap"))
     return "\n".join(parts)
 
 
-def auroc_bar_chart(results: Results, summary: dict[str, float], title: str) -> Figure:
-    """AUROC by method, one bar per (model, scorer) with a cell; error bars are the bootstrap intervals
-    (or +- std over repeats where no interval was computed)."""
-    labels, means, errors = [], [], []
-    for method in results:
-        for scorer in _scorer_names(results):
-            key = f"test/{method}/{scorer}/auroc"
-            if key in summary:
-                labels.append(f"{method}\n{scorer}")
-                means.append(summary[key])
-                low, high = summary.get(key + "_ci_low"), summary.get(key + "_ci_high")
-                std = summary.get(key + "_std", 0.0)
-                # a point estimate may sit just outside its percentile interval: no negative bar
-                errors.append((max(0.0, summary[key] - low), max(0.0, high - summary[key]))
-                              if low is not None and high is not None else (std, std))
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels)), 4))
-    palette = {"classic": "tab:blue", "feature": "tab:green", "method": "tab:purple", "oracle": "tab:orange"}
-    colors = [palette[tier(label.split("\n")[1])] for label in labels]
-    ax.bar(range(len(labels)), means, yerr=np.array(errors).T.reshape(2, -1), color=colors, capsize=3)
-    for i, m in enumerate(means):
-        ax.text(i, m + 0.01, f"{m:.3f}", ha="center", fontsize=7)
-    ax.axhline(0.5, color="grey", linestyle=":", linewidth=1, label="chance")  # scores below it are drawn too
-    ax.set_xticks(range(len(labels)), labels, fontsize=7)
-    ax.set(ylim=(0, 1.05), ylabel="test AUROC", title=title)
-    handles = [Patch(color=palette[t], label=t) for t in TIERS if palette[t] in colors]
-    ax.legend(handles=[*handles, *ax.get_legend_handles_labels()[0]], loc="lower right", fontsize=7)
-    fig.tight_layout()
-    return fig
+def auroc_chart(results: Results, summary: dict[str, float], title: str) -> Figure:
+    """The AUROC of every (model, scorer) cell with its interval, one panel per model."""
+    models = {m: [s for s in _scorer_names(results) if f"test/{m}/{s}/auroc" in summary] for m in results}
+    return auroc_panels({m: names for m, names in models.items() if names}, summary, title)

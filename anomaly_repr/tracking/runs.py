@@ -120,12 +120,14 @@ class MemberRuns:
         experiment = client.get_run(self.run_id).info.experiment_id
         earlier = client.search_runs([experiment], f"tags.mlflow.parentRunId = '{self.run_id}' and "
                                                    f"tags.member = '{index}'")
+        # The tags go in with the run's creation: a run found without its member tag would be trained again.
+        tags = None if earlier else {"stage": "member", "member": str(index), "method": cfg.method,
+                                     "seed": str(cfg.seed)}
         with ending_run(run_id=earlier[0].info.run_id if earlier else None, run_name=f"member {index}",
-                        parent_run_id=self.run_id, experiment_id=experiment, nested=mlflow.active_run() is not None):
+                        parent_run_id=self.run_id, experiment_id=experiment, nested=mlflow.active_run() is not None,
+                        tags=tags):
             if not earlier:
                 log_new_params(cfg.to_params())
-                mlflow.set_tags({"stage": "member", "member": str(index), "method": cfg.method,
-                                 "seed": str(cfg.seed)})
             mlflow.set_tag("worker", f"{socket.gethostname()}:{os.getpid()}")
             yield self.on_epoch
 
