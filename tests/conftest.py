@@ -168,6 +168,19 @@ def reproduce_parent(server: str, tmp_path, params: dict, where: str):
     return parent, children
 
 
+def markdown_tables(text: str) -> dict[str, list[list[str]]]:
+    """The parent's auroc_table.md as its tables, by the bold heading above each ("classic" for "**classic
+    scorers**", "gaps"): rows of cells, the header row first."""
+    tables: dict[str, list[list[str]]] = {}
+    name = ""
+    for line in text.splitlines():
+        if line.startswith("**") and line.rstrip().endswith("**"):
+            name = line.strip("* ").removesuffix(" scorers")
+        elif line.startswith("|") and not line.startswith("|---"):
+            tables.setdefault(name, []).append([cell.strip() for cell in line.split("|")[1:-1]])
+    return tables
+
+
 def best_deployable_auroc(metrics: dict[str, float], model: str) -> float:
     """The highest test AUROC of a model's non-oracle scorers, read from a parent's metrics."""
     from anomaly_repr.scoring.scorers import is_oracle

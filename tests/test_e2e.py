@@ -9,7 +9,7 @@ from mlflow import MlflowClient
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.data.sources import load_source
 
-from conftest import mlflow_run, reproduce_parent, write_image
+from conftest import markdown_tables, mlflow_run, reproduce_parent, write_image
 
 
 @pytest.fixture(scope="module")
@@ -71,14 +71,14 @@ def test_main_is_a_study_with_a_child_per_model(study):
     run_id = parent.info.run_id
     listed = {a.path for folder in ("", "results", "figures") for a in client.list_artifacts(run_id, folder)}
     assert {"results/auroc_table.csv", "results/auroc_table.md", "figures/auroc_by_method.png"} <= listed
-    text = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/results/auroc_table.md").splitlines()
-    start = next(i for i, line in enumerate(text) if line.startswith("| model |"))
-    assert [line.split("|")[1].strip() for line in text[start + 2:start + 6]] == [
-        "classifier", "hybrid", "godin", "oracle_rep"]
-    assert "**dataset**: digits" in text[0] and any(line.startswith("| gap |") for line in text)
-    columns = [c.strip() for c in text[start].split("|")[2:-1]]  # classic, feature, own, oracle
-    assert columns[:4] == ["msp", "entropy", "max_logit", "energy"] and columns[4:11] == list(feature)
-    assert columns[-3:] == ["oracle_rf", "oracle_linear", "oracle_knn"]
+    text = mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/results/auroc_table.md")
+    tables = markdown_tables(text)  # one per tier, each with the models that have a scorer of it
+    assert [row[0] for row in tables["oracle"][1:]] == ["classifier", "hybrid", "godin", "oracle_rep"]
+    assert [row[0] for row in tables["classic"][1:]] == ["classifier", "hybrid", "godin"]
+    assert text.startswith("**dataset**: digits") and tables["gaps"][0][0] == "gap"
+    assert tables["classic"][0] == ["model", "msp", "entropy", "max_logit", "energy"]
+    assert tables["feature"][0] == ["model", *feature]
+    assert tables["oracle"][0] == ["model", "oracle_rf", "oracle_linear", "oracle_knn"]
 
 
 def test_main_logs_metrics_params_and_tags(main_run):

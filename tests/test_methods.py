@@ -28,6 +28,8 @@ from anomaly_repr.study.reproduce import run_reproduce
 from anomaly_repr.tracking.runs import evaluate_logged, run_evaluate
 from anomaly_repr.tracking.store import log_model
 
+from conftest import markdown_tables
+
 PACKAGE = Path(anomaly_repr.__file__).parent
 FAST = ExperimentConfig(epochs=2, oracle_trees=20, device="cpu")
 
@@ -196,12 +198,9 @@ def test_a_method_defined_in_the_tests_runs_through_reproduce_and_evaluate(toy_m
     assert m["test/q1_best_deployable"] == reference
     assert m["test/gain/toy_znorm/best_score"] == pytest.approx(max(deployable) - reference)
     assert "test/q3_gap" not in m and "test/q2_gap" in m  # no hybrid in this study
-    text = mlflow.artifacts.load_text(f"runs:/{parent_id}/results/auroc_table.md").splitlines()
-    start = next(i for i, line in enumerate(text) if line.startswith("| model |"))
-    table = text[start:start + 5]  # header, rule, one row per model
-    assert [row.split("|")[1].strip() for row in table[2:]] == ["classifier", "toy_znorm", "oracle_rep"]
-    column = [c.strip() for c in table[0].split("|")].index("neg_z_norm")
-    assert table[3].split("|")[column].strip() and not table[2].split("|")[column].strip()
+    tables = markdown_tables(mlflow.artifacts.load_text(f"runs:/{parent_id}/results/auroc_table.md"))
+    assert [row[0] for row in tables["oracle"][1:]] == ["classifier", "toy_znorm", "oracle_rep"]
+    assert tables["method"][0] == ["model", "neg_z_norm"] and [row[0] for row in tables["method"][1:]] == ["toy_znorm"]
 
     [child] = client.search_runs([parent.info.experiment_id],
                                  f"tags.mlflow.parentRunId = '{parent_id}' and tags.method = 'toy_znorm'")

@@ -3,11 +3,12 @@ the tables and the chart show what the summary holds."""
 
 import numpy as np
 import pytest
+from matplotlib.container import ErrorbarContainer
 
 from anomaly_repr.scoring.intervals import Cell, evaluation_intervals
 from anomaly_repr.scoring.metrics import anomaly_metrics
 from anomaly_repr.scoring.stats import Resamples, resampled_metrics
-from anomaly_repr.study.report import auroc_bar_chart, auroc_table, by_split_table, gap_table, markdown_report
+from anomaly_repr.study.report import auroc_chart, auroc_table, by_split_table, gap_table, markdown_report
 from anomaly_repr.study.summary import significant, summarise
 
 IS_ANOMALY = np.r_[np.zeros(300, bool), np.ones(200, bool)]
@@ -120,12 +121,19 @@ def test_by_split_table_averages_each_split_over_its_seeds():
     assert table.loc[("classifier", 2), "knn"] == pytest.approx(auroc(results["classifier"][2], "knn"))
 
 
-def test_bar_chart_draws_every_cell_with_its_interval():
+def test_the_chart_draws_every_cell_with_its_interval_one_panel_per_model():
     results = study()
-    fig = auroc_bar_chart(results, summarise(results, 100), "t")
-    assert len(fig.axes[0].patches) == 7  # six classifier cells and one oracle_rep cell
-    assert fig.axes[0].get_ylim()[0] == 0  # AUROCs below chance are drawn, beside the chance line
-    assert [line.get_ydata()[0] for line in fig.axes[0].get_lines() if line.get_label() == "chance"] == [0.5]
+    summary = summarise(results, 100)
+    fig = auroc_chart(results, summary, "t")
+    classifier, oracle_rep = fig.axes
+    assert classifier.get_title() == "classifier" and oracle_rep.get_title() == "oracle_rep"
+    assert len(classifier.patches) == 6 and len(oracle_rep.patches) == 1
+    bars = {t.get_text(): p.get_width() for t, p in zip(classifier.get_yticklabels(), classifier.patches, strict=True)}
+    assert bars == pytest.approx({s: summary[f"test/classifier/{s}/auroc"] for s in CLASSIFIER})
+    [errorbars] = [c for c in classifier.containers if isinstance(c, ErrorbarContainer)]
+    arms = errorbars.lines[2][0].get_segments()  # one interval per bar, drawn to its ends
+    assert [tuple(seg[:, 0]) for seg in arms][0] == pytest.approx(
+        (summary["test/classifier/msp/auroc_ci_low"], summary["test/classifier/msp/auroc_ci_high"]))
 
 
 def test_a_policy_row_is_measured_against_its_own_method_even_without_a_classifier():

@@ -18,10 +18,11 @@ from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.errors import AnomalyReprError, ConfigError
 from anomaly_repr.study import reproduce as study_module
 from anomaly_repr.study.cells import Study
-from anomaly_repr.study.pool import PoolConfig
+from anomaly_repr.study.lifecycle import identity_hash
+from anomaly_repr.study.pool import PoolConfig, open_storage
 from anomaly_repr.study.reproduce import run_reproduce
 
-from conftest import best_deployable_auroc
+from conftest import best_deployable_auroc, markdown_tables
 
 BASE = ExperimentConfig(epochs=2, oracle_trees=20, device="cpu", bootstrap=200)
 
@@ -60,8 +61,8 @@ def test_several_seeds_give_means_intervals_and_a_child_each(tracking):
     assert parent.data.params["seed"] == "0,1" and parent.data.tags["seeds"] == "0,1"
     table = mlflow.artifacts.load_text(f"runs:/{parent_id}/results/auroc_table.md")
     assert "**seeds**: 0,1" in table and "**epochs**: 2" in table and "**commit**:" in table
-    [row] = [line for line in table.splitlines() if line.startswith("| classifier |")]
-    assert " +- " in row and " [" in row
+    [row] = [row for row in markdown_tables(table)["classic"] if row[0] == "classifier"]
+    assert all(" +- " in cell and " [" in cell for cell in row[1:])
     gaps = mlflow.artifacts.load_text(f"runs:/{parent_id}/results/gaps.csv").splitlines()
     assert gaps[0].startswith("gap,") and any(line.startswith("test/q1_gap,") for line in gaps)
     csv = mlflow.artifacts.load_text(f"runs:/{parent_id}/results/auroc_table.csv").splitlines()
@@ -92,7 +93,7 @@ def test_a_rerun_by_name_retrains_only_the_cells_without_a_result(tracking, monk
     monkeypatch.setattr(study_module, "train_logged", broken)
     with pytest.raises(AnomalyReprError, match=r"1 of 2 cells have no result, first oracle_rep split 0 seed 0 "
                                                r"\(RuntimeError: out of memory \(simulated\)\); run the command "
-                                               r"again with --study_name (reproduce-digits-\S+) ") as failed:
+                                               r"again with --study_name (reproduce-cells-digits-\S+) ") as failed:
         run_reproduce(study)
     name = re.search(r"--study_name (\S+)", str(failed.value)).group(1)
     client = mlflow.MlflowClient(tracking)
@@ -116,6 +117,15 @@ def test_a_rerun_by_name_retrains_only_the_cells_without_a_result(tracking, monk
     assert m["test/q2_gap"] == pytest.approx(q2)
     [retried] = [c for c in kids if c.data.tags["method"] == "oracle_rep" and c.info.status == "FINISHED"]
     assert m["test/oracle_rep/oracle_rf/auroc"] == pytest.approx(retried.data.metrics["test/oracle_rf/auroc"])
+    # optuna-dashboard's card: a cell queue named as one, its settings in words, the identity as a short hash
+    storage, _ = open_storage(PoolConfig().storage_spec(tracking), PoolConfig())
+    queue = optuna.load_study(study_name=name, storage=storage)
+    assert name.startswith("reproduce-cells-digits-") and queue.metric_names == ["cell's val accuracy (not optimised)"]
+    assert queue.user_attrs == {"kind": study_module.QUEUE, "settings": study.settings(),
+                                "identity_hash": identity_hash(study.identity())}
+    assert "methods classifier,oracle_rep; splits 0; seeds 0" in study.settings()
+    with pytest.raises(ConfigError, match="was created with epochs='2', this run has epochs='3'"):
+        run_reproduce(dataclasses.replace(study, base=study.base.replace(epochs=3), pool=PoolConfig(study_name=name)))
 
 
 def test_two_local_workers_share_a_journal_study(tracking, tmp_path, monkeypatch):
@@ -174,6 +184,12 @@ def test_augmentation_policies_are_rows_measured_against_crop_and_flip(tracking)
     assert sorted((c.data.params["method"], c.data.params["augment"]) for c in kids) == sorted(
         [(m, a) for m in ("classifier", "hybrid") for a in ("crop_flip", "trivialaugment")])
     assert parent.info.status == "FINISHED" and parent.data.params["augment"] == "trivialaugment,crop_flip"
+    # the UI's name column cuts names short: model (method.policy) first, then split/seed; tags to group by
+    assert parent.info.run_name == "reproduce digits"
+    assert sorted(c.info.run_name for c in kids) == ["classifier 0/0", "classifier.trivialaugment 0/0",
+                                                     "hybrid 0/0", "hybrid.trivialaugment 0/0"]
+    assert all((c.data.tags["method"], c.data.tags["split"], c.data.tags["seed"]) ==
+               (c.data.params["method"], "0", "0") for c in kids)
     m = parent.data.metrics
     row = "classifier.trivialaugment"
     policy_kids = [c for c in kids if c.data.params["augment"] == "trivialaugment"

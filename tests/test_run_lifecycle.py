@@ -42,7 +42,7 @@ def test_a_member_run_that_fails_before_its_block_ends_failed(tracking, monkeypa
                 runs.MemberRuns(parent.info.run_id, lambda *a: None).member(0, BASE):
             pass
         assert mlflow.active_run().info.run_id == parent.info.run_id  # the member's run is no longer active
-    assert statuses() == {"ensemble": "FINISHED", "member 0": "FAILED"}
+    assert statuses() == {"ensemble": "FINISHED", f"{BASE.method} member 0": "FAILED"}
 
 
 @pytest.mark.parametrize("driver", ["reproduce", "tune"])

@@ -22,7 +22,7 @@ from anomaly_repr.scoring.scorers import make_scorer
 from anomaly_repr.study.cells import Study
 from anomaly_repr.study.reproduce import run_reproduce
 
-from conftest import assert_gains, best_deployable_auroc, reproduce_parent, write_image
+from conftest import assert_gains, best_deployable_auroc, markdown_tables, reproduce_parent, write_image
 
 NO_AUTOCAST = lambda: torch.autocast("cpu", enabled=False)  # noqa: E731
 
@@ -225,7 +225,8 @@ def test_a_rotation_study_searches_aux_weight_on_validation_data(tracking):
     assert m["val/rotation/auroc"] == pytest.approx(study.best_value)  # the best trial's objective
     children = mlflow.search_runs([parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
                                   output_format="list")
-    [test_run] = [r for r in children if r.info.run_name.startswith("test: best trial")]
+    [test_run] = [r for r in children if r.data.tags["stage"] == "test"]
+    assert test_run.info.run_name == f"rotation test of trial {study.best_trial.number}"
     assert m["test/rotation/auroc"] == pytest.approx(test_run.data.metrics["test/rotation/auroc"])
     assert m["tune/val_test_gap"] == pytest.approx(m["val/rotation/auroc"] - m["test/rotation/auroc"])
 
@@ -257,9 +258,8 @@ def test_reproduce_trains_the_four_tasks_and_logs_their_gains(tracking, rgb_fold
         assert m[f"test/gain/{method}/oracle_rf"] == pytest.approx(gain)
         best = best_deployable_auroc(m, method) - best_deployable_auroc(m, "classifier")
         assert m[f"test/gain/{method}/best_score"] == pytest.approx(best)
-    text = mlflow.artifacts.load_text(f"runs:/{parent_id}/results/auroc_table.md").splitlines()
-    start = next(i for i, line in enumerate(text) if line.startswith("| model |"))
-    assert [row.split("|")[1].strip() for row in text[start + 2:start + 2 + len(methods)]] == list(methods)
+    tables = markdown_tables(mlflow.artifacts.load_text(f"runs:/{parent_id}/results/auroc_table.md"))
+    assert [row[0] for row in tables["oracle"][1:]] == list(methods)
     [child] = client.search_runs([client.get_run(parent_id).info.experiment_id],
                                  f"tags.mlflow.parentRunId = '{parent_id}' and tags.method = 'geom'")
     assert child.data.params["geom_transforms"] == "8" and child.data.metrics["geom/dirichlet_fit_images"] > 0

@@ -123,7 +123,7 @@ class Objective:
             raise optuna.TrialPruned(f"the study held {tcfg.n_trials} trials when this one started")
         cfg, scorer = suggest(trial, method_of(tcfg.target, self.prep.cfg), tcfg.scorers, tcfg)
         prep = dataclasses.replace(self.prep, cfg=cfg)
-        run = mlflow.start_run(run_name=f"trial {trial.number}", parent_run_id=self.parent.info.run_id,
+        run = mlflow.start_run(run_name=f"{cfg.method} trial {trial.number}", parent_run_id=self.parent.info.run_id,
                                experiment_id=self.parent.info.experiment_id, nested=mlflow.active_run() is not None)
         status = "FAILED"
         try:  # from the start: a failure in between would leave the run to MLflow's exit hook, which says FINISHED

@@ -107,16 +107,18 @@ def open_study(settings_name: str, storage: optuna.storages.BaseStorage, heartbe
     study, new = lifecycle.open_or_create(tcfg, settings_name, storage, sampler=make_sampler(cfg, tcfg),
                                           pruner=make_pruner(cfg, tcfg))
     if not new:
-        check_identity(study, identity)
+        check_identity(study, storage, identity)
         parent = lifecycle.resume_parent(study, launcher)
         with failing_run():
             lifecycle.abandon_running(study, heartbeats)
         log.info("resuming study %s (parent run %s)", study.study_name, parent.info.run_id)
         return study, parent
-    parent = lifecycle.start_parent(launcher, run_name=f"tune {study.study_name}")
+    parent = lifecycle.start_parent(launcher, run_name=f"tune {tcfg.target}")
     with failing_run():
         log.info("new study %s; resume it with --study_name %s", study.study_name, study.study_name)
-        study.set_user_attr("identity", identity)
+        lifecycle.describe(study, storage, identity, "search: Optuna optimises the objective on validation data",
+                           f"{tcfg.target} on {cfg.dataset} split {cfg.split} seed {cfg.seed}, protocol "
+                           f"{tcfg.protocol}, {tcfg.n_trials} trials, scorer {'|'.join(tcfg.scorers)}")
         # optuna-dashboard labels the objective with this name instead of "Objective 0"
         study.set_metric_names([f"val {'|'.join(tcfg.scorers)} AUROC"])
         for params in method_of(tcfg.target, cfg).talk_values(tcfg)[:tcfg.n_trials]:
@@ -187,7 +189,7 @@ def evaluate_best(study: optuna.Study, sealed: Prepared, view: ProtocolView, tcf
     trial_cfg = load_config(trial_run).replace(**{k: getattr(sealed.cfg, k) for k in MACHINE_FIELDS})
     prep = dataclasses.replace(full, cfg=trial_cfg)
     model, normalizer = load_weights(trial_run, new_model(prep), prep.split, who="trial run")
-    with mlflow.start_run(run_name=f"test: best trial {best.number}", nested=True):
+    with mlflow.start_run(run_name=f"{trial_cfg.method} test of trial {best.number}", nested=True):
         log_provenance(prep, stage="test", parts=evaluated_parts(prep))
         mlflow.set_tags({"trial_run_id": trial_run, "trial_number": str(best.number),
                          "optuna_study": study.study_name, **view.tags()})

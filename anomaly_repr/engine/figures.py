@@ -67,7 +67,7 @@ def histogram_figure(scores: dict[str, np.ndarray], is_anomaly: np.ndarray) -> F
     """One panel per scorer, four to a row: the nominal and anomalous test images' score densities."""
     fig, axes = grid(len(scores), 4, 2.2)
     for ax, (name, s) in zip(axes, scores.items(), strict=True):
-        bins = np.histogram_bin_edges(s, bins=40)
+        bins = list(np.histogram_bin_edges(s, bins=40))
         ax.hist(s[~is_anomaly], bins=bins, alpha=0.6, density=True, label="nominal")
         ax.hist(s[is_anomaly], bins=bins, alpha=0.6, density=True, label="anomaly")
         ax.set_title(name, fontsize=9)

@@ -4,14 +4,13 @@ joins. Running the cells is `reproduce.py`'s."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 
 from anomaly_repr.config import AUGMENTS, DEFAULT_METHODS, ExperimentConfig
 from anomaly_repr.data.split import STANDARD_SPLITS
 from anomaly_repr.errors import ConfigError, unknown
 from anomaly_repr.methods import METHODS, child_config
+from anomaly_repr.study.lifecycle import identity_hash
 from anomaly_repr.study.pool import MACHINE_FIELDS, PoolConfig
 
 CellKey = tuple[int, int, str, str]  # (split, seed, method, augmentation policy)
@@ -72,8 +71,13 @@ class Study:
 
     def settings_name(self) -> str:
         """The start of the name of every study of these settings (a study's own name adds when it began)."""
-        digest = hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:10]
-        return f"reproduce-{self.base.dataset}-{digest}"
+        return f"reproduce-cells-{self.base.dataset}-{identity_hash(self.identity())}"
+
+    def settings(self) -> str:
+        """The settings in words, for the study's card in optuna-dashboard."""
+        return (f"{self.base.dataset}: methods {','.join(self.methods)}; splits {','.join(map(str, self.splits))}; "
+                f"seeds {','.join(map(str, self.seeds))}; augment {','.join(self.policies)}; "
+                f"{self.base.epochs} epochs, {self.base.arch}")
 
     def shared_class_sets(self) -> list[tuple[int, ...]]:
         """Groups of requested standard splits that hold the same known classes (CIFAR-10's 0 and 1)."""

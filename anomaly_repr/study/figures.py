@@ -41,7 +41,8 @@ def auroc_panels(models: dict[str, list[str]], summary: dict[str, float], title:
             ax = fig.add_subplot(spec[r, c])
             scorers = models[model]
             # a gap of half a bar between tiers, so the groups read apart
-            y, last = [], None
+            y: list[float] = []
+            last = None
             for s in scorers:
                 y.append((y[-1] + 1 + (0.5 if tier(s) != last else 0)) if y else 0.0)
                 last = tier(s)

@@ -12,6 +12,8 @@ worked on, so that no launcher run is left empty.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import secrets
 import subprocess
@@ -32,6 +34,7 @@ from anomaly_repr.tracking.store import end_run
 
 log = logging.getLogger(__name__)
 STOP_SECONDS = 60  # how long a driver waits for its local workers to end their runs after it stops them
+IDENTITY = "identity"  # the system attribute that holds what a study's trials depend on
 PARENT = "mlflow_parent_run_id"  # the study attribute workers wait for: set last
 
 
@@ -50,9 +53,23 @@ def store_name(uri: str) -> str:
     return urlunsplit(parts)
 
 
-def check_identity(study: optuna.Study, identity: dict[str, str]) -> None:
+def identity_hash(identity: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def describe(study: optuna.Study, storage: optuna.storages.BaseStorage, identity: dict[str, str], kind: str,
+             settings: str) -> None:
+    """What optuna-dashboard shows on the study's card: what kind of study it is, its settings in words and
+    its identity's short hash. The identity itself (a long JSON) goes into the study's system attributes,
+    which the dashboard does not show, and `check_identity` reads it there."""
+    storage.set_study_system_attr(storage.get_study_id_from_name(study.study_name), IDENTITY, identity)
+    for key, value in {"kind": kind, "settings": settings, "identity_hash": identity_hash(identity)}.items():
+        study.set_user_attr(key, value)
+
+
+def check_identity(study: optuna.Study, storage: optuna.storages.BaseStorage, identity: dict[str, str]) -> None:
     """Refuse to resume or join a study created with other settings (fields newer than it are not stored)."""
-    stored = study.user_attrs.get("identity", {})
+    stored = storage.get_study_system_attrs(storage.get_study_id_from_name(study.study_name)).get(IDENTITY, {})
     for key, value in identity.items():
         if key in stored and stored[key] != value:
             raise ConfigError(f"study {study.study_name!r} was created with {key}={stored.get(key)!r}, this run has "
@@ -75,7 +92,7 @@ def start_parent(launcher: str, run_name: str) -> mlflow.ActiveRun:
     """A new study's parent run: the launcher run `mlflow run` made, unless MLflow put that in its Default
     experiment (no --experiment-name given), where the study logs to its own experiment instead."""
     if launcher and mlflow.get_run(launcher).info.experiment_id != MLFLOW_DEFAULT_EXPERIMENT_ID:
-        return mlflow.start_run(run_id=launcher)
+        return mlflow.start_run(run_id=launcher, run_name=run_name)  # not the random name `mlflow run` gave
     parent = mlflow.start_run(run_name=run_name)
     if launcher:
         point(launcher, "parent of the study", parent.info)
@@ -135,7 +152,7 @@ def join_study(pool: PoolConfig, settings_name: str, storage: optuna.storages.Ba
                                    "role=worker) first, or give its study_name")
         time.sleep(POLL_SECONDS)
     study = optuna.load_study(study_name=name, storage=storage, **study_kwargs)
-    check_identity(study, identity)
+    check_identity(study, storage, identity)
     parent = parent_of(study)
     if launcher:
         point(launcher, "worked on the study", parent.info)

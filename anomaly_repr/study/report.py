@@ -92,7 +92,7 @@ def markdown_report(about: dict[str, str], results: Results, summary: dict[str, 
             parts.append(f"**{kind} scorers**\n\n" + to_markdown(rows))
     gaps = gap_table(summary)
     if len(gaps):
-        parts.append(to_markdown(gaps, first="gap"))
+        parts.append("**gaps**\n\n" + to_markdown(gaps, first="gap"))
     return "\n".join(parts)
 
 

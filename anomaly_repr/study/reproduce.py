@@ -49,9 +49,12 @@ from anomaly_repr.study.parent import load_cell, log_parent
 from anomaly_repr.study.pool import POLL_SECONDS, open_storage
 from anomaly_repr.tracking.runs import evaluate_logged, train_logged
 from anomaly_repr.tracking.setup import run_url, setup_tracking
-from anomaly_repr.tracking.store import end_run, git_commit, log_new_params, log_provenance
+from anomaly_repr.tracking.store import end_run, git_commit, log_new_params, log_provenance, run_name
 
 log = logging.getLogger(__name__)
+# What optuna-dashboard shows on the cell queue's card: its trials are a grid, not a search.
+QUEUE = "cell queue: each trial trains and evaluates one (method, split, seed) cell of a grid; nothing is optimised"
+
 
 def cell_of(trial: FrozenTrial) -> CellKey | None:
     """A trial's cell, from its parameters (or, while it is queued, the parameters it was queued with)."""
@@ -87,7 +90,7 @@ class CellObjective:
         prep = self.prepared(split, seed)
         child = dataclasses.replace(prep, cfg=self.study.config(method, policy).replace(split=split, seed=seed))
         name = self.study.row(method, policy)
-        run = mlflow.start_run(run_name=f"{name} split={split} seed={seed}", parent_run_id=self.parent.info.run_id,
+        run = mlflow.start_run(run_name=run_name(child.cfg, name), parent_run_id=self.parent.info.run_id,
                                experiment_id=self.parent.info.experiment_id, nested=mlflow.active_run() is not None)
         status = "FAILED"
         try:  # from the start: a failure in between would leave the run to MLflow's exit hook, which says FINISHED
@@ -146,18 +149,18 @@ def open_study(study: Study, storage: optuna.storages.BaseStorage, heartbeats: b
     optuna_study, new = lifecycle.open_or_create(study.pool, study.settings_name(), storage)
     name = optuna_study.study_name
     if not new:
-        check_identity(optuna_study, study.identity())
+        check_identity(optuna_study, storage, study.identity())
         active = lifecycle.resume_parent(optuna_study, launcher)
         with failing_run():
             lifecycle.abandon_running(optuna_study, heartbeats, "cell trial")
             log.info("resuming study %s (parent run %s): %d cell(s) queued again", name, active.info.run_id,
                      enqueue_missing(optuna_study, study))
         return optuna_study, active
-    active = lifecycle.start_parent(launcher, run_name="reproduce")
+    active = lifecycle.start_parent(launcher, run_name=f"reproduce {study.base.dataset}")
     with failing_run():
         log.info("new study %s; resume it with --study_name %s", name, name)
-        optuna_study.set_user_attr("identity", study.identity())
-        optuna_study.set_metric_names(["val accuracy"])
+        lifecycle.describe(optuna_study, storage, study.identity(), QUEUE, study.settings())
+        optuna_study.set_metric_names(["cell's val accuracy (not optimised)"])
         enqueue_missing(optuna_study, study)
         lifecycle.record(optuna_study, active.info)
     return optuna_study, active

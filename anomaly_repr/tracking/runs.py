@@ -54,6 +54,7 @@ from anomaly_repr.tracking.store import (
     log_provenance,
     log_weights,
     logged_epochs,
+    run_name,
 )
 
 log = logging.getLogger(__name__)
@@ -123,7 +124,7 @@ class MemberRuns:
         # The tags go in with the run's creation: a run found without its member tag would be trained again.
         tags = None if earlier else {"stage": "member", "member": str(index), "method": cfg.method,
                                      "seed": str(cfg.seed)}
-        with ending_run(run_id=earlier[0].info.run_id if earlier else None, run_name=f"member {index}",
+        with ending_run(run_id=earlier[0].info.run_id if earlier else None, run_name=f"{cfg.method} member {index}",
                         parent_run_id=self.run_id, experiment_id=experiment, nested=mlflow.active_run() is not None,
                         tags=tags):
             if not earlier:
@@ -206,7 +207,7 @@ def run_train(cfg: ExperimentConfig | None, resume_run_id: str = "", changes: di
         cfg = cfg.replace(**(changes or {}))
     assert cfg is not None
     prep = prepare(cfg)
-    with ending_run(run_id=resume_run_id or None) as run:
+    with ending_run(run_id=resume_run_id or None, run_name=run_name(cfg)) as run:
         if not resume_run_id:
             log_provenance(prep, stage="train", parts=("train", "val"))
         elif changes:  # params keep their first values (MLflow's are immutable); config.json holds the new ones
@@ -225,7 +226,7 @@ def run_evaluate(train_run_id: str, tta: str = "") -> str:
         cfg = cfg.replace(tta=tta)
     prep = prepare(cfg)
     model, normalizer = load_weights(train_run_id, new_model(prep), prep.split)
-    with ending_run() as run:
+    with ending_run(run_name=f"{run_name(cfg)} evaluate") as run:
         log_provenance(prep, stage="evaluate", parts=evaluated_parts(prep))
         mlflow.set_tag("train_run_id", train_run_id)
         evaluate_logged(prep, model, normalizer)

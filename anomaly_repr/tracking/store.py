@@ -81,6 +81,11 @@ def ending_run(**start: Any) -> Iterator[mlflow.ActiveRun]:
         end_run(status)
 
 
+def run_name(cfg: ExperimentConfig, model: str = "") -> str:
+    """Short, and distinct where the UI's name column cuts it: the model (method) first, then split/seed."""
+    return f"{model or cfg.method} {cfg.split}/{cfg.seed}"
+
+
 def git_commit() -> str:
     here = Path(__file__).resolve().parent
     try:
