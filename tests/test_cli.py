@@ -193,10 +193,11 @@ def test_ui_links_open_the_model_training_view(monkeypatch):
 
     monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: "http://127.0.0.1:5000/")
     view = "workflowType=machine_learning"  # MLflow 3.17's UI opens the GenAI view without it
-    assert tracking.experiment_url("3") == f"http://127.0.0.1:5000/#/experiments/3/runs?{view}"
+    table = f"{view}&viewStateShareKey=anomaly-repr-results"  # the runs table opens on the project's saved view
+    assert tracking.experiment_url("3") == f"http://127.0.0.1:5000/#/experiments/3/runs?{table}"
     assert tracking.run_url("3", "abc") == f"http://127.0.0.1:5000/#/experiments/3/runs/abc?{view}"
     monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: "https://ann:secret@mlflow.example/base/")
-    assert tracking.experiment_url("3") == f"https://mlflow.example/base/#/experiments/3/runs?{view}"
+    assert tracking.experiment_url("3") == f"https://mlflow.example/base/#/experiments/3/runs?{table}"
     monkeypatch.setattr(mlflow, "get_tracking_uri", lambda: "sqlite:///mlflow.db")
     # a local store: the address of `mlflow ui --backend-store-uri sqlite:///mlflow.db`, as the README gives it
     assert tracking.run_url("3", "abc") == f"http://127.0.0.1:5000/#/experiments/3/runs/abc?{view}"

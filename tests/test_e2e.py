@@ -1,5 +1,6 @@
 """End to end: `mlflow run . --env-manager local` against a real `mlflow server` on 127.0.0.1."""
 
+import json
 
 import mlflow
 import numpy as np
@@ -36,7 +37,11 @@ def test_main_is_a_study_with_a_child_per_model(study):
     client, parent, children = study
     assert parent.info.status == "FINISHED" and sorted(children) == ["classifier", "godin", "hybrid", "oracle_rep"]
     assert parent.data.tags["mlflow.project.entryPoint"] == "main"  # the run `mlflow run` made is the parent
-    assert client.get_experiment_by_name("e2e").tags["mlflow.experimentKind"] == "custom_model_development"
+    tags = client.get_experiment_by_name("e2e").tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json.loads(tags["mlflow.sharedViewState.anomaly-repr-results"])  # the runs table's saved view
+    assert view["name"] == "anomaly-repr: results" and isinstance(view["createdAt"], int)
+    assert {"metrics.`test/max_logit/auroc`", "tags.`method`"} <= set(json.loads(view["state"])["selectedColumns"])
     assert all(child.info.status == "FINISHED" for child in children.values())
     m = parent.data.metrics
     for kind, child in children.items():

@@ -3,6 +3,7 @@ checks that stop a run before it starts when the server cannot serve it, and the
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
@@ -26,6 +27,11 @@ EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_de
 # training view (seen in a browser: the tag alone does not switch it); the links the project gives ask.
 TRAINING_VIEW = "workflowType=machine_learning"
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui` serves a local store (SQLite, files) by default
+# The UI keeps a user's choice of columns in their browser; an experiment tag under this prefix is a view that
+# every browser can open (MLflow 3.17: `?viewStateShareKey=<key>` in the runs table's link).
+SHARED_VIEW_PREFIX, SHARED_VIEW = "mlflow.sharedViewState.", "anomaly-repr-results"
+VIEW_COLUMNS = ("tags.`method`", "tags.`split`", "tags.`seed`", "metrics.`test/acc`",
+                "metrics.`test/max_logit/auroc`", "metrics.`test/knn/auroc`", "metrics.`test/oracle_rf/auroc`")
 
 
 class TrackingError(AnomalyReprError):
@@ -51,24 +57,38 @@ def setup_tracking(own_experiment: bool = False) -> str:
         # When another process creates the experiment in the same instant, set_experiment returns it without
         # making it active; setting it by id always does.
         mlflow.set_experiment(experiment_id=experiment_id)
-    _mark_experiment_kind(experiment_id)
+    _mark_experiment(experiment_id)
     local = "" if uri.startswith(("http://", "https://")) else f" (serve it with `mlflow ui --backend-store-uri {uri}`)"
     log.info("MLflow UI, this experiment's training runs: %s%s", experiment_url(experiment_id), local)
     return uri
 
 
-def _mark_experiment_kind(experiment_id: str) -> None:
-    """Tag the experiment as model training, unless it has a kind already (a user's own choice stays)."""
+def shared_view() -> str:
+    """The saved view of the runs table, as MLflow 3.17's UI stores one: an envelope around the table's
+    state as a JSON string. The state shows the tags to group by and the metrics that matter as columns."""
+    state = {"searchFilter": "", "orderByKey": "attributes.start_time", "orderByAsc": False, "startTime": "ALL",
+             "lifecycleFilter": "Active", "modelVersionFilter": "All Runs", "datasetsFilter": [],
+             "selectedColumns": list(VIEW_COLUMNS)}
+    now = 1_700_000_000_000  # ms; a fixed time keeps the tag's value the same wherever it is written
+    return json.dumps({"name": "anomaly-repr: results", "createdAt": now, "updatedAt": now,
+                       "state": json.dumps(state)})
+
+
+def _mark_experiment(experiment_id: str) -> None:
+    """Tag the experiment as model training and give it the project's saved view, unless it has them (a
+    user's own choice stays)."""
     client = mlflow.MlflowClient()
-    if EXPERIMENT_KIND_TAG in client.get_experiment(experiment_id).tags:
-        return
-    try:
-        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-    except mlflow.exceptions.MlflowException:
-        # Workers starting together all find the tag missing; a SQL store then refuses all inserts of the
-        # tag but the first (a unique-key violation, seen on PostgreSQL). Tagged by another: nothing to do.
-        if EXPERIMENT_KIND_TAG not in client.get_experiment(experiment_id).tags:
-            raise
+    wanted = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, SHARED_VIEW_PREFIX + SHARED_VIEW: shared_view()}
+    for key, value in wanted.items():
+        if key in client.get_experiment(experiment_id).tags:
+            continue
+        try:
+            client.set_experiment_tag(experiment_id, key, value)
+        except mlflow.exceptions.MlflowException:
+            # Workers starting together all find the tag missing; a SQL store then refuses all inserts of the
+            # tag but the first (a unique-key violation, seen on PostgreSQL). Tagged by another: nothing to do.
+            if key not in client.get_experiment(experiment_id).tags:
+                raise
 
 
 def _wait_for_server(uri: str) -> None:
@@ -120,9 +140,10 @@ def experiment_url(experiment_id: str) -> str:
         base = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}{parts.path.rstrip('/')}"
     else:
         base = LOCAL_UI
-    return f"{base}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
+    return f"{base}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}&viewStateShareKey={SHARED_VIEW}"
 
 
 def run_url(experiment_id: str, run_id: str) -> str:
     """The run's page in the MLflow UI's model-training view (see `experiment_url`)."""
-    return experiment_url(experiment_id).replace(f"/runs?{TRAINING_VIEW}", f"/runs/{run_id}?{TRAINING_VIEW}")
+    table = experiment_url(experiment_id)
+    return table[:table.index("/runs?")] + f"/runs/{run_id}?{TRAINING_VIEW}"
