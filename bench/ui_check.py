@@ -1,10 +1,15 @@
-"""The MLflow UI as a new user first sees it, in a real headless Chromium: a small finished `reproduce`
-study (digits, classifier and hybrid, one epoch), `mlflow ui` on 127.0.0.1, and the page the experiment
-opens on. Asserts that the first view is the training runs table with the study's children and a test
-metric column, and saves two screenshots for the README:
+"""The MLflow UI and optuna-dashboard as a new user first sees them, in a real headless Chromium: a small
+finished `reproduce` study (digits, classifier and hybrid, one epoch), `mlflow ui` and `optuna-dashboard` on
+127.0.0.1. Asserts what each view must show and saves screenshots (docs/ for the README, the rest in the
+temporary folder, printed at the end, kept with --keep):
 
-    docs/mlflow-runs.png     the runs table, the reproduce parent expanded to its children
-    docs/mlflow-compare.png  the compare view of the classifier and hybrid children
+    docs/mlflow-runs.png       the runs table as the project's link opens it: its saved view, with the
+                               method, split and seed tags and the metric columns, the parent expanded
+    docs/mlflow-compare.png    the compare view of the children
+    docs/mlflow-figure.png     the artifact preview of the study's AUROC chart
+    docs/mlflow-curves.png     a child's "Model metrics" tab, filtered to the training curves
+    docs/optuna-queue.png      optuna-dashboard's study list: the reproduce queue's card
+    preview-<figure>.png       the artifact preview of every other figure the study logs
 
 Needs Chromium (Debian: `apt-get install chromium`) and Playwright (`pip install playwright`); the
 browser is Debian's, so `playwright install` is not needed.
@@ -29,11 +34,11 @@ import mlflow
 import requests
 from playwright.sync_api import Page, expect, sync_playwright
 
-from anomaly_repr.tracking.setup import TRAINING_VIEW
+from anomaly_repr.tracking.setup import TRAINING_VIEW, VIEW_COLUMNS, experiment_url
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 TIMEOUT_MS = 60_000
-METRICS = ("test/max_logit/auroc", "test/knn/auroc", "test/oracle_rf/auroc")  # the columns the check adds
+METRICS = ("test/max_logit/auroc", "test/knn/auroc", "test/oracle_rf/auroc")  # columns of the saved view
 
 
 def finished_study(store: str, workdir: Path) -> None:
@@ -43,18 +48,23 @@ def finished_study(store: str, workdir: Path) -> None:
                    env=env, cwd=workdir, check=True, capture_output=True, text=True)
 
 
+def wait_for(url: str, log: Path) -> None:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=5).ok:
+                return
+        except requests.RequestException:  # not up yet, or too busy to answer
+            time.sleep(0.5)
+    raise SystemExit(f"{url} did not start: {log.read_text()[-2000:]}")
+
+
 def start_ui(store: str, port: int, workdir: Path) -> subprocess.Popen:
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", store, "--host",
                              "127.0.0.1", "--port", str(port)], stdout=open(workdir / "ui.log", "w"),
                             stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=5).ok:
-                return proc
-        except requests.RequestException:  # not up yet, or too busy to answer
-            time.sleep(0.5)
-    raise SystemExit(f"mlflow ui did not start: {(workdir / 'ui.log').read_text()[-2000:]}")
+    wait_for(f"http://127.0.0.1:{port}/health", workdir / "ui.log")
+    return proc
 
 
 def dismiss_guidance(page: Page) -> None:
@@ -66,24 +76,21 @@ def dismiss_guidance(page: Page) -> None:
 
 
 def check_runs_table(page: Page, base: str, experiment_id: str, children: list[str]) -> None:
-    # The link the project logs for an HTTP tracking server (tracking.experiment_url).
-    page.goto(f"{base}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}")
-    expect(page.get_by_text("reproduce", exact=True).first).to_be_visible(timeout=TIMEOUT_MS)
+    # The link the project logs (tracking.experiment_url), on this server: it opens the saved view.
+    link = experiment_url(experiment_id)
+    page.goto(base + link[link.index("/#/"):])
+    expect(page.get_by_text("reproduce digits", exact=True).first).to_be_visible(timeout=TIMEOUT_MS)
     dismiss_guidance(page)
     assert "workflowType=machine_learning" in page.url and "/runs" in page.url, page.url
-    # The parent's row starts with a toggle that lists its children under it.
-    page.get_by_role("gridcell", name=re.compile(r"\breproduce$")).get_by_role("button").first.click()
-    for name in children:
-        expect(page.get_by_text(name, exact=True).first).to_be_visible(timeout=TIMEOUT_MS)
-    # The table shows no metric column until one is chosen, as a user does, under "Columns".
-    page.get_by_role("button", name="Columns").click()
-    search = page.get_by_role("textbox", name="Search columns")
-    for metric in METRICS:
-        search.fill(metric)
-        page.get_by_text(metric, exact=True).first.click()
-    page.keyboard.press("Escape")
+    # The metric columns are there without choosing them under "Columns": the view holds them.
     for metric in METRICS:
         expect(page.get_by_role("columnheader", name=metric).first).to_be_visible(timeout=TIMEOUT_MS)
+    assert all(column.split("`")[1] in page.content() for column in VIEW_COLUMNS)
+    # The parent's row starts with a toggle that lists its children under it.
+    page.get_by_role("gridcell", name=re.compile(r"\breproduce digits$")).get_by_role("button").first.click()
+    for name in children:
+        expect(page.get_by_text(name, exact=True).first).to_be_visible(timeout=TIMEOUT_MS)
+    page.wait_for_timeout(1000)
     page.screenshot(path=str(DOCS / "mlflow-runs.png"))
 
 
@@ -96,6 +103,49 @@ def check_compare_view(page: Page, base: str, experiment_id: str, run_ids: list[
         expect(page.get_by_text(name).first).to_be_visible(timeout=TIMEOUT_MS)
     page.wait_for_timeout(5000)  # the parallel-coordinates plot draws after the page has loaded
     page.screenshot(path=str(DOCS / "mlflow-compare.png"))
+
+
+def check_figure(page: Page, base: str, experiment_id: str, run_id: str, path: str, shot: Path) -> None:
+    """The artifact preview of one logged figure: shown whole, no wider than the preview pane."""
+    page.goto(f"{base}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/{path}?{TRAINING_VIEW}")
+    image = page.locator(f"img[src*='{path.split('/')[-1]}']").first
+    expect(image).to_be_visible(timeout=TIMEOUT_MS)
+    dismiss_guidance(page)
+    page.wait_for_timeout(1500)
+    natural, shown = image.evaluate("i => [i.naturalWidth, i.getBoundingClientRect().width]")
+    assert natural <= 830 and shown >= 0.9 * natural, (path, natural, shown)  # drawn at its size, not shrunk
+    page.screenshot(path=str(shot), full_page=True)
+
+
+def check_curves(page: Page, base: str, experiment_id: str, run_id: str) -> None:
+    """A child's "Model metrics" tab: its search box (a regular expression) brings the training curves first."""
+    page.goto(f"{base}/#/experiments/{experiment_id}/runs/{run_id}/model-metrics?{TRAINING_VIEW}")
+    search = page.get_by_placeholder(re.compile("Search metric charts", re.IGNORECASE)).first
+    expect(search).to_be_visible(timeout=TIMEOUT_MS)
+    dismiss_guidance(page)
+    search.fill("^(train|val)/")
+    expect(page.get_by_text("train/loss").first).to_be_visible(timeout=TIMEOUT_MS)
+    page.wait_for_timeout(2000)
+    page.screenshot(path=str(DOCS / "mlflow-curves.png"))
+
+
+def check_queue(page: Page, storage: str, workdir: Path) -> None:
+    """optuna-dashboard's study list: the reproduce queue's card says what it is."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "optuna_dashboard", storage, "--host", "127.0.0.1", "--port",
+                             str(port)], stdout=open(workdir / "dashboard.log", "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        wait_for(f"http://127.0.0.1:{port}/", workdir / "dashboard.log")
+        page.goto(f"http://127.0.0.1:{port}/dashboard")
+        expect(page.get_by_text(re.compile("reproduce-cells-digits-")).first).to_be_visible(timeout=TIMEOUT_MS)
+        page.get_by_text(re.compile("reproduce-cells-digits-")).first.click()
+        expect(page.get_by_text(re.compile("cell queue")).first).to_be_visible(timeout=TIMEOUT_MS)
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(DOCS / "optuna-queue.png"), full_page=True)
+    finally:
+        os.killpg(proc.pid, 9)
+        proc.wait(timeout=30)
 
 
 def main() -> None:
@@ -115,14 +165,26 @@ def main() -> None:
     ui = start_ui(store, port, workdir)
     try:
         base = f"http://127.0.0.1:{port}"
+        [parent] = [r for r in runs if r.data.tags.get("stage") == "reproduce"]
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=args.chromium, args=["--no-sandbox"])
-            page = browser.new_page(viewport={"width": 1500, "height": 800})
-            check_runs_table(page, base, experiment.experiment_id, [r.info.run_name for r in children])
-            check_compare_view(page, base, experiment.experiment_id, [r.info.run_id for r in children],
+            page = browser.new_page(viewport={"width": 1500, "height": 900})
+            eid = experiment.experiment_id
+            check_runs_table(page, base, eid, [r.info.run_name for r in children])
+            check_compare_view(page, base, eid, [r.info.run_id for r in children],
                                [r.info.run_name for r in children])
+            check_figure(page, base, eid, parent.info.run_id, "figures/auroc_by_method.png",
+                         DOCS / "mlflow-figure.png")
+            shots = [workdir / "preview-accuracy_vs_auroc.png"]
+            check_figure(page, base, eid, parent.info.run_id, "figures/accuracy_vs_auroc.png", shots[0])
+            for figure in ("roc", "score_histograms"):
+                shots.append(workdir / f"preview-{figure}.png")
+                check_figure(page, base, eid, children[0].info.run_id, f"figures/{figure}.png", shots[-1])
+            check_curves(page, base, eid, children[0].info.run_id)
+            check_queue(page, f"sqlite:///{workdir}/optuna.db", workdir)
             browser.close()
-        print(f"ok: runs table and compare view; screenshots in {DOCS}")
+        print(f"ok: runs table, compare view, figures, curves, dashboard; screenshots in {DOCS} and",
+              *map(str, shots))
     finally:
         os.killpg(ui.pid, 9)
         ui.wait(timeout=30)
