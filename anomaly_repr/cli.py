@@ -12,7 +12,7 @@ from dataclasses import MISSING
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from anomaly_repr.config import DEFAULT_METHODS, FIELDS, ExperimentConfig, parse_bool, parse_value
+from anomaly_repr.config import DEFAULT_METHODS, FIELDS, ExperimentConfig, parse_bool, parse_ood_sets, parse_value
 from anomaly_repr.errors import AnomalyReprError, ConfigError
 from anomaly_repr.presets import PRESET_FIELDS
 from anomaly_repr.study.pool import CHECKPOINTS_ENV, POOL_FIELDS, STORAGE_ENV, PoolConfig
@@ -110,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--train_run_id", "--train-run-id", required=True, help="run id of a train run")
     evaluate.add_argument("--tta", default="", help="test-time augmentation: none | flip | flip_translate "
                                                     "(default: the train run's)")
+    evaluate.add_argument("--ood_sets", "--ood-sets", default="", help="far anomaly sets scored beside the held-out "
+                          "classes: digits,gaussian,uniform,NAME=PATH (default: the train run's)")
+    evaluate.add_argument("--ood_count", "--ood-count", default="", help="images per built-in set; 0 = the test "
+                          "split's anomaly count (default: the train run's)")
     for name in ("reproduce", "main"):
         what = "a parent run with a child per method (classifier, hybrid, godin, oracle_rep), seed and split"
         study = sub.add_parser(name, help=what + ("; the default entry point" if name == "main" else ""))
@@ -143,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _command(args: argparse.Namespace) -> int:
     # Imported here so that `--help` and argument errors answer without loading torch and mlflow.
+    from anomaly_repr.data.ood import check_folders
     from anomaly_repr.methods import METHODS
     from anomaly_repr.models.backbones import MODELS
     from anomaly_repr.study.reproduce import run_reproduce
@@ -167,11 +172,15 @@ def _command(args: argparse.Namespace) -> int:
                 raise ConfigError(f"--resume continues a run with its logged config; leave out {', '.join(fixed)}")
             print(runs.run_train(None, resume_run_id=args.resume, changes=changes, checkpoints=_checkpoints()))
         elif args.command == "evaluate":
-            print(runs.run_evaluate(args.train_run_id, tta=args.tta))
+            ood = {name: parse_value(FIELDS[name], getattr(args, name)) for name in ("ood_sets", "ood_count")
+                   if getattr(args, name)}
+            print(runs.run_evaluate(args.train_run_id, tta=args.tta, **ood))
         elif args.command == "tune":
             print(run_tune(_config(args), _tune_config(args), _checkpoints(), _launcher()))
         else:
-            print(run_reproduce(_study(args), _checkpoints(), _launcher()))
+            study = _study(args)
+            check_folders(parse_ood_sets(study.base.ood_sets, study.base.dataset))  # before any cell trains
+            print(run_reproduce(study, _checkpoints(), _launcher()))
     except AnomalyReprError as exc:
         print(f"anomaly-repr: error: {exc}", file=sys.stderr)
         return 2

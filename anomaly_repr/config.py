@@ -7,6 +7,7 @@ The CLI options, the MLproject parameters and the logged MLflow params map one-t
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, fields
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
@@ -31,6 +32,41 @@ Tta = Literal["none", "flip", "flip_translate"]
 AUGMENTS, GODIN_H = get_args(Augment), get_args(GodinH)
 DEFAULT_METHOD = "classifier"  # what a config that selects no method trains
 DEFAULT_METHODS = ("classifier", "hybrid", "godin", "oracle_rep")  # the talk's four: what `reproduce` trains
+OOD_BUILT_IN = ("digits", "gaussian", "uniform")  # far anomaly sets that need no files (anomaly_repr/data/ood.py)
+OOD_NAME = re.compile(r"[A-Za-z0-9_-]+")  # a set's name is a part of metric paths
+
+
+@dataclass(frozen=True)
+class OodSpec:
+    """One far anomaly set of `ood_sets`."""
+
+    name: str
+    folder: str = ""  # a user folder; '' for a built-in set
+
+
+def parse_ood_sets(text: str, dataset: str) -> tuple[OodSpec, ...]:
+    """The sets `ood_sets` names: comma-separated `digits`, `gaussian`, `uniform` or `NAME=PATH`. Whether a
+    folder exists is checked where the images are read (`data.ood.check_folders`): a config read back from
+    a run made elsewhere is not checked against this machine's folders."""
+    specs: list[OodSpec] = []
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        name, is_folder, folder = (s.strip() for s in item.partition("="))
+        if not OOD_NAME.fullmatch(name):
+            raise ConfigError(f"ood_sets: {item!r} is not a set; give digits, gaussian, uniform or NAME=PATH "
+                              "(NAME of letters, digits, _ and -)")
+        if not is_folder and name not in OOD_BUILT_IN:
+            raise ConfigError(f"ood_sets: unknown set {name!r}; choose {', '.join(OOD_BUILT_IN)}, or NAME=PATH for "
+                              "a folder of images")
+        if is_folder and (name in OOD_BUILT_IN or not folder):
+            raise ConfigError(f"ood_sets: {item!r} needs a folder after = and a name other than "
+                              f"{', '.join(OOD_BUILT_IN)}")
+        if name in (s.name for s in specs):
+            raise ConfigError(f"ood_sets: the set name {name!r} is given twice")
+        if name == "digits" and dataset == "digits":
+            raise ConfigError("ood_sets: digits is the dataset itself, not an anomaly of another kind")
+        specs.append(OodSpec(name, folder))
+    return tuple(specs)
+
 
 @dataclass(frozen=True)
 class ExperimentConfig:
@@ -113,6 +149,9 @@ class ExperimentConfig:
     # --- evaluation ---
     tta: Tta = "none"  # test-time augmentation of extraction: none | flip | flip_translate (logits and z averaged
     #                    over the views; flips only where training flips)
+    ood_sets: str = ""  # far anomaly sets scored beside the held-out classes, comma-separated: digits | gaussian |
+    #                    uniform | NAME=PATH (a folder of images); see anomaly_repr/data/ood.py. '' = none
+    ood_count: int = 0  # images of each built-in set; 0 = as many as the test split's anomalies
     # --- oracles (fit on validation z labelled nominal/anomaly) ---
     oracle_trees: int = 1000  # trees in the random-forest oracle
     oracle_neighbors: int = 10  # neighbours in the k-NN oracle
@@ -154,8 +193,10 @@ class ExperimentConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if self.momentum < 0 or self.weight_decay < 0:
             raise ConfigError("momentum and weight_decay must not be negative")
-        if min(self.patience, self.num_known, self.split, self.bootstrap, self.val_auroc_every) < 0:
-            raise ConfigError("patience, num_known, split, bootstrap and val_auroc_every must not be negative")
+        if min(self.patience, self.num_known, self.split, self.bootstrap, self.val_auroc_every, self.ood_count) < 0:
+            raise ConfigError("patience, num_known, split, bootstrap, val_auroc_every and ood_count must not be "
+                              "negative")
+        parse_ood_sets(self.ood_sets, self.dataset)
         if self.image_size < 8:
             raise ConfigError(f"image_size must be at least 8 pixels, got {self.image_size}")
         if not 0 <= self.label_smoothing < 1:

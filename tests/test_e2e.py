@@ -17,7 +17,8 @@ from conftest import markdown_tables, mlflow_run, reproduce_parent, write_image
 def study(mlflow_server, tmp_path_factory):
     """`mlflow run .` (entry point main: reproduce on digits): the parent and its children by model."""
     proc = mlflow_run(mlflow_server, tmp_path_factory.mktemp("e2e"), "-P", "epochs=4", "-P", "oracle_trees=200",
-                      "-P", "amp=false")  # float32 extraction: the served model's logits must match to 1e-3
+                      "-P", "amp=false",  # float32 extraction: the served model's logits must match to 1e-3
+                      "-P", "ood_sets=gaussian,uniform")
     assert proc.returncode == 0, proc.stderr[-4000:]
     mlflow.set_tracking_uri(mlflow_server)  # for the `runs:/` and `models:/` URIs below
     client = MlflowClient(mlflow_server)
@@ -84,6 +85,44 @@ def test_main_is_a_study_with_a_child_per_model(study):
     assert tables["classic"][0] == ["model", "msp", "entropy", "max_logit", "energy"]
     assert tables["feature"][0] == ["model", *feature]
     assert tables["oracle"][0] == ["model", "oracle_rf", "oracle_linear", "oracle_knn"]
+
+
+def test_main_scores_the_far_sets_beside_the_held_out_classes(study):
+    client, parent, children = study
+    child = children["classifier"]
+    c, m = child.data.metrics, parent.data.metrics
+    for name in ("gaussian", "uniform"):
+        for metric in ("auroc", "aupr_in", "aupr_out", "fpr95"):
+            assert 0 <= c[f"test/ood/{name}/knn/{metric}"] <= 1
+            assert c[f"test/ood/{name}/knn/{metric}_ci_low"] <= c[f"test/ood/{name}/knn/{metric}_ci_high"]
+        # the oracles fitted on the held-out classes' validation anomalies score every set too
+        assert m[f"test/ood/{name}/classifier/oracle_rf/auroc"] == c[f"test/ood/{name}/oracle_rf/auroc"]
+        assert f"test/ood/{name}/oracle_rep/oracle_rf/auroc" in m
+        gap = m[f"test/ood/{name}/classifier/max_logit/near_harder"]
+        assert gap == pytest.approx(c[f"test/ood/{name}/max_logit/auroc"] - c["test/max_logit/auroc"])
+        assert m[f"test/ood/{name}/classifier/max_logit/near_harder_ci_low"] <= gap \
+            <= m[f"test/ood/{name}/classifier/max_logit/near_harder_ci_high"]
+        assert 0 <= m[f"test/ood/{name}/classifier/max_logit/near_harder_p"] <= 1
+    inputs = {d.dataset.name: [t.value for t in d.tags] for d in child.inputs.dataset_inputs}
+    assert inputs["gaussian"] == ["ood"] and inputs["uniform"] == ["ood"]
+    assert child.data.tags["ood/gaussian/images"] == str(len_anomalies(child))  # ood_count 0: as many
+    # OSCR for every scorer that ranks images, with intervals, on the child and the parent
+    assert 0 <= c["test/max_logit/oscr"] <= c["test/acc"]
+    assert c["test/max_logit/oscr_ci_low"] <= c["test/max_logit/oscr_ci_high"]
+    assert m["test/classifier/knn/oscr"] == c["test/knn/oscr"] and "test/classifier/knn/oscr_ci_high" in m
+    listed = {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
+    assert "figures/near_vs_far.png" in listed
+    tables = markdown_tables(mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/results/auroc_table.md"))
+    far = {row[0]: row[1:] for row in tables["far set gaussian"][1:]}
+    assert tables["far set gaussian"][0] == ["scorer", "classifier", "hybrid", "godin", "oracle_rep"]
+    assert far["max_logit"][0].startswith(f"{m['test/ood/gaussian/classifier/max_logit/auroc']:.3f} (")
+
+
+def len_anomalies(run) -> int:
+    """The test split's anomaly count, from the run's outputs (a built-in set's default size)."""
+    path = mlflow.artifacts.download_artifacts(run_id=run.info.run_id, artifact_path="outputs/test_scores.npz")
+    with np.load(path) as scores:
+        return int(scores["is_anomaly"].sum())
 
 
 def test_main_logs_metrics_params_and_tags(main_run):
@@ -159,9 +198,13 @@ def test_reproduce_on_an_image_folder_with_several_seeds(mlflow_server, tmp_path
     for c, name in enumerate(["beetle", "leaf", "moth", "rock", "wasp"]):
         for i in range(8):
             write_image(tmp_path / "photos" / name / f"{i}.png", (10, 10), 30 + 45 * c + i)
+    for i in range(4):  # debris photos, one unreadable: a far set of the user's own
+        write_image(tmp_path / "rocks" / f"stone{i}.png", (14, 12), 200 - 20 * i, fmt="PNG")
+    (tmp_path / "rocks" / "broken.jpg").write_bytes(b"junk")
     params = {"dataset": "imagefolder", "data_root": tmp_path / "photos", "image_size": 8, "seed": "0,1",
               "known_classes": "beetle,moth,wasp", "epochs": 3, "batch_size": 8, "oracle_trees": 30,
-              "recon_weight": 0, "godin": "false"}
+              "recon_weight": 0, "godin": "false", "bad_images": "skip",
+              "ood_sets": f"digits,gaussian,rocks={tmp_path / 'rocks'}"}
     pairs = [arg for key, value in params.items() for arg in ("-P", f"{key}={value}")]
     proc = mlflow_run(mlflow_server, tmp_path, "-e", "reproduce", *pairs)
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -180,6 +223,21 @@ def test_reproduce_on_an_image_folder_with_several_seeds(mlflow_server, tmp_path
     assert m["test/oracle_rep/oracle_rf/auroc_std"] >= 0
     assert "test/q3_gap" not in m  # no hybrid in this study
     assert "+-" in mlflow.artifacts.load_text(f"runs:/{parent.info.run_id}/results/auroc_table.csv")
+    # the far sets: digits rendered to 8x8 RGB, noise, and the rocks folder less its unreadable file
+    for name in ("digits", "gaussian", "rocks"):
+        key = f"test/ood/{name}/classifier/max_logit"
+        per_seed = [c.data.metrics[f"test/ood/{name}/max_logit/auroc"] - c.data.metrics["test/max_logit/auroc"]
+                    for c in children if c.data.tags["model"] == "classifier"]
+        assert m[f"{key}/near_harder"] == pytest.approx(np.mean(per_seed))
+        assert m[f"{key}/near_harder_std"] == pytest.approx(np.std(per_seed, ddof=1))
+        assert m[f"{key}/near_harder_ci_low"] <= m[f"{key}/near_harder_ci_high"]
+        assert f"test/ood/{name}/oracle_rep/oracle_rf/auroc" in m
+    child = next(c for c in children if c.data.tags["model"] == "classifier")
+    assert child.data.tags["ood/rocks/images"] == "4" and child.data.tags["ood/rocks/bad_images"] == "1"
+    [rocks] = [d for d in child.inputs.dataset_inputs if d.dataset.name == "rocks"]
+    assert [t.value for t in rocks.tags] == ["ood"] and len(rocks.dataset.digest) == 16
+    assert str(tmp_path / "rocks") in rocks.dataset.source
+    assert "figures/near_vs_far.png" in {a.path for a in client.list_artifacts(parent.info.run_id, "figures")}
 
 
 def test_reproduce_with_jem_and_csi_against_the_server(mlflow_server, tmp_path):

@@ -10,7 +10,7 @@ from matplotlib.text import Text
 
 from anomaly_repr.engine.figures import fit_preview, histogram_figure, roc_figure
 from anomaly_repr.scoring.scorers import SCORERS, tier
-from anomaly_repr.study.figures import auroc_panels
+from anomaly_repr.study.figures import auroc_panels, near_far_panels
 
 PREVIEW_PX = 830
 
@@ -114,3 +114,21 @@ def test_a_wide_figure_from_elsewhere_is_shrunk_to_the_preview_keeping_its_aspec
     fit_preview(fig)
     width, height = fig.canvas.get_width_height()
     assert width == PREVIEW_PX and height == pytest.approx(PREVIEW_PX / 5, abs=1)
+
+
+@pytest.mark.parametrize("n_models", [1, 3])
+def test_the_near_far_chart_is_preview_wide_with_its_labels_apart(n_models):
+    rng = np.random.default_rng(1)
+    scorers = scorer_names()[:12]
+    points = {f"model{i}": {name: {s: (float(rng.uniform(0.4, 1)), float(rng.uniform(0.4, 1))) for s in scorers}
+                            for name in ("digits", "gaussian", "uniform", "rocks")} for i in range(n_models)}
+    fig = near_far_panels(points, "cifar10")
+    assert fig.canvas.get_width_height()[0] == PREVIEW_PX
+    assert_readable(fig)
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == list(points)
+    assert sum(len(c.get_offsets()) for c in panels[0].collections) == 4 * len(scorers)  # every (set, scorer)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[:4] == ["digits", "gaussian", "rocks", "uniform"] and "oracle" not in legend  # no oracle scorer
+    for (a, box_a), (b, box_b) in itertools.combinations(drawn_texts(fig), 2):
+        assert not overlaps(box_a, box_b), (a.get_text(), b.get_text())

@@ -37,7 +37,7 @@ from optuna.trial import FrozenTrial, TrialState
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.engine.evaluation import evaluated_parts
 from anomaly_repr.engine.workflow import DEFAULT_CHECKPOINTS, Prepared, new_model, prepare, unseal
-from anomaly_repr.errors import AnomalyReprError, BudgetError, DivergedError
+from anomaly_repr.errors import AnomalyReprError, BudgetError, ConfigError, DivergedError
 from anomaly_repr.study import lifecycle, pool
 from anomaly_repr.study.lifecycle import check_identity, failing_run
 from anomaly_repr.study.pool import MACHINE_FIELDS, POLL_SECONDS, open_storage
@@ -206,6 +206,9 @@ def run_tune(cfg: ExperimentConfig, tcfg: TuneConfig, checkpoints: Path = DEFAUL
              launcher: str = "") -> str:
     """`tune`, its trials checkpointing to `checkpoints`; `launcher` is the run `mlflow run` made for this
     command. Returns the study's parent run id."""
+    if cfg.ood_sets:
+        raise ConfigError("tune searches on validation data and ood_sets are test sets: leave them out, and "
+                          "evaluate the best trial's run with them (`evaluate --ood_sets`)")
     tracking_uri = setup_tracking(own_experiment=True)
     storage_spec = tcfg.storage_spec(tracking_uri)
     storage, heartbeats = open_storage(storage_spec, tcfg)

@@ -138,7 +138,7 @@ def load_imagefolder(cfg: ExperimentConfig) -> ImageData:
         raise DataError(f"data_root {root} is not a folder")
     files, skipped = _class_files(root)
     size = (cfg.image_size, cfg.resize)
-    bad = _unreadable([p for found in files.values() for p in found], size)
+    bad = unreadable([p for found in files.values() for p in found], size)
     if bad and cfg.bad_images == "error":
         names = ", ".join(str(p.relative_to(root)) for p in list(bad)[:SHOWN])
         more = f" and {len(bad) - SHOWN} more" if len(bad) > SHOWN else ""
@@ -154,7 +154,7 @@ def load_imagefolder(cfg: ExperimentConfig) -> ImageData:
     labels = np.array([i for i, c in enumerate(classes) for _ in files[c]], dtype=np.int64)
 
     def read(index: np.ndarray) -> torch.Tensor:
-        arrays = _decode_all([paths[i] for i in index], size)
+        arrays = decode_all([paths[i] for i in index], size)
         if not arrays:
             return torch.empty((0, 3, cfg.image_size, cfg.image_size), dtype=torch.uint8)
         return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
@@ -186,13 +186,13 @@ def _class_files(root: Path) -> tuple[dict[str, list[Path]], list[Path]]:
     return files, skipped
 
 
-def _decode_all(paths: list[Path], size: Size) -> list[np.ndarray]:
+def decode_all(paths: list[Path], size: Size) -> list[np.ndarray]:
     # Decoding is I/O and C code that releases the GIL; threads keep all cores busy.
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         return list(pool.map(lambda p: _read_image(p, size), paths, chunksize=256))
 
 
-def _unreadable(paths: list[Path], size: Size) -> dict[Path, str]:
+def unreadable(paths: list[Path], size: Size) -> dict[Path, str]:
     """{path: why} for every file that does not decode, in `paths` order."""
     def check(path: Path) -> str:
         try:

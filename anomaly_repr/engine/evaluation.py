@@ -12,15 +12,18 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
+from anomaly_repr.config import parse_ood_sets
+from anomaly_repr.data.ood import OodSet, build_set
 from anomaly_repr.data.pipeline import Normalizer
 from anomaly_repr.data.split import UNKNOWN
 from anomaly_repr.engine.device import autocast_dtype, pick_device, predict
 from anomaly_repr.engine.figures import histogram_figure, roc_figure
 from anomaly_repr.engine.workflow import Prepared
+from anomaly_repr.errors import SealedError
 from anomaly_repr.methods import Calibration
 from anomaly_repr.models.backbones import OpenSetNet
-from anomaly_repr.scoring.intervals import evaluation_intervals
-from anomaly_repr.scoring.metrics import anomaly_metrics, closed_set_accuracy
+from anomaly_repr.scoring.intervals import evaluation_intervals, far_key
+from anomaly_repr.scoring.metrics import anomaly_metrics, closed_set_accuracy, oscr
 from anomaly_repr.scoring.outputs import Outputs, extract, tta_views
 from anomaly_repr.scoring.scorers import SCORERS, applies, is_oracle, make_scorer, scorers_of
 
@@ -66,11 +69,8 @@ def extract_parts(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, par
     training's precision (`amp`: bfloat16 where the device has it natively, every scorer's AUROC within
     0.0007 of float32 in BENCHMARKS.md); a method's calibration and extra passes stay float32."""
     method, device = prep.method, pick_device(prep.cfg.device)
-    precision = autocast_dtype(prep.cfg.amp, device)
     model.to(device).to(memory_format=torch.channels_last)
-    views = tta_views(prep.cfg.tta if tta else "none", prep.data.hflip)
-    outputs = {part: extract(model, prep.images(index), prep.open_labels[index], normalizer, device,
-                             method.batch_extras, views=views, precision=precision)
+    outputs = {part: _extract(prep, model, normalizer, prep.images(index), prep.open_labels[index], tta)
                for part, index in parts.items()}
     nominal = {part: prep.images(prep.split.nominal(getattr(prep.split, part), prep.data.labels))
                for part in ("val", "train")}
@@ -78,6 +78,36 @@ def extract_parts(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, par
     extras = {part: method.extra_passes(model, prep.images(parts[part]), normalizer, device, calibration)
               for part in parts if part != "train"}
     return {part: out.with_extras(**extras.get(part, {})) for part, out in outputs.items()}, calibration
+
+
+def _extract(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, images: torch.Tensor, labels: np.ndarray,
+             tta: bool = True) -> Outputs:
+    device = pick_device(prep.cfg.device)
+    views = tta_views(prep.cfg.tta if tta else "none", prep.data.hflip)
+    return extract(model, images, labels, normalizer, device, prep.method.batch_extras, views=views,
+                   precision=autocast_dtype(prep.cfg.amp, device))
+
+
+def read_far_sets(prep: Prepared) -> list[OodSet]:
+    """The one reader of `ood_sets`, guarded: the sets are test data, so a view without the test split
+    (tuning's sealed view) is refused. A built-in set holds `ood_count` images, or as many as the test
+    split's anomalies; the noise sets take the statistics of the nominal training images."""
+    test = prep.split.test
+    if (prep.rows[test] < 0).any():
+        raise SealedError("ood_sets are test data: a view without the test split (tuning's) never reads them")
+    count = prep.cfg.ood_count or int((prep.open_labels[test] == UNKNOWN).sum())
+    nominal = prep.images(prep.split.nominal(prep.split.train, prep.data.labels))
+    return [build_set(spec, nominal, count, prep.cfg.resize, prep.cfg.bad_images)
+            for spec in parse_ood_sets(prep.cfg.ood_sets, prep.cfg.dataset)]
+
+
+def extract_far(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, sets: list[OodSet],
+                calibration: Calibration) -> dict[str, Outputs]:
+    """Each far set's outputs, read as the test images are (views, the method's extra passes)."""
+    device = pick_device(prep.cfg.device)
+    return {s.name: _extract(prep, model, normalizer, s.images, np.full(len(s.images), UNKNOWN))
+            .with_extras(**prep.method.extra_passes(model, s.images, normalizer, device, calibration))
+            for s in sets}
 
 
 def evaluated_parts(prep: Prepared) -> tuple[str, ...]:
@@ -94,14 +124,17 @@ def nominal_reference(prep: Prepared, outputs: dict[str, Outputs]) -> Outputs:
     return val.rows(~val.is_anomaly)
 
 
-def score_outputs(prep: Prepared, outputs: dict[str, Outputs],
-                  scores_logits: bool = True) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Every applicable scorer fitted (deployable ones on the nominal reference, oracles on the validation
-    outputs with their anomaly labels) and scored on the test outputs: (scores, test/<scorer>/<metric>).
-    Without `scores_logits` (logits over the anomaly classes too), the oracles alone."""
+def score_outputs(prep: Prepared, outputs: dict[str, Outputs], scores_logits: bool = True,
+                  far: dict[str, Outputs] | None = None) -> tuple[dict[str, np.ndarray], dict[str, float],
+                                                                  dict[str, dict[str, np.ndarray]]]:
+    """Every applicable scorer fitted once (deployable ones on the nominal reference, oracles on the
+    validation outputs with their anomaly labels) and scored on the test outputs and on each far set's:
+    (test scores, metrics, far set -> scorer -> its images' scores). Metrics: `test/<scorer>/<metric>`, and
+    `test/ood/<set>/<scorer>/<metric>` of the set's images against the nominal test images. Without
+    `scores_logits` (logits over the anomaly classes too), the oracles alone."""
     test = outputs["test"]
     nominal = nominal_reference(prep, outputs) if scores_logits else None
-    scores, metrics = {}, {}
+    scores, metrics, far_scores = {}, {}, dict[str, dict[str, np.ndarray]]()
     for name in SCORERS:
         scorer = make_scorer(name, prep.cfg)
         if applies(scorer, test) and (scores_logits or is_oracle(name)):
@@ -113,7 +146,12 @@ def score_outputs(prep: Prepared, outputs: dict[str, Outputs],
             metrics.update({f"test/{name}/{k}": v for k, v in anomaly_metrics(scores[name], test.is_anomaly).items()})
             metrics.update({f"test/{name}/fit_seconds": fitted - began,
                             f"test/{name}/score_seconds": time.perf_counter() - fitted})
-    return scores, metrics
+            for set_name, out in (far or {}).items():
+                mine = far_scores.setdefault(set_name, {})[name] = scorer.score(out)
+                both = np.r_[scores[name][~test.is_anomaly], mine]
+                labels = np.r_[np.zeros(int((~test.is_anomaly).sum()), bool), np.ones(len(mine), bool)]
+                metrics.update({far_key(set_name, name, k): v for k, v in anomaly_metrics(both, labels).items()})
+    return scores, metrics, far_scores
 
 
 def view_means(prep: Prepared, views: list[dict[str, Outputs]]) -> dict[str, float]:
@@ -138,6 +176,9 @@ class Evaluation:
     calibration: Calibration
     figures: dict[str, Figure] = field(default_factory=dict)  # artifact path -> figure
     precision: str = "float32"  # of the extraction's forward passes
+    far_sets: list[OodSet] = field(default_factory=list)  # the `ood_sets` read
+    far_scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # set -> scorer -> scores
+    correct: np.ndarray | None = None  # per test image, classified right (OSCR); None: no known-class logits
 
 
 def evaluate(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, val_index: np.ndarray | None = None,
@@ -155,26 +196,33 @@ def evaluate(prep: Prepared, model: OpenSetNet, normalizer: Normalizer, val_inde
              "test": prep.split.test if test_index is None else test_index}
     if method.scores_logits:
         parts["train"] = prep.split.nominal(prep.split.train, prep.data.labels)
+    sets = read_far_sets(prep) if prep.cfg.ood_sets else []
     began = time.perf_counter()
     outputs, calibration = extract_parts(prep, model, normalizer, parts)
+    far = extract_far(prep, model, normalizer, sets, calibration)
     test = outputs["test"]
     # what extraction cost (with calibration and the method's extra passes), with its views: test-time
     # augmentation multiplies the passes
     metrics = {"test/extract_seconds": time.perf_counter() - began,
                "test/tta_views": len(tta_views(prep.cfg.tta, prep.data.hflip))}
+    scores, scorer_metrics, far_scores = score_outputs(prep, outputs, method.scores_logits, far)
+    metrics |= scorer_metrics
+    correct = None
     if method.scores_logits:
         metrics["test/acc"] = closed_set_accuracy(test.logits, test.labels)
-    scores, scorer_metrics = score_outputs(prep, outputs, method.scores_logits)
-    metrics |= scorer_metrics
+        correct = ~test.is_anomaly & (test.logits.argmax(axis=1) == test.labels)
+        metrics |= {f"test/{name}/oscr": oscr(s, test.is_anomaly, correct) for name, s in scores.items()}
     if views := method.views(outputs):
         metrics |= view_means(prep, views)
     if prep.cfg.bootstrap:
         began = time.perf_counter()
-        metrics |= evaluation_intervals(scores, test.is_anomaly, metrics, prep.cfg.bootstrap, prep.cfg.seed)
+        metrics |= evaluation_intervals(scores, test.is_anomaly, metrics, prep.cfg.bootstrap, prep.cfg.seed,
+                                        far_scores, correct)
         metrics["test/bootstrap_seconds"] = time.perf_counter() - began
     aurocs = {name: metrics[f"test/{name}/auroc"] for name in scores}
     log.info("%s test AUROC: %s", method.name, "  ".join(f"{k} {v:.4f}" for k, v in aurocs.items()))
     figures = {"figures/roc.png": roc_figure(scores, test.is_anomaly, aurocs),
                "figures/score_histograms.png": histogram_figure(scores, test.is_anomaly)}
     precision = autocast_dtype(prep.cfg.amp, pick_device(prep.cfg.device)) or torch.float32
-    return Evaluation(outputs, scores, metrics, calibration, figures, str(precision).removeprefix("torch."))
+    return Evaluation(outputs, scores, metrics, calibration, figures, str(precision).removeprefix("torch."), sets,
+                      far_scores, correct)

@@ -7,7 +7,8 @@ between runs (`_mean`, `_std`, `_ci95`: a Student-t interval) adds the seed and 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from anomaly_repr.scoring.stats import (
     difference_metrics,
     interval_metrics,
     resampled_metrics,
+    resampled_oscr,
 )
 
 BASELINE = "max_logit"  # every scorer is also compared with this one on the same model
@@ -36,6 +38,9 @@ class Cell:
     is_anomaly: np.ndarray  # the test images' labels, in the scores' order
     known_classes: tuple[str, ...] = ()  # the split's known classes
     run_id: str = ""  # the child run it was read from
+    far_scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # ood set -> scorer -> its
+    #                                                     images' scores (scored against the nominal test images)
+    correct: np.ndarray | None = None  # per test image: classified right (False for anomalies); None: no classes
 
     @property
     def repeat(self) -> tuple[int, int]:
@@ -63,6 +68,26 @@ class Bootstrap:
             per_repeat = [resampled_metrics(c.scores[scorer], self._draw(c)) for c in cells]
             self._values[method, scorer] = {m: np.mean([r[m] for r in per_repeat], axis=0) for m in METRICS}
         return self._values[method, scorer]
+
+    def far(self, method: str, scorer: str, name: str) -> dict[str, np.ndarray] | None:
+        """The resampled metrics of a far set's images against the nominal test images, averaged over
+        repeats; each repeat resamples the nominal images exactly as `__call__` does (a joint bootstrap)."""
+        cells = self.results[method]
+        if not self.n or not cells or any(scorer not in c.far_scores.get(name, {}) for c in cells):
+            return None
+        per_repeat = []
+        for c in cells:
+            far = c.far_scores[name][scorer]
+            draw = self._draw(c).sharing_nominal(len(far), zlib.crc32(f"{c.seed}/{name}".encode()))
+            per_repeat.append(resampled_metrics(np.r_[c.scores[scorer][~c.is_anomaly], far], draw))
+        return {m: np.mean([r[m] for r in per_repeat], axis=0) for m in METRICS}
+
+    def oscr(self, method: str, scorer: str) -> np.ndarray | None:
+        cells = self.results[method]
+        if not self.n or not cells or any(scorer not in c.scores or c.correct is None for c in cells):
+            return None
+        return np.mean([resampled_oscr(c.scores[scorer], self._draw(c), c.correct) for c in cells
+                        if c.correct is not None], axis=0)
 
     def _draw(self, cell: Cell) -> Resamples:
         if cell.repeat not in self._draws:
@@ -96,17 +121,46 @@ def paired_gap(results: Results, boot: Bootstrap, name: str, lhs: tuple[str, str
     return out
 
 
+def far_metrics(results: Results, boot: Bootstrap, method: str, path: str) -> dict[str, float]:
+    """Every far set's intervals and its `near_harder` gap for one row of `results`: `path` places the set
+    and the scorer in the metric name (`test/ood/{set}/{scorer}` for a run, `test/ood/{set}/<model>/{scorer}`
+    for a study). near_harder = the set's AUROC minus the held-out classes' AUROC (positive: the open-category
+    problem is the harder one), over repeats, with a joint bootstrap interval and p-value."""
+    cells, out = results[method], dict[str, float]()
+    for name in cells[0].far_scores if cells else []:
+        for scorer in cells[0].far_scores[name]:
+            key = path.format(set=name, scorer=scorer)
+            far, near = boot.far(method, scorer, name), boot(method, scorer)
+            for metric, values in (far or {}).items():
+                out |= interval_metrics(f"{key}/{metric}", values)
+            values = np.array([c.metrics[far_key(name, scorer, "auroc")] - c.metrics[f"test/{scorer}/auroc"]
+                               for c in cells])
+            out |= spread_metrics(f"{key}/near_harder", values)
+            if far is not None and near is not None:
+                out |= difference_metrics(f"{key}/near_harder", far["auroc"] - near["auroc"])
+    return out
+
+
+def far_key(name: str, scorer: str, metric: str) -> str:
+    """A run's metric of a far set: `test/ood/<set>/<scorer>/<metric>`."""
+    return f"test/ood/{name}/{scorer}/{metric}"
+
+
 def evaluation_intervals(scores: dict[str, np.ndarray], is_anomaly: np.ndarray, metrics: dict[str, float],
-                         n_resamples: int, seed: int) -> dict[str, float]:
-    """One evaluation's intervals: `test/<scorer>/<metric>_ci_low/_ci_high` for every scorer and metric, and
-    `test/<scorer>/vs_max_logit` (AUROC difference) with its paired interval and p-value for every
-    deployable scorer; the same draw that a study's parent makes for this seed's test images."""
-    cell = Cell(0, seed, metrics, scores, is_anomaly)
+                         n_resamples: int, seed: int, far_scores: dict[str, dict[str, np.ndarray]] | None = None,
+                         correct: np.ndarray | None = None) -> dict[str, float]:
+    """One evaluation's intervals: `test/<scorer>/<metric>_ci_low/_ci_high` for every scorer and metric (OSCR
+    too, given `correct`), `test/<scorer>/vs_max_logit` (AUROC difference) with its paired interval and
+    p-value for every deployable scorer, and each far set's intervals and near_harder gap (`far_metrics`);
+    the same draws that a study's parent makes for this seed's test images."""
+    cell = Cell(0, seed, metrics, scores, is_anomaly, far_scores=far_scores or {}, correct=correct)
     boot = Bootstrap({"model": [cell]}, n_resamples)
-    out: dict[str, float] = {}
+    out: dict[str, float] = far_metrics({"model": [cell]}, boot, "model", "test/ood/{set}/{scorer}")
     for scorer in scores:
         for metric, values in (boot("model", scorer) or {}).items():
             out |= interval_metrics(f"test/{scorer}/{metric}", values)
+        if (oscr := boot.oscr("model", scorer)) is not None:
+            out |= interval_metrics(f"test/{scorer}/oscr", oscr)
     for scorer in scores:
         if scorer != BASELINE and BASELINE in scores and not is_oracle(scorer):
             out |= paired_gap({"model": [cell]}, boot, f"test/{scorer}/vs_{BASELINE}", ("model", scorer),

@@ -29,6 +29,20 @@ def anomaly_metrics(scores: np.ndarray, is_anomaly: np.ndarray) -> dict[str, flo
     }
 
 
+def oscr(scores: np.ndarray, is_anomaly: np.ndarray, correct: np.ndarray) -> float:
+    """Open-set classification rate (Dhamija et al. 2018; Vaze et al. 2022): the area under the curve of the
+    correct-classification rate (known test images accepted, score at most the threshold, and classified
+    right) against the false-positive rate (anomalies accepted) as the threshold sweeps. It equals the
+    probability that a correctly classified known image scores below an anomaly (ties half), times the
+    known images' accuracy. `correct`: per test image, whether its class was predicted (False for anomalies)."""
+    right = ~is_anomaly & correct
+    if not right.any():
+        return 0.0
+    pairs = np.r_[np.zeros(int(right.sum()), bool), np.ones(int(is_anomaly.sum()), bool)]
+    auroc = float(roc_auc_score(pairs, np.r_[scores[right], scores[is_anomaly]]))
+    return auroc * float(right.sum()) / float((~is_anomaly).sum())
+
+
 def closed_set_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     """Accuracy over the known-class images (labels >= 0) only."""
     known = labels >= 0

@@ -37,16 +37,25 @@ class Resamples:
     @classmethod
     def draw(cls, is_anomaly: np.ndarray, n_resamples: int, seed: int) -> Resamples:
         rng = np.random.default_rng(seed)
-        counts = []
-        for size in (int((~is_anomaly).sum()), int(is_anomaly.sum())):
-            drawn = rng.integers(0, size, size=(n_resamples, size)) * n_resamples + np.arange(n_resamples)[:, None]
-            counts.append(np.bincount(drawn.ravel(), minlength=size * n_resamples)
-                          .reshape(size, n_resamples).astype(np.int32))
-        return cls(is_anomaly, *counts)
+        nominal = _counts(rng, int((~is_anomaly).sum()), n_resamples)
+        return cls(is_anomaly, nominal, _counts(rng, int(is_anomaly.sum()), n_resamples))
+
+    def sharing_nominal(self, n_anomaly: int, seed: int) -> Resamples:
+        """The resamples of another test set: these nominal images, then `n_anomaly` other anomalies. The
+        nominal counts are these (a joint bootstrap: metrics of both sets move with the shared nominal images,
+        so their difference is paired); the anomalies are drawn with `seed`."""
+        is_anomaly = np.r_[np.zeros(len(self.nominal), bool), np.ones(n_anomaly, bool)]
+        return Resamples(is_anomaly, self.nominal, _counts(np.random.default_rng(seed), n_anomaly, self.size))
 
     @property
     def size(self) -> int:
         return self.nominal.shape[1]
+
+
+def _counts(rng: np.random.Generator, size: int, n_resamples: int) -> np.ndarray:
+    """(size, n_resamples) int32: how often each of `size` images is drawn in each resample of `size` draws."""
+    drawn = rng.integers(0, size, size=(n_resamples, size)) * n_resamples + np.arange(n_resamples)[:, None]
+    return np.bincount(drawn.ravel(), minlength=size * n_resamples).reshape(size, n_resamples).astype(np.int32)
 
 
 def _cumulative(counts: np.ndarray) -> np.ndarray:
@@ -86,6 +95,20 @@ def resampled_metrics(scores: np.ndarray, resamples: Resamples) -> dict[str, np.
     highest = (flagged_anomaly >= 0.95 * n_anomaly).sum(axis=0) - 1
     fpr95 = flagged_nominal[highest, np.arange(resamples.size)] / n_nominal
     return {"auroc": auroc, "aupr_in": aupr_in, "aupr_out": aupr_out, "fpr95": fpr95}
+
+
+def resampled_oscr(scores: np.ndarray, resamples: Resamples, correct: np.ndarray) -> np.ndarray:
+    """`metrics.oscr` on every resample: the AUROC of the correctly classified known images against the
+    anomalies, weighted by their counts, times the share of correct known images (with the fixed
+    denominators of `resampled_metrics`, that is the count-weighted OSCR). `correct`: per test image."""
+    right = correct[~resamples.is_anomaly]
+    if not right.any():
+        return np.zeros(resamples.size)
+    n_right, n_anomaly = int(right.sum()), len(resamples.anomaly)
+    subset = Resamples(np.r_[np.zeros(n_right, bool), np.ones(n_anomaly, bool)], resamples.nominal[right],
+                       resamples.anomaly)
+    kept = np.r_[scores[~resamples.is_anomaly][right], scores[resamples.is_anomaly]]
+    return resampled_metrics(kept, subset)["auroc"] * n_right / len(right)
 
 
 def percentile_interval(values: np.ndarray) -> tuple[float, float]:

@@ -1,14 +1,17 @@
-"""A study's AUROC chart: small multiples, one panel per model, its scorers as horizontal bars grouped by
-tier, each with its interval. Drawn at the width of MLflow's artifact preview (see `engine.figures`)."""
+"""A study's figures, drawn at the width of MLflow's artifact preview (see `engine.figures`): the AUROC
+chart (one panel per model, its scorers as horizontal bars grouped by tier, each with its interval) and
+the near/far chart (the held-out classes' AUROC against each far set's, per scorer)."""
 
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.artist import Artist
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from anomaly_repr.engine.figures import DPI, PREVIEW_WIDTH
+from anomaly_repr.engine.figures import DPI, PREVIEW_WIDTH, grid
 from anomaly_repr.scoring.scorers import TIERS, tier
 
 PALETTE = {"classic": "tab:blue", "feature": "tab:green", "method": "tab:purple", "oracle": "tab:orange"}
@@ -66,4 +69,35 @@ def auroc_panels(models: dict[str, list[str]], summary: dict[str, float], title:
     fig.suptitle(f"{title} (test AUROC, 95 % interval; dotted: chance)", fontsize=9, x=0.02, ha="left")
     fig.supxlabel("test AUROC", fontsize=8)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_size_inches()[1]))
+    return fig
+
+
+MARKERS = "osD^vP*X"
+NearFar = dict[str, dict[str, dict[str, tuple[float, float]]]]  # model -> far set -> scorer -> (near, far) AUROC
+
+
+def near_far_panels(points: NearFar, title: str) -> Figure:
+    """`points`: model -> far set -> scorer -> (near AUROC, far AUROC). One panel per model; a marker per
+    set, a colour per scorer tier. Above the diagonal the far set is the easier one: the open-category
+    problem (near) is the harder."""
+    fig, axes = grid(len(points), 2, 3.9)
+    sets = sorted({name for by_set in points.values() for name in by_set})
+    for ax, (model, by_set) in zip(axes, points.items(), strict=True):
+        for name, by_scorer in by_set.items():
+            for scorer, (near, far) in by_scorer.items():
+                ax.scatter(near, far, marker=MARKERS[sets.index(name) % len(MARKERS)], s=22, alpha=0.8,
+                           color=PALETTE[tier(scorer)])
+        ax.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
+        ax.set(xlim=(0, 1), ylim=(0, 1.02), xlabel="near: held-out classes' AUROC", ylabel="far set's AUROC")
+        ax.set_title(model, fontsize=9)
+        ax.tick_params(labelsize=7)
+    handles: list[Artist] = [Line2D([], [], linestyle="", marker=MARKERS[i % len(MARKERS)], color="grey",
+                                    label=name) for i, name in enumerate(sets)]
+    handles += [Patch(color=PALETTE[t], label=t) for t in TIERS
+                if any(tier(s) == t for by_set in points.values() for b in by_set.values() for s in b)]
+    height = fig.get_size_inches()[1]
+    fig.legend(handles=handles, loc="lower center", ncols=min(8, len(handles)), fontsize=7, frameon=False)
+    fig.suptitle(f"{title}: near against far anomalies (above the diagonal: near is harder)", fontsize=9, x=0.02,
+                 ha="left")
+    fig.tight_layout(rect=(0, 0.3 / height, 1, 1 - 0.1 / height))
     return fig

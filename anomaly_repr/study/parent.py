@@ -18,16 +18,18 @@ from scipy import stats as scipy_stats
 
 from anomaly_repr.engine.figures import DPI
 from anomaly_repr.scoring.intervals import Cell, Results
+from anomaly_repr.study.figures import near_far_panels
 from anomaly_repr.study.report import (
     auroc_chart,
     auroc_table,
     by_split_table,
     gap_table,
     markdown_report,
+    near_far_points,
     to_markdown,
 )
 from anomaly_repr.study.summary import best_deployable, reference_method, summarise
-from anomaly_repr.tracking.store import git_commit, log_figures
+from anomaly_repr.tracking.store import CORRECT, FAR_PREFIX, git_commit, log_figures
 
 if TYPE_CHECKING:
     from anomaly_repr.study.cells import Study
@@ -45,10 +47,14 @@ def load_cell(run_id: str, split: int, seed: int) -> Cell:
         path = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path="outputs/test_scores.npz", dst_path=tmp)
         with np.load(path, allow_pickle=False) as data:
             arrays = {name: data[name] for name in data.files}
-    is_anomaly = arrays.pop("is_anomaly")
+    is_anomaly, correct = arrays.pop("is_anomaly"), arrays.pop(CORRECT, None)
+    far: dict[str, dict[str, np.ndarray]] = {}
+    for key in [k for k in arrays if k.startswith(FAR_PREFIX)]:
+        name, scorer = key.removeprefix(FAR_PREFIX).split(":", 1)
+        far.setdefault(name, {})[scorer] = arrays.pop(key)
     metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("test/")}
     known = tuple(run.data.tags.get("known_classes", "").split(","))
-    return Cell(split, seed, metrics, arrays, is_anomaly, known, run_id)
+    return Cell(split, seed, metrics, arrays, is_anomaly, known, run_id, far, correct)
 
 
 def class_sets(results: Results) -> dict[tuple[str, ...], list[int]]:
@@ -106,6 +112,8 @@ def log_parent(study: Study, results: Results) -> dict[str, float]:
     about = {"dataset": base.dataset, "splits": ",".join(map(str, study.splits)),
              "seeds": ",".join(map(str, study.seeds)), "methods": ",".join(study.methods), "arch": base.arch,
              "epochs": str(base.epochs), "bootstrap resamples": str(base.bootstrap), "commit": git_commit()}
+    if base.ood_sets:
+        about["far sets (ood_sets)"] = base.ood_sets
     if shared:
         about["caveat"] = "; ".join(f"splits {','.join(map(str, s))} hold the same known classes" for s in shared)
     figure, correlation = accuracy_vs_auroc(results)
@@ -121,7 +129,10 @@ def log_parent(study: Study, results: Results) -> dict[str, float]:
     mlflow.log_text(markdown_report(about, results, summary), "results/auroc_table.md")
     mlflow.log_text(gap_table(summary).to_csv(index_label="gap"), "results/gaps.csv")  # shows a blank otherwise
     mlflow.log_text(by_split_table(results).to_csv(), "results/auroc_by_split.csv")
-    log_figures({"figures/auroc_by_method.png": auroc_chart(results, summary, title=base.dataset),
-                 "figures/accuracy_vs_auroc.png": figure})
+    figures = {"figures/auroc_by_method.png": auroc_chart(results, summary, title=base.dataset),
+               "figures/accuracy_vs_auroc.png": figure}
+    if points := near_far_points(results, summary):
+        figures["figures/near_vs_far.png"] = near_far_panels(points, base.dataset)
+    log_figures(figures)
     log.info("gaps:\n%s\n%s", to_markdown(gap_table(summary), first="gap"), to_markdown(table))
     return summary

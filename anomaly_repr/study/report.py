@@ -9,7 +9,7 @@ from matplotlib.figure import Figure
 
 from anomaly_repr.scoring.intervals import Results
 from anomaly_repr.scoring.scorers import TIERS, tier
-from anomaly_repr.study.figures import auroc_panels
+from anomaly_repr.study.figures import NearFar, auroc_panels
 from anomaly_repr.study.summary import gap_names, significant
 
 # --- study tables and charts: one row per model, one column per scorer ---
@@ -90,10 +90,48 @@ def markdown_report(about: dict[str, str], results: Results, summary: dict[str, 
         rows = table[columns][(table[columns] != "").any(axis=1)]
         if len(columns) and len(rows):
             parts.append(f"**{kind} scorers**\n\n" + to_markdown(rows))
+    for name, table in far_tables(results, summary).items():
+        parts.append(f"**far set {name}**: test AUROC against the nominal test images (near_harder: it minus the "
+                     "held-out classes' AUROC; * = its joint bootstrap interval excludes 0)\n\n"
+                     + to_markdown(table, first="scorer"))
     gaps = gap_table(summary)
     if len(gaps):
         parts.append("**gaps**\n\n" + to_markdown(gaps, first="gap"))
     return "\n".join(parts)
+
+
+def far_sets(results: Results) -> list[str]:
+    return list(dict.fromkeys(name for cells in results.values() for c in cells[:1] for name in c.far_scores))
+
+
+def far_tables(results: Results, summary: dict[str, float]) -> dict[str, pd.DataFrame]:
+    """Per far set: rows = scorers, columns = models (few, so the table stays narrow), cells
+    '0.912 (+0.150*)': the set's AUROC and its near_harder gap."""
+    tables = {}
+    for name in far_sets(results):
+        rows: dict[str, dict[str, str]] = {}
+        for scorer in _scorer_names(results):
+            for model in results:
+                key = f"test/ood/{name}/{model}/{scorer}"
+                if f"{key}/auroc" in summary:
+                    gap = f"{key}/near_harder"
+                    star = "*" if significant(summary, gap) else ""
+                    rows.setdefault(scorer, {m: "" for m in results})[model] = \
+                        f"{summary[key + '/auroc']:.3f} ({summary[gap]:+.3f}{star})"
+        tables[name] = pd.DataFrame.from_dict(rows, orient="index")
+    return tables
+
+
+def near_far_points(results: Results, summary: dict[str, float]) -> NearFar:
+    """model -> far set -> scorer -> (near AUROC, far AUROC), for the near/far figure."""
+    points: NearFar = {}
+    for model in results:
+        for name in far_sets(results):
+            for scorer in _scorer_names(results):
+                near, far = f"test/{model}/{scorer}/auroc", f"test/ood/{name}/{model}/{scorer}/auroc"
+                if near in summary and far in summary:
+                    points.setdefault(model, {}).setdefault(name, {})[scorer] = (summary[near], summary[far])
+    return points
 
 
 def auroc_chart(results: Results, summary: dict[str, float], title: str) -> Figure:

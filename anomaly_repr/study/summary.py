@@ -18,6 +18,7 @@ from anomaly_repr.scoring.intervals import (
     INTERVAL_SUFFIXES,
     Bootstrap,
     Results,
+    far_metrics,
     paired_gap,
     spread_metrics,
 )
@@ -41,6 +42,14 @@ def best_deployable(summary: dict[str, float], method: str) -> str | None:
               if k.startswith(f"test/{method}/") and k.endswith("/auroc") and k.count("/") == 3}
     deployable = {name: v for name, v in aurocs.items() if not is_oracle(name)}
     return max(deployable, key=lambda name: deployable[name]) if deployable else None
+
+
+def parent_key(model: str, key: str) -> str:
+    """A child's metric on the parent: `test/<model>/...`, and a far set's `test/ood/<set>/<model>/...`."""
+    if key.startswith("test/ood/"):
+        _, _, name, rest = key.split("/", 3)
+        return f"test/ood/{name}/{model}/{rest}"
+    return f"test/{model}/{key.removeprefix('test/')}"
 
 
 def summarise(results: Results, n_resamples: int) -> dict[str, float]:
@@ -69,12 +78,16 @@ def summarise(results: Results, n_resamples: int) -> dict[str, float]:
     summary: dict[str, float] = {}
     for method, cells in results.items():
         for key in cells[0].metrics if cells else []:
-            if not key.endswith(INTERVAL_SUFFIXES) and "/vs_" not in key and all(key in c.metrics for c in cells):
+            if not key.endswith(INTERVAL_SUFFIXES) and "/vs_" not in key and "/near_harder" not in key \
+                    and all(key in c.metrics for c in cells):
                 values = np.array([c.metrics[key] for c in cells])
-                summary |= spread_metrics(f"test/{method}/{key.removeprefix('test/')}", values)
+                summary |= spread_metrics(parent_key(method, key), values)
+        summary |= far_metrics(results, boot, method, f"test/ood/{{set}}/{method}/{{scorer}}")
         for scorer in cells[0].scores if cells else []:
             for metric, values in (boot(method, scorer) or {}).items():
                 summary |= interval_metrics(f"test/{method}/{scorer}/{metric}", values)
+            if (oscr := boot.oscr(method, scorer)) is not None:
+                summary |= interval_metrics(f"test/{method}/{scorer}/oscr", oscr)
             if scorer != BASELINE and BASELINE in cells[0].scores and not is_oracle(scorer):
                 summary |= paired_gap(results, boot, f"test/{method}/{scorer}/vs_{BASELINE}", (method, scorer),
                                 (method, BASELINE))

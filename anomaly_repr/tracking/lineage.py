@@ -17,9 +17,11 @@ from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
 
 if TYPE_CHECKING:
+    from anomaly_repr.data.ood import OodSet
     from anomaly_repr.engine.workflow import Prepared
 
 CONTEXTS = {"train": "training", "val": "validation", "test": "test"}  # split part -> MLflow dataset context
+FAR_CONTEXT = "ood"  # the context of a far anomaly set (`ood_sets`)
 INPUT_ATTEMPTS = 3  # tries to log a run's dataset inputs when another process creates the same dataset at once
 
 
@@ -39,10 +41,25 @@ def log_dataset_inputs(prep: Prepared, parts: Sequence[str]) -> None:
     # MetaDataset leaves `profile` abstract in MLflow's base class but defines it; mypy reads the base.
     datasets: list[Dataset | None] = [MetaDataset(source, name=f"{base}-split{cfg.split}-{part}",  # type: ignore[abstract]
                                                   digest=prep.split.hash) for part in parts]
+    _log_inputs(datasets, [CONTEXTS[part] for part in parts])
+
+
+def log_far_inputs(sets: Sequence[OodSet]) -> None:
+    """One MLflow dataset input per far set, context `ood`: its name, its source (a folder, or what made the
+    images) and the digest of its pixels."""
+    if not sets:
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        datasets: list[Dataset | None] = [MetaDataset(resolve_dataset_source(s.origin), name=s.name,  # type: ignore[abstract]
+                                                      digest=s.digest) for s in sets]
+    _log_inputs(datasets, [FAR_CONTEXT for _ in sets])
+
+
+def _log_inputs(datasets: list[Dataset | None], contexts: list[str | None]) -> None:
     for attempt in range(INPUT_ATTEMPTS):
         try:
-            mlflow.log_inputs(datasets=datasets, contexts=[CONTEXTS[part] for part in parts],
-                              tags_list=[None] * len(parts))
+            mlflow.log_inputs(datasets=datasets, contexts=contexts, tags_list=[None] * len(contexts))
             return
         except MlflowException as exc:
             # Workers of one study log the same split at the same moment: both find no dataset row, both insert

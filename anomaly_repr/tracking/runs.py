@@ -22,7 +22,8 @@ import mlflow
 import numpy as np
 import torch
 
-from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.config import ExperimentConfig, parse_ood_sets
+from anomaly_repr.data.ood import check_folders
 from anomaly_repr.data.pipeline import Normalizer
 from anomaly_repr.engine.evaluation import Evaluation, classic_val_aurocs, evaluate, evaluated_parts
 from anomaly_repr.engine.workflow import (
@@ -217,13 +218,13 @@ def run_train(cfg: ExperimentConfig | None, resume_run_id: str = "", changes: di
         return run.info.run_id
 
 
-def run_evaluate(train_run_id: str, tta: str = "") -> str:
+def run_evaluate(train_run_id: str, tta: str = "", **ood: str | int) -> str:
     """`evaluate`: extract, score and log a trained model in a new run that points to its train run; the
-    method comes from the train run's config, and so does the test-time augmentation unless `tta` names one."""
+    method comes from the train run's config, and so do the test-time augmentation and the far anomaly sets
+    (`ood_sets`, `ood_count`) unless given."""
     setup_tracking()
-    cfg = load_config(train_run_id)
-    if tta:
-        cfg = cfg.replace(tta=tta)
+    cfg = load_config(train_run_id).replace(**({"tta": tta} if tta else {}), **ood)
+    check_folders(parse_ood_sets(cfg.ood_sets, cfg.dataset))
     prep = prepare(cfg)
     model, normalizer = load_weights(train_run_id, new_model(prep), prep.split)
     with ending_run(run_name=f"{run_name(cfg)} evaluate") as run:

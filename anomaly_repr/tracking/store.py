@@ -33,7 +33,7 @@ from anomaly_repr.engine.workflow import Prepared
 from anomaly_repr.errors import AnomalyReprError
 from anomaly_repr.models.backbones import OpenSetNet
 from anomaly_repr.models.served import PixelsToLogits
-from anomaly_repr.tracking.lineage import log_dataset_inputs
+from anomaly_repr.tracking.lineage import log_dataset_inputs, log_far_inputs
 from anomaly_repr.tracking.setup import TrackingError
 
 log = logging.getLogger(__name__)
@@ -207,6 +207,11 @@ def logged_epochs(run_id: str) -> set[int]:
     return {m.step for m in mlflow.MlflowClient().get_metric_history(run_id, "train/lr")}
 
 
+# outputs/test_scores.npz: besides `is_anomaly` and one array per scorer, `correct` (OSCR's known images
+# classified right) and `ood:<set>:<scorer>`, a far set's images' scores.
+CORRECT, FAR_PREFIX = "correct", "ood:"
+
+
 def log_evaluation(evaluation: Evaluation) -> None:
     """An evaluation's metrics (calibration's included), calibration records, outputs of every
     split and the test scores as npz artifacts, and the figures."""
@@ -215,11 +220,20 @@ def log_evaluation(evaluation: Evaluation) -> None:
     for path, record in evaluation.calibration.records.items():
         log_json(record, path)
     test = evaluation.outputs["test"]
+    log_far_inputs(evaluation.far_sets)
+    for found in evaluation.far_sets:
+        mlflow.set_tags({f"ood/{found.name}/images": str(len(found.images)),
+                         f"ood/{found.name}/skipped_files": str(len(found.skipped)),
+                         f"ood/{found.name}/bad_images": str(len(found.left_out))})
+        if found.left_out:
+            mlflow.log_text("\n".join(found.left_out) + "\n", f"ood/{found.name}/bad_images.txt")
+    far = {f"{FAR_PREFIX}{name}:{scorer}": s for name, by in evaluation.far_scores.items() for scorer, s in by.items()}
+    known = {} if evaluation.correct is None else {CORRECT: evaluation.correct}
     with tempfile.TemporaryDirectory() as tmp:
         for part, out in evaluation.outputs.items():
             out.save(Path(tmp) / f"{part}.npz")
-        np.savez_compressed(Path(tmp) / "test_scores.npz", is_anomaly=test.is_anomaly,
-                            **evaluation.scores)  # type: ignore[arg-type]  # numpy's stub: **kwds as allow_pickle
+        arrays = {"is_anomaly": test.is_anomaly, **known, **far, **evaluation.scores}
+        np.savez_compressed(Path(tmp) / "test_scores.npz", **arrays)  # type: ignore[arg-type]  # numpy's stub
         mlflow.log_artifacts(tmp, "outputs")
     log_figures(evaluation.figures)
 
