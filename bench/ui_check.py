@@ -1,5 +1,5 @@
 """The MLflow UI and optuna-dashboard as a new user first sees them, in a real headless Chromium: a small
-finished `reproduce` study (digits, classifier and hybrid, one epoch), `mlflow ui` and `optuna-dashboard` on
+finished `reproduce` study (digits, classifier and hybrid, three epochs), `mlflow ui` and `optuna-dashboard` on
 127.0.0.1. Asserts what each view must show and saves screenshots (docs/ for the README, the rest in the
 temporary folder, printed at the end, kept with --keep):
 
@@ -43,7 +43,7 @@ TIMEOUT_MS = 60_000
 def finished_study(store: str, workdir: Path) -> None:
     env = dict(os.environ, MLFLOW_TRACKING_URI=store, ANOMALY_REPR_CHECKPOINTS=str(workdir / "checkpoints"))
     subprocess.run([sys.executable, "-m", "anomaly_repr", "reproduce", "--methods", "classifier,hybrid",
-                    "--recon_weight", "0.9", "--epochs", "1", "--oracle_trees", "20"],
+                    "--recon_weight", "0.9", "--epochs", "3", "--oracle_trees", "20"],
                    env=env, cwd=workdir, check=True, capture_output=True, text=True)
 
 
@@ -106,8 +106,9 @@ def check_compare_view(page: Page, base: str, experiment_id: str, run_ids: list[
 
 def check_figure(page: Page, base: str, experiment_id: str, run_id: str, path: str, shot: Path) -> None:
     """The artifact preview of one logged figure: shown whole, no wider than the preview pane."""
+    page.goto("about:blank")  # the artifact view keeps its file when only the link's fragment changes
     page.goto(f"{base}/#/experiments/{experiment_id}/runs/{run_id}/artifacts/{path}?{TRAINING_VIEW}")
-    image = page.locator(f"img[src*='{path.split('/')[-1]}']").first
+    image = page.get_by_role("img", name=path).first
     expect(image).to_be_visible(timeout=TIMEOUT_MS)
     dismiss_guidance(page)
     page.wait_for_timeout(1500)
@@ -131,9 +132,10 @@ def check_curves(page: Page, base: str, experiment_id: str, run_id: str) -> None
 def check_queue(page: Page, storage: str, workdir: Path) -> None:
     """optuna-dashboard's study list: the reproduce queue's card says what it is."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "optuna_dashboard", storage, "--host", "127.0.0.1", "--port",
-                             str(port)], stdout=open(workdir / "dashboard.log", "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    command = str(Path(sys.executable).parent / "optuna-dashboard")  # the package has no __main__
+    log = open(workdir / "dashboard.log", "w")
+    proc = subprocess.Popen([command, storage, "--host", "127.0.0.1", "--port", str(port)], stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
     try:
         wait_for(f"http://127.0.0.1:{port}/", workdir / "dashboard.log")
         page.goto(f"http://127.0.0.1:{port}/dashboard")
