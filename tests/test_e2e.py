@@ -175,12 +175,15 @@ def test_logged_model_serves_the_evaluated_logits(main_run, mlflow_server, tmp_p
 
 def test_evaluate_entry_point_reproduces_the_metrics(main_run, mlflow_server, tmp_path):
     client, run = main_run
-    proc = mlflow_run(mlflow_server, tmp_path, "-e", "evaluate", "-P", f"train_run_id={run.info.run_id}")
+    proc = mlflow_run(mlflow_server, tmp_path, "-e", "evaluate", "-P", f"train_run_id={run.info.run_id}",
+                      "-P", "ood_sets=uniform", "-P", "ood_count=50")  # other far sets than the train run's
     assert proc.returncode == 0, proc.stderr[-4000:]
     [again] = client.search_runs([run.info.experiment_id], f"tags.train_run_id = '{run.info.run_id}'")
     assert again.info.status == "FINISHED"
     for key in ("test/acc", "test/max_logit/auroc", "test/energy/fpr95"):
         assert again.data.metrics[key] == pytest.approx(run.data.metrics[key], abs=1e-6)
+    assert again.data.tags["ood/uniform/images"] == "50" and "ood/gaussian/images" not in again.data.tags
+    assert "test/ood/uniform/max_logit/near_harder" in again.data.metrics
 
 
 def test_bad_parameter_fails_the_run(mlflow_server, tmp_path):
