@@ -91,9 +91,9 @@ def markdown_report(about: dict[str, str], results: Results, summary: dict[str, 
         if len(columns) and len(rows):
             parts.append(f"**{kind} scorers**\n\n" + to_markdown(rows))
     for name, table in far_tables(results, summary).items():
-        parts.append(f"**far set {name}**: test AUROC against the nominal test images (near_harder: it minus the "
-                     "held-out classes' AUROC; * = its joint bootstrap interval excludes 0)\n\n"
-                     + to_markdown(table, first="scorer"))
+        parts.append(f"**far set {name}**\n\nTest AUROC of its images against the nominal test images "
+                     "(near_harder: it minus the held-out classes' AUROC; * = its joint bootstrap interval excludes "
+                     "0).\n\n" + to_markdown(table, first="scorer"))
     gaps = gap_table(summary)
     if len(gaps):
         parts.append("**gaps**\n\n" + to_markdown(gaps, first="gap"))
