@@ -18,9 +18,10 @@ from anomaly_repr.engine.evaluation import extract_parts
 from anomaly_repr.engine.workflow import Prepared, fit, new_model, prepare
 from anomaly_repr.errors import BudgetError, ConfigError
 from anomaly_repr.methods import method_for
+from anomaly_repr.methods import views as views_module
 from anomaly_repr.methods.csi import Csi, joint_labels, rotation_ensemble, rotations, supcon_loss
 from anomaly_repr.methods.lars import Lars
-from anomaly_repr.methods.views import resized_crop_flip, simclr_view
+from anomaly_repr.methods.views import resized_crop_flip, rotated_views, simclr_view
 from anomaly_repr.study.cells import Study
 from anomaly_repr.study.reproduce import run_reproduce
 
@@ -89,8 +90,32 @@ def test_csi_ens_on_hand_made_joint_logits():
     joint = torch.full((4, 8), 100.0)  # the blocks of the other rotations: they must be ignored
     for k, (a, b) in enumerate([(math.log(3), 0.0), (0.0, 0.0), (math.log(3), 0.0), (0.0, math.log(3))]):
         joint[k, 0 * 4 + k], joint[k, 1 * 4 + k] = a, b
-    # class probabilities per rotation: .75/.25, .5/.5, .75/.25, .25/.75; mean .5625/.4375
-    assert rotation_ensemble(joint).tolist() == pytest.approx([1 - 0.5625])
+    # block logits averaged over the rotations (the reference code's CSI-ens): log(3)/2 and log(3)/4, then the
+    # softmax: sqrt(3) / (sqrt(3) + 3 ** 0.25) = 0.568 (averaging the softmaxes instead would give 0.5625)
+    assert rotation_ensemble(joint).tolist() == pytest.approx([1 - math.sqrt(3) / (math.sqrt(3) + 3 ** 0.25)])
+
+
+def test_a_contrastive_view_flips_before_it_rotates(monkeypatch):
+    """A flip after a 90-degree turn would be a flipped 270-degree turn: each image's four turns in a view
+    must be turns of one image, flipped or not as a whole."""
+    monkeypatch.setattr(views_module, "simclr_view", lambda x, generator, jitter, flip: x)  # crops aside
+    x = torch.rand(16, 3, 5, 5)
+    normalizer = Normalizer(torch.zeros(3), torch.ones(3))
+    flipped_any = False
+    for view in rotated_views(x, normalizer, 2, torch.Generator().manual_seed(0), 0.0):
+        assert view.shape == (64, 3, 5, 5)
+        upright = [torch.rot90(view[16 * k:16 * (k + 1)], -k, dims=(-2, -1)) for k in range(4)]
+        assert all(torch.allclose(upright[0], u) for u in upright[1:])
+        assert all(torch.allclose(upright[0][i], x[i]) or torch.allclose(upright[0][i], x[i].flip(-1))
+                   for i in range(16))
+        flipped_any |= not torch.allclose(upright[0], x)
+    assert flipped_any
+    # without its flip, a view's crop is the same crop, unmirrored
+    plain = resized_crop_flip(x, torch.Generator().manual_seed(3), flip=False)
+    either = resized_crop_flip(x, torch.Generator().manual_seed(3), flip=True)
+    mirrored = [not torch.allclose(plain[i], either[i], atol=1e-5) for i in range(16)]
+    assert any(mirrored) and all(torch.allclose(plain[i].flip(-1), either[i], atol=1e-5)
+                                 for i in range(16) if mirrored[i])
 
 
 def test_csi_unlabeled_reads_no_anomaly_of_the_training_or_validation_split(tracking):

@@ -1,10 +1,11 @@
 """`csi`: contrastive learning on distributionally shifted instances (Tack et al., NeurIPS 2020), supervised
 (SupCSI), in two stages of one run.
 
-Stage 1, `contrastive` (`csi_epochs` epochs): every image of a batch is rotated by 0, 90, 180 and 270
-degrees (the shifted instances), and each rotation gets two SimCLR views (`views.simclr_view`: resized
-crop, flip, colour jitter of spread `csi_jitter`, greyscale, as batched tensor ops; single-channel data
-needs `csi_jitter=0`, no colour distortion); the backbone's z goes through a projection
+Stage 1, `contrastive` (`csi_epochs` epochs): every image of a batch gets two views (`views.rotated_views`),
+each flipped or not, then rotated by 0, 90, 180 and 270 degrees (the shifted instances), then each turned
+image its own SimCLR crop and colours (`views.simclr_view`: resized crop, colour jitter of spread
+`csi_jitter`, greyscale, as batched tensor ops; single-channel data needs `csi_jitter=0`, no colour
+distortion; the flip comes first as in the reference code); the backbone's z goes through a projection
 head (two linear layers, 128 outputs, normalised), and the loss is the supervised contrastive loss (Khosla
 et al. 2020, eq. 2, "L_out") with temperature `csi_temperature`, whose labels are the joint (known class,
 rotation) pairs, plus `csi_rotation_weight` times the cross-entropy of a 4-way rotation head on z (the
@@ -32,7 +33,6 @@ weights, computed without an image meeting itself), summed over the rotations an
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,7 +44,7 @@ from anomaly_repr.data.pipeline import Normalizer
 from anomaly_repr.errors import ConfigError, DataError
 from anomaly_repr.methods.base import Autocast, Calibration, Method, Stage, register_method
 from anomaly_repr.methods.lars import Lars
-from anomaly_repr.methods.views import simclr_view
+from anomaly_repr.methods.views import ROTATIONS, rotated_views, rotations, views
 from anomaly_repr.models.backbones import ModelOutput, OpenSetNet, build_backbone
 from anomaly_repr.scoring.outputs import batches
 from anomaly_repr.scoring.scorers import FunctionScorer, msp, register_scorer
@@ -56,7 +56,6 @@ if TYPE_CHECKING:
     from anomaly_repr.methods.base import SearchBounds
 
 
-ROTATIONS = 4
 PROJECTION = 128  # width of the projection head's output
 TEMPERATURE_RANGE, ROTATION_WEIGHT_RANGE = (0.03, 0.5), (0.1, 10.0)  # `tune --target csi`, log-uniform
 CHUNK = 1024  # test rows against all training features at once in the similarity search
@@ -76,11 +75,6 @@ class CsiNet(OpenSetNet):
             "joint": self.joint(z), "projection": self.projection(z), "rotation": self.rotation(z)})
 
 
-def rotations(x: torch.Tensor) -> torch.Tensor:
-    """(4N, ...): the batch turned by 0, 90, 180 and 270 degrees, rotation-major."""
-    return torch.cat([torch.rot90(x, k, dims=(-2, -1)) for k in range(ROTATIONS)])
-
-
 def joint_labels(y: torch.Tensor) -> torch.Tensor:
     """(4N,): the joint (class, rotation) label of each image of `rotations(x)`: class c turned by k is c * 4 + k."""
     return y.repeat(ROTATIONS) * ROTATIONS + torch.arange(ROTATIONS, device=y.device).repeat_interleave(len(y))
@@ -88,11 +82,12 @@ def joint_labels(y: torch.Tensor) -> torch.Tensor:
 
 def rotation_ensemble(joint: torch.Tensor) -> torch.Tensor:
     """CSI-ens from the joint head's logits on `rotations(x)` ((4N, 4K)): 1 - the largest class probability of
-    the softmax over the class block of rotation k on the image turned by k, averaged over k."""
+    the softmax of the class block of rotation k on the image turned by k, averaged over k (the block logits
+    are averaged, then the softmax taken, as the reference code does)."""
     n = len(joint) // ROTATIONS
     joint = joint.float().view(ROTATIONS, n, -1, ROTATIONS)  # rotation of the input, class, rotation
     blocks = torch.stack([joint[k, :, :, k] for k in range(ROTATIONS)])  # (4, n, K)
-    return 1 - F.softmax(blocks, dim=-1).mean(dim=0).amax(dim=1)
+    return 1 - F.softmax(blocks.mean(dim=0), dim=-1).amax(dim=1)
 
 
 def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -104,18 +99,6 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float
     log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
     positive = (labels[:, None] == labels[None, :]) & ~own
     return -(log_prob.masked_fill(~positive, 0).sum(1) / positive.sum(1).clamp_min(1)).mean()
-
-
-def views(x: torch.Tensor, normalizer: Normalizer, count: int, generator: torch.Generator,
-          jitter: float) -> Iterable[torch.Tensor]:
-    """`count` SimCLR views of normalised images, normalised again (count 0: the images themselves)."""
-    if count == 0:
-        yield x
-        return
-    mean, std = normalizer.mean.to(x.device).view(1, -1, 1, 1), normalizer.std.to(x.device).view(1, -1, 1, 1)
-    pixels = (x * std + mean).clamp(0, 1)
-    for _ in range(count):
-        yield (simclr_view(pixels, generator, jitter) - mean) / std
 
 
 @register_method("csi")
@@ -190,8 +173,10 @@ class Csi(Method):
         turned = rotations(x)
         joint = joint_labels(y)
         if self.stage == 0:
-            # 2 views of 4 rotations
-            batch = torch.cat(list(views(turned, self.normalizer, 2, self.generator, cfg.csi_jitter)))
+            # 2 views of 4 rotations. A view's flip comes before the rotations (the reference code's order): a
+            # flip after a 90-degree turn is a flipped 270-degree turn, and on flip-symmetric data the shifted
+            # classes (c, 1) and (c, 3) would become one distribution that the loss must push apart.
+            batch = torch.cat(list(rotated_views(x, self.normalizer, 2, self.generator, cfg.csi_jitter)))
             with autocast():
                 out = model(batch.contiguous(memory_format=torch.channels_last))
             features = F.normalize(out.extras["projection"].float(), dim=1)

@@ -1,14 +1,18 @@
 """SimCLR's view augmentation (Chen et al. 2020) for contrastive methods, batched on the device, on images
 in [0, 1]: random resized crop and flip, colour jitter, greyscale; each image its own draw. The colour
-distortions need RGB images."""
+distortions need RGB images. Also CSI's rotations and its views of normalised images."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 import torch.nn.functional as F
 
+from anomaly_repr.data.pipeline import Normalizer
+
+ROTATIONS = 4  # CSI's shifted instances: turns by 0, 90, 180 and 270 degrees
 CROP_SCALE, CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)  # random resized crop
 JITTER_P, GREY_P = 0.8, 0.2  # SimCLR's: colour jitter with probability 0.8, then greyscale with probability 0.2
 
@@ -17,18 +21,19 @@ def _uniform(low: float, high: float, n: int, generator: torch.Generator, device
     return low + (high - low) * torch.rand(n, device=device, generator=generator)
 
 
-def resized_crop_flip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def resized_crop_flip(x: torch.Tensor, generator: torch.Generator, flip: bool = True) -> torch.Tensor:
     """Each image: a random crop of 8-100 % of its area and aspect ratio 3/4-4/3, resized back to the
-    image's size (bilinear), then flipped with probability 1/2."""
+    image's size (bilinear), then with `flip` flipped with probability 1/2 (the draw is made either way, so
+    that the crops do not depend on `flip`)."""
     n, device = len(x), x.device
     area = _uniform(*CROP_SCALE, n, generator, device)
     ratio = torch.exp(_uniform(math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]), n, generator, device))
     width, height = torch.sqrt(area * ratio).clamp(max=1.0), torch.sqrt(area / ratio).clamp(max=1.0)
     cx = (1 - width) * (2 * torch.rand(n, device=device, generator=generator) - 1)  # the box stays inside
     cy = (1 - height) * (2 * torch.rand(n, device=device, generator=generator) - 1)
-    flip = torch.where(torch.rand(n, device=device, generator=generator) < 0.5, -1.0, 1.0)
+    mirror = torch.where(torch.rand(n, device=device, generator=generator) < 0.5, -1.0, 1.0)
     theta = torch.zeros(n, 2, 3, device=device)
-    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = width * flip, cx, height, cy
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = width * (mirror if flip else 1.0), cx, height, cy
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
 
@@ -73,8 +78,37 @@ def _turn_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,njhw->nihw", from_yiq, yiq)
 
 
-def simclr_view(x: torch.Tensor, generator: torch.Generator, jitter: float) -> torch.Tensor:
-    """One SimCLR view of every image of a batch in [0, 1]: resized crop and flip, then, with `jitter` > 0,
-    colour jitter of that strength and greyscale."""
-    view = resized_crop_flip(x, generator)
+def simclr_view(x: torch.Tensor, generator: torch.Generator, jitter: float, flip: bool = True) -> torch.Tensor:
+    """One SimCLR view of every image of a batch in [0, 1]: resized crop and (with `flip`) flip, then, with
+    `jitter` > 0, colour jitter of that strength and greyscale."""
+    view = resized_crop_flip(x, generator, flip)
     return colour_jitter(view, generator, jitter) if jitter > 0 else view
+
+
+def rotations(x: torch.Tensor) -> torch.Tensor:
+    """(4N, ...): the batch turned by 0, 90, 180 and 270 degrees, rotation-major."""
+    return torch.cat([torch.rot90(x, k, dims=(-2, -1)) for k in range(ROTATIONS)])
+
+
+def views(x: torch.Tensor, normalizer: Normalizer, count: int, generator: torch.Generator,
+          jitter: float) -> Iterable[torch.Tensor]:
+    """`count` SimCLR views of normalised images, normalised again (count 0: the images themselves)."""
+    if count == 0:
+        yield x
+        return
+    mean, std = normalizer.mean.to(x.device).view(1, -1, 1, 1), normalizer.std.to(x.device).view(1, -1, 1, 1)
+    pixels = (x * std + mean).clamp(0, 1)
+    for _ in range(count):
+        yield (simclr_view(pixels, generator, jitter) - mean) / std
+
+
+def rotated_views(x: torch.Tensor, normalizer: Normalizer, count: int, generator: torch.Generator,
+                  jitter: float) -> Iterable[torch.Tensor]:
+    """`count` views of the four rotations of normalised images (each (4N, ...), rotation-major): every image
+    flipped or not (probability 1/2), then turned, then each turned image its own SimCLR crop and colours."""
+    mean, std = normalizer.mean.to(x.device).view(1, -1, 1, 1), normalizer.std.to(x.device).view(1, -1, 1, 1)
+    pixels = (x * std + mean).clamp(0, 1)
+    for _ in range(count):
+        flipped = torch.where((torch.rand(len(x), device=x.device, generator=generator) < 0.5).view(-1, 1, 1, 1),
+                              pixels.flip(-1), pixels)
+        yield (simclr_view(rotations(flipped), generator, jitter, flip=False) - mean) / std
