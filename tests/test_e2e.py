@@ -211,6 +211,7 @@ def test_reproduce_on_an_image_folder_with_several_seeds(mlflow_server, tmp_path
     pairs = [arg for key, value in params.items() for arg in ("-P", f"{key}={value}")]
     proc = mlflow_run(mlflow_server, tmp_path, "-e", "reproduce", *pairs)
     assert proc.returncode == 0, proc.stderr[-4000:]
+    mlflow.set_tracking_uri(mlflow_server)  # for the `runs:/` URIs below, whichever test ran before
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("e2e")
     [parent] = client.search_runs([experiment.experiment_id],
