@@ -83,14 +83,16 @@ def build_set(spec: OodSpec, nominal: torch.Tensor, count: int, resize: str, bad
         small = torch.from_numpy(pixels[chosen] * (255.0 / 16.0)).float()[:, None]
         images = F.interpolate(small, size=(height, width), mode="bilinear", align_corners=False)
         return OodSet("digits", _pixels(images.repeat(1, channels, 1, 1)), "sklearn.datasets.load_digits")
-    x = nominal.to(torch.float64)
     shape = (count, channels, height, width)
     if spec.name == "gaussian":
-        mean, std = x.mean(dim=(0, 2, 3)).numpy(), x.std(dim=(0, 2, 3)).numpy()
+        # one channel at a time: the whole set in float64 would take eight times the images' memory
+        moments = [torch.std_mean(nominal[:, c].to(torch.float64)) for c in range(channels)]
+        std, mean = (np.array([float(m[i]) for m in moments]) for i in (0, 1))
         noise = rng.normal(mean[None, :, None, None], std[None, :, None, None], size=shape)
         return OodSet("gaussian", _pixels(torch.from_numpy(noise)), f"gaussian noise, mean {np.round(mean, 1)}, "
                       f"sd {np.round(std, 1)}")
-    low, high = x.amin(dim=(0, 2, 3)).numpy(), x.amax(dim=(0, 2, 3)).numpy()
+    low = nominal.amin(dim=(0, 2, 3)).double().numpy()  # on the uint8 images: no float copy
+    high = nominal.amax(dim=(0, 2, 3)).double().numpy()
     noise = rng.uniform(low[None, :, None, None], high[None, :, None, None] + 1, size=shape)
     return OodSet("uniform", _pixels(torch.from_numpy(np.floor(noise))),
                   f"uniform noise over {low.astype(int).tolist()}..{high.astype(int).tolist()}")

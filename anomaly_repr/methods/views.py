@@ -96,8 +96,7 @@ def views(x: torch.Tensor, normalizer: Normalizer, count: int, generator: torch.
     if count == 0:
         yield x
         return
-    mean, std = normalizer.mean.to(x.device).view(1, -1, 1, 1), normalizer.std.to(x.device).view(1, -1, 1, 1)
-    pixels = (x * std + mean).clamp(0, 1)
+    pixels, mean, std = _pixels(x, normalizer)
     for _ in range(count):
         yield (simclr_view(pixels, generator, jitter) - mean) / std
 
@@ -106,9 +105,14 @@ def rotated_views(x: torch.Tensor, normalizer: Normalizer, count: int, generator
                   jitter: float) -> Iterable[torch.Tensor]:
     """`count` views of the four rotations of normalised images (each (4N, ...), rotation-major): every image
     flipped or not (probability 1/2), then turned, then each turned image its own SimCLR crop and colours."""
-    mean, std = normalizer.mean.to(x.device).view(1, -1, 1, 1), normalizer.std.to(x.device).view(1, -1, 1, 1)
-    pixels = (x * std + mean).clamp(0, 1)
+    pixels, mean, std = _pixels(x, normalizer)
     for _ in range(count):
         flipped = torch.where((torch.rand(len(x), device=x.device, generator=generator) < 0.5).view(-1, 1, 1, 1),
                               pixels.flip(-1), pixels)
         yield (simclr_view(rotations(flipped), generator, jitter, flip=False) - mean) / std
+
+
+def _pixels(x: torch.Tensor, normalizer: Normalizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Normalised images back in [0, 1], with the per-channel mean and std that normalise them again."""
+    mean, std = normalizer.mean.to(x.device).view(1, -1, 1, 1), normalizer.std.to(x.device).view(1, -1, 1, 1)
+    return (x * std + mean).clamp(0, 1), mean, std

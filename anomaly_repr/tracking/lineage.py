@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import mlflow
 from mlflow.data.dataset import Dataset
+from mlflow.data.dataset_source import DatasetSource
 from mlflow.data.dataset_source_registry import resolve_dataset_source
 from mlflow.data.meta_dataset import MetaDataset
 from mlflow.exceptions import MlflowException
@@ -33,11 +34,7 @@ def log_dataset_inputs(prep: Prepared, parts: Sequence[str]) -> None:
     """
     cfg = prep.cfg
     base = Path(prep.data.origin).name if cfg.dataset == "imagefolder" else cfg.dataset  # resolved: never "."
-    with warnings.catch_warnings():
-        # MLflow registers its local-file source twice and then warns that a path "can be interpreted in multiple
-        # ways: LocalArtifactDatasetSource, LocalArtifactDatasetSource": the same class, nothing to choose.
-        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
-        source = resolve_dataset_source(prep.data.origin or cfg.dataset)
+    source = _source(prep.data.origin or cfg.dataset)
     # MetaDataset leaves `profile` abstract in MLflow's base class but defines it; mypy reads the base.
     datasets: list[Dataset | None] = [MetaDataset(source, name=f"{base}-split{cfg.split}-{part}",  # type: ignore[abstract]
                                                   digest=prep.split.hash) for part in parts]
@@ -49,11 +46,17 @@ def log_far_inputs(sets: Sequence[OodSet]) -> None:
     images) and the digest of its pixels."""
     if not sets:
         return
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
-        datasets: list[Dataset | None] = [MetaDataset(resolve_dataset_source(s.origin), name=s.name,  # type: ignore[abstract]
-                                                      digest=s.digest) for s in sets]
+    datasets: list[Dataset | None] = [MetaDataset(_source(s.origin), name=s.name,  # type: ignore[abstract]
+                                                  digest=s.digest) for s in sets]
     _log_inputs(datasets, [FAR_CONTEXT for _ in sets])
+
+
+def _source(origin: str) -> DatasetSource:
+    with warnings.catch_warnings():
+        # MLflow registers its local-file source twice and then warns that a path "can be interpreted in multiple
+        # ways: LocalArtifactDatasetSource, LocalArtifactDatasetSource": the same class, nothing to choose.
+        warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted in multiple ways")
+        return resolve_dataset_source(origin)
 
 
 def _log_inputs(datasets: list[Dataset | None], contexts: list[str | None]) -> None:

@@ -79,8 +79,9 @@ def _mark_experiment(experiment_id: str) -> None:
     user's own choice stays)."""
     client = mlflow.MlflowClient()
     wanted = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, SHARED_VIEW_PREFIX + SHARED_VIEW: shared_view()}
+    present = client.get_experiment(experiment_id).tags
     for key, value in wanted.items():
-        if key in client.get_experiment(experiment_id).tags:
+        if key in present:
             continue
         try:
             client.set_experiment_tag(experiment_id, key, value)
