@@ -57,6 +57,17 @@ def test_known_classes_by_name_index_and_standard_split():
     assert by_name == by_index == (["cat", "dog"], [c for c in CIFAR10 if c not in ("cat", "dog")])
 
 
+def test_an_image_folder_of_the_cifar10_classes_takes_their_standard_splits():
+    for split in (0, 2, 3):
+        folder = choose_classes(ExperimentConfig(dataset="imagefolder", split=split), CIFAR10)
+        assert folder == choose_classes(ExperimentConfig(dataset="cifar10", split=split), CIFAR10)
+    with pytest.raises(ConfigError, match="cifar10 has standard splits 0..4, got split=5"):
+        choose_classes(ExperimentConfig(dataset="imagefolder", split=5), CIFAR10)
+    # other classes, or the same ones in another order, are no CIFAR-10: a seeded draw
+    shuffled = [*CIFAR10[1:], CIFAR10[0]]
+    assert len(choose_classes(ExperimentConfig(dataset="imagefolder", split=5), shuffled)[0]) == 6
+
+
 def test_seeded_random_draw_sizes():
     known, unknown = choose_classes(ExperimentConfig(split=4), DIGITS)
     assert len(known) == 6 and len(unknown) == 4

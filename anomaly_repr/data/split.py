@@ -26,7 +26,17 @@ FRACTIONS = (0.6, 0.2, 0.2)  # train / validation / test, per class
 STANDARD_SPLITS = {
     "cifar10": [[0, 6, 4, 9, 1, 7], [7, 6, 4, 9, 0, 1], [1, 5, 7, 3, 9, 4], [8, 6, 1, 9, 0, 7], [2, 4, 1, 7, 9, 6]],
 }
+CLASS_NAMES = {"cifar10": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]}
 DEFAULT_NUM_KNOWN = {"cifar100": 80}  # others: 60 % of the classes (6 of 10 for digits)
+
+
+def standard_splits(dataset: str, classes: list[str]) -> tuple[str, list[list[int]]] | None:
+    """(name, table) of the standard splits that apply: the dataset's own, or those of the dataset whose
+    classes these are, in its order (an image folder of the CIFAR-10 images sorts its class folders into
+    CIFAR-10's order, so the published splits mean the same classes there)."""
+    if dataset in STANDARD_SPLITS:
+        return dataset, STANDARD_SPLITS[dataset]
+    return next(((name, STANDARD_SPLITS[name]) for name, names in CLASS_NAMES.items() if names == classes), None)
 
 
 def _parse_classes(text: str, classes: list[str], what: str) -> list[str]:
@@ -54,10 +64,10 @@ def choose_classes(cfg: ExperimentConfig, classes: list[str]) -> tuple[list[str]
     """(known, unknown) class names from known_classes, a standard split, or a seeded random draw."""
     if cfg.known_classes.strip():
         known = _parse_classes(cfg.known_classes, classes, "known")
-    elif cfg.dataset in STANDARD_SPLITS and not cfg.num_known:
-        table = STANDARD_SPLITS[cfg.dataset]
+    elif (standard := standard_splits(cfg.dataset, classes)) and not cfg.num_known:
+        name, table = standard
         if cfg.split >= len(table):
-            raise ConfigError(f"{cfg.dataset} has standard splits 0..{len(table) - 1}, got split={cfg.split}")
+            raise ConfigError(f"{name} has standard splits 0..{len(table) - 1}, got split={cfg.split}")
         known = [classes[i] for i in table[cfg.split]]
     else:
         n = cfg.num_known or DEFAULT_NUM_KNOWN.get(cfg.dataset, round(0.6 * len(classes)))

@@ -25,9 +25,10 @@ from anomaly_repr.models.backbones import OpenSetNet
 from anomaly_repr.scoring.intervals import evaluation_intervals, far_key
 from anomaly_repr.scoring.metrics import anomaly_metrics, closed_set_accuracy, oscr
 from anomaly_repr.scoring.outputs import Outputs, extract, tta_views
-from anomaly_repr.scoring.scorers import SCORERS, applies, is_oracle, make_scorer, scorers_of
+from anomaly_repr.scoring.scorers import SCORERS, applies, is_oracle, make_scorer, scorers_of, tier
 
 log = logging.getLogger(__name__)
+SELECT = "select"  # `select/<scorer>/auroc`: validation AUROCs that choose a study's best scorers
 
 
 def classic_val_aurocs(prep: Prepared, model: OpenSetNet, normalizer: Normalizer,
@@ -129,10 +130,14 @@ def score_outputs(prep: Prepared, outputs: dict[str, Outputs], scores_logits: bo
                                                                   dict[str, dict[str, np.ndarray]]]:
     """Every applicable scorer fitted once (deployable ones on the nominal reference, oracles on the
     validation outputs with their anomaly labels) and scored on the test outputs and on each far set's:
-    (test scores, metrics, far set -> scorer -> its images' scores). Metrics: `test/<scorer>/<metric>`, and
-    `test/ood/<set>/<scorer>/<metric>` of the set's images against the nominal test images. Without
-    `scores_logits` (logits over the anomaly classes too), the oracles alone."""
-    test = outputs["test"]
+    (test scores, metrics, far set -> scorer -> its images' scores). Metrics: `test/<scorer>/<metric>`,
+    `test/ood/<set>/<scorer>/<metric>` of the set's images against the nominal test images, and
+    `select/<scorer>/auroc`: a deployable scorer's AUROC on the validation outputs, nominal and anomaly
+    (the images and labels the oracles fit on), which is what a study reads to choose its "best" scorers
+    without looking at test data (not for a feature scorer whose reference is the nominal validation
+    images: it would score its own reference). Without `scores_logits` (logits over the anomaly classes too), the
+    oracles alone."""
+    test, val = outputs["test"], outputs["val"]
     nominal = nominal_reference(prep, outputs) if scores_logits else None
     scores, metrics, far_scores = {}, {}, dict[str, dict[str, np.ndarray]]()
     for name in SCORERS:
@@ -146,6 +151,10 @@ def score_outputs(prep: Prepared, outputs: dict[str, Outputs], scores_logits: bo
             metrics.update({f"test/{name}/{k}": v for k, v in anomaly_metrics(scores[name], test.is_anomaly).items()})
             metrics.update({f"test/{name}/fit_seconds": fitted - began,
                             f"test/{name}/score_seconds": time.perf_counter() - fitted})
+            # a feature scorer fitted on the nominal validation images would score them in-sample
+            in_sample = tier(name) == "feature" and prep.cfg.scorer_reference != "train"
+            if not is_oracle(name) and not in_sample and val.is_anomaly.any() and not val.is_anomaly.all():
+                metrics[f"{SELECT}/{name}/auroc"] = anomaly_metrics(scorer.score(val), val.is_anomaly)["auroc"]
             for set_name, out in (far or {}).items():
                 mine = far_scores.setdefault(set_name, {})[name] = scorer.score(out)
                 both = np.r_[scores[name][~test.is_anomaly], mine]
@@ -160,7 +169,7 @@ def view_means(prep: Prepared, views: list[dict[str, Outputs]]) -> dict[str, flo
     aurocs: dict[str, list[float]] = {}
     for view in views:
         for key, value in score_outputs(prep, view)[1].items():
-            if key.endswith("/auroc"):
+            if key.startswith("test/") and key.endswith("/auroc"):
                 aurocs.setdefault(key.split("/")[1], []).append(value)
     return {f"test/member_mean/{name}/auroc": float(np.mean(values)) for name, values in aurocs.items()}
 

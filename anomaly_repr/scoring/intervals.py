@@ -41,6 +41,7 @@ class Cell:
     far_scores: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # ood set -> scorer -> its
     #                                                     images' scores (scored against the nominal test images)
     correct: np.ndarray | None = None  # per test image: classified right (False for anomalies); None: no classes
+    select: dict[str, float] = field(default_factory=dict)  # scorer -> validation AUROC (`select/<scorer>/auroc`)
 
     @property
     def repeat(self) -> tuple[int, int]:

@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from scipy import stats as scipy_stats
 
+from anomaly_repr.engine.evaluation import SELECT
 from anomaly_repr.engine.figures import DPI
 from anomaly_repr.scoring.intervals import Cell, Results
 from anomaly_repr.study.figures import near_far_panels
@@ -53,8 +54,10 @@ def load_cell(run_id: str, split: int, seed: int) -> Cell:
         name, scorer = key.removeprefix(FAR_PREFIX).split(":", 1)
         far.setdefault(name, {})[scorer] = arrays.pop(key)
     metrics = {k: v for k, v in run.data.metrics.items() if k.startswith("test/")}
+    select = {k.split("/")[1]: v for k, v in run.data.metrics.items()
+              if k.startswith(f"{SELECT}/") and k.endswith("/auroc")}
     known = tuple(run.data.tags.get("known_classes", "").split(","))
-    return Cell(split, seed, metrics, arrays, is_anomaly, known, run_id, far, correct)
+    return Cell(split, seed, metrics, arrays, is_anomaly, known, run_id, far, correct, select)
 
 
 def class_sets(results: Results) -> dict[tuple[str, ...], list[int]]:
