@@ -40,44 +40,61 @@ def test_a_failing_study_leaves_no_finished_run(tracking, capsys):
     assert runs and all(r.info.status == "FAILED" for r in runs)
 
 
-def test_several_seeds_give_means_intervals_and_a_child_each(tracking):
-    parent_id = run_reproduce(Study(BASE, seeds=(0, 1), methods=("classifier", "oracle_rep")))
+def test_two_seeds_and_two_splits_give_means_intervals_choices_ranks_and_a_child_each(tracking):
+    parent_id = run_reproduce(Study(BASE, seeds=(0, 1), splits=(0, 1), methods=("classifier", "oracle_rep")))
     client = mlflow.MlflowClient(tracking)
     parent = client.get_run(parent_id)
     kids = children(client, parent_id)
-    assert sorted((c.data.tags["method"], c.data.tags["seed"]) for c in kids) == [
-        ("classifier", "0"), ("classifier", "1"), ("oracle_rep", "0"), ("oracle_rep", "1")]
+    assert sorted((c.data.tags["method"], c.data.tags["split"], c.data.tags["seed"]) for c in kids) == [
+        (m, split, seed) for m in ("classifier", "oracle_rep") for split in "01" for seed in "01"]
     values = [c.data.metrics["test/max_logit/auroc"] for c in kids if c.data.tags["method"] == "classifier"]
     m = parent.data.metrics
     assert parent.info.status == "FINISHED"
     assert m["test/classifier/max_logit/auroc"] == pytest.approx(np.mean(values))
     assert m["test/classifier/max_logit/auroc_mean"] == pytest.approx(np.mean(values))
     assert m["test/classifier/max_logit/auroc_std"] == pytest.approx(np.std(values, ddof=1))
-    assert m["test/classifier/max_logit/auroc_ci95"] == pytest.approx(12.706 * np.std(values, ddof=1) / np.sqrt(2),
+    assert m["test/classifier/max_logit/auroc_ci95"] == pytest.approx(3.1824 * np.std(values, ddof=1) / np.sqrt(4),
                                                                       rel=1e-3)
-    for key in ("test/classifier/max_logit/auroc", "test/classifier/knn/fpr95", "test/q1_gap", "test/q2_gap"):
+    for key in ("test/classifier/max_logit/auroc", "test/classifier/knn/fpr95", "test/q1_gap", "test/q2_gap",
+                "test/q1_gap_max_logit"):
         assert m[f"{key}_ci_low"] <= m[key] <= m[f"{key}_ci_high"], key
-    assert 0 <= m["test/q1_gap_p"] <= 1 and "test/q2_gap_ci95" in m
+    assert 0 <= m["test/q1_gap_p"] <= m["test/q1_gap_p_holm"] <= 1 and "test/q2_gap_ci95" in m
+    assert m["test/classifier/knn/vs_max_logit_p"] <= m["test/classifier/knn/vs_max_logit_p_holm"] <= 1
     assert parent.data.params["seed"] == "0,1" and parent.data.tags["seeds"] == "0,1"
+    # the best scorers were chosen on the children's validation AUROCs, and say so
+    classic = parent.data.tags["q1_best_classic"]
+    rf = m["test/classifier/oracle_rf/auroc"]
+    assert m["test/q1_gap"] == pytest.approx(rf - m[f"test/classifier/{classic}/auroc"])
+    assert m["test/q1_best_deployable"] == best_deployable_auroc(parent, "classifier")
+    assert "test/q1_gap_test_argmax" in m and "test/q1_gap_test_argmax_ci_low" not in m
     table = mlflow.artifacts.load_text(f"runs:/{parent_id}/results/auroc_table.md")
     assert "**seeds**: 0,1" in table and "**epochs**: 2" in table and "**commit**:" in table
+    assert f"q1_best_classic = {classic}" in table and "Friedman" in table
     [row] = [row for row in markdown_tables(table)["classic"] if row[0] == "classifier"]
     assert all(" +- " in cell and " [" in cell for cell in row[1:])
+    [q1] = [row for row in markdown_tables(table)["gaps"] if row[0] == "test/q1_gap"]
+    assert f"{m['test/q1_gap_p_holm']:.3f}" in q1 and f"{m['test/q1_gap'] + m['test/q1_gap_ci95']:+.3f}]" in q1[-1]
     gaps = mlflow.artifacts.load_text(f"runs:/{parent_id}/results/gaps.csv").splitlines()
     assert gaps[0].startswith("gap,") and any(line.startswith("test/q1_gap,") for line in gaps)
     csv = mlflow.artifacts.load_text(f"runs:/{parent_id}/results/auroc_table.csv").splitlines()
     assert csv[0].startswith("model,") and any(line.startswith("classifier,") for line in csv)
     by_split = mlflow.artifacts.load_text(f"runs:/{parent_id}/results/auroc_by_split.csv").splitlines()
-    assert by_split[0].startswith("model,split,") and len(by_split) == 3
-    assert "figures/accuracy_vs_auroc.png" in {a.path for a in client.list_artifacts(parent_id, "figures")}
-    assert m["accuracy_vs_auroc/n_models"] == 2 and parent.data.tags["known_class_sets"].startswith("split 0: ")
+    assert by_split[0].startswith("model,split,") and len(by_split) == 5
+    # scorers ranked over the classifier's four runs, with Friedman's test and the figure of its post-hoc tests
+    assert m["ranks/blocks"] == 4 and 0 <= m["ranks/friedman_p"] <= 1
+    ranks = mlflow.artifacts.load_text(f"runs:/{parent_id}/results/ranks.csv").splitlines()
+    assert ranks[0].startswith("scorer,mean_rank,p_holm vs ") and len(ranks) > 5
+    assert {"figures/accuracy_vs_auroc.png", "figures/critical_difference.png"} <= {
+        a.path for a in client.list_artifacts(parent_id, "figures")}
+    assert m["accuracy_vs_auroc/n_models"] == 4 and parent.data.tags["known_class_sets"].startswith("split 0: ")
     # the analysis curve: validation AUROC per epoch beside validation accuracy, in every classifier child
     classifier = next(c for c in kids if c.data.tags["method"] == "classifier")
     assert [h.step for h in client.get_metric_history(classifier.info.run_id, "val/max_logit/auroc")] == [1, 2]
     # each cell was a trial of the study named on the parent
     cells = optuna.load_study(study_name=parent.data.tags["optuna_study"], storage=parent.data.tags["optuna_storage"])
-    assert sorted((t.params["method"], t.params["seed"]) for t in cells.trials if t.state == TrialState.COMPLETE) == [
-        ("classifier", 0), ("classifier", 1), ("oracle_rep", 0), ("oracle_rep", 1)]
+    assert sorted((t.params["method"], t.params["split"], t.params["seed"]) for t in cells.trials
+                  if t.state == TrialState.COMPLETE) == [(m, split, seed) for m in ("classifier", "oracle_rep")
+                                                        for split in (0, 1) for seed in (0, 1)]
 
 
 def test_a_rerun_by_name_retrains_only_the_cells_without_a_result(tracking, monkeypatch):
@@ -200,15 +217,16 @@ def test_augmentation_policies_are_rows_measured_against_crop_and_flip(tracking)
     assert m[f"test/gain/{row}/max_logit"] == pytest.approx(gain)
     assert m[f"test/gain/{row}/max_logit_ci_low"] <= m[f"test/gain/{row}/max_logit_ci_high"]
     assert 0 <= m[f"test/gain/{row}/oracle_rf_p"] <= 1
-    best = best_deployable_auroc(m, row) - best_deployable_auroc(m, "classifier")
+    best = best_deployable_auroc(parent, row) - best_deployable_auroc(parent, "classifier")
     assert m[f"test/gain/{row}/best_score"] == pytest.approx(best)
     assert m[f"test/gain/{row}/acc"] == pytest.approx(m[f"test/{row}/acc"] - m["test/classifier/acc"])
     # each method against itself under crop and flip; the reference policy's gaps as before
     for method, reference in (("hybrid.trivialaugment", "hybrid"), ("hybrid", "classifier")):
         gain = m[f"test/{method}/oracle_rf/auroc"] - m[f"test/{reference}/oracle_rf/auroc"]
         assert m[f"test/gain/{method}/oracle_rf"] == pytest.approx(gain)
-    classic = max(m[f"test/classifier/{s}/auroc"] for s in ("msp", "entropy", "max_logit", "energy"))
-    assert m["test/q1_gap"] == pytest.approx(m["test/classifier/oracle_rf/auroc"] - classic)
+    classic = parent.data.tags["q1_best_classic"]  # chosen on validation AUROCs
+    rf = m["test/classifier/oracle_rf/auroc"]
+    assert m["test/q1_gap"] == pytest.approx(rf - m[f"test/classifier/{classic}/auroc"])
     assert not any(k.startswith("test/gain/classifier/") for k in m)
     table = mlflow.artifacts.load_text(f"runs:/{parent_id}/results/auroc_table.md")
     assert f"| {row} |" in table and "| classifier |" in table

@@ -248,7 +248,8 @@ def test_reproduce_trains_the_four_tasks_and_logs_their_gains(tracking, rgb_fold
     methods = ("classifier", "rotation", "geom", "recolor", "sobel")
     parent_id = run_reproduce(Study(base, methods=methods))
     client = MlflowClient(tracking)
-    m = client.get_run(parent_id).data.metrics
+    parent = client.get_run(parent_id)
+    m = parent.data.metrics
     own = {"rotation": ["rotation", "rotation_only"], "geom": ["geom", "geom_dirichlet"], "recolor": ["recolor"],
            "sobel": ["sobel_error"]}
     for method, scorers in own.items():
@@ -256,7 +257,7 @@ def test_reproduce_trains_the_four_tasks_and_logs_their_gains(tracking, rgb_fold
         assert f"test/classifier/{scorers[0]}/auroc" not in m
         gain = m[f"test/{method}/oracle_rf/auroc"] - m["test/classifier/oracle_rf/auroc"]
         assert m[f"test/gain/{method}/oracle_rf"] == pytest.approx(gain)
-        best = best_deployable_auroc(m, method) - best_deployable_auroc(m, "classifier")
+        best = best_deployable_auroc(parent, method) - best_deployable_auroc(parent, "classifier")
         assert m[f"test/gain/{method}/best_score"] == pytest.approx(best)
     tables = markdown_tables(mlflow.artifacts.load_text(f"runs:/{parent_id}/results/auroc_table.md"))
     assert [row[0] for row in tables["oracle"][1:]] == list(methods)

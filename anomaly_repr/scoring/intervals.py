@@ -24,7 +24,7 @@ from anomaly_repr.scoring.stats import (
 )
 
 BASELINE = "max_logit"  # every scorer is also compared with this one on the same model
-INTERVAL_SUFFIXES = ("_ci_low", "_ci_high", "_p")
+INTERVAL_SUFFIXES = ("_ci_low", "_ci_high", "_p", "_p_holm")
 
 
 @dataclass(frozen=True)

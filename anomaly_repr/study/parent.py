@@ -20,6 +20,7 @@ from anomaly_repr.engine.evaluation import SELECT
 from anomaly_repr.engine.figures import DPI
 from anomaly_repr.scoring.intervals import Cell, Results
 from anomaly_repr.study.figures import near_far_panels
+from anomaly_repr.study.ranks import critical_difference, rank_scorers, rank_table
 from anomaly_repr.study.report import (
     auroc_chart,
     auroc_table,
@@ -27,9 +28,10 @@ from anomaly_repr.study.report import (
     gap_table,
     markdown_report,
     near_far_points,
+    runs,
     to_markdown,
 )
-from anomaly_repr.study.summary import best_deployable, reference_method, summarise
+from anomaly_repr.study.summary import choices, summarise
 from anomaly_repr.tracking.store import CORRECT, FAR_PREFIX, git_commit, log_figures
 
 if TYPE_CHECKING:
@@ -119,23 +121,32 @@ def log_parent(study: Study, results: Results) -> dict[str, float]:
         about["far sets (ood_sets)"] = base.ood_sets
     if shared:
         about["caveat"] = "; ".join(f"splits {','.join(map(str, s))} hold the same known classes" for s in shared)
+    picked = choices(results)
+    if picked:
+        about["chosen on validation data"] = ", ".join(f"{key} = {name}" for key, name in picked.items())
     figure, correlation = accuracy_vs_auroc(results)
-    mlflow.log_metrics(summary | correlation | {"known_class_sets": float(len(sets))})
+    ranks = rank_scorers(results)
+    about["ranks"] = (f"mean rank over {len(ranks.aurocs)} runs (1 = best test AUROC): "
+                      + ", ".join(f"{name} {rank:.2f}" for name, rank in ranks.mean_rank.items())
+                      + (f"; Friedman chi2 {ranks.statistic:.1f}, p {ranks.p:.2g}" if ranks.p is not None else
+                         "; no Friedman test (it needs 2 runs and 3 scorers)"))
+    mlflow.log_metrics(summary | correlation | ranks.metrics() | {"known_class_sets": float(len(sets))})
     mlflow.set_tag("known_class_sets", " | ".join(f"split {','.join(map(str, s))}: {','.join(c)}"
                                                   for c, s in sets.items()))
-    reference = reference_method(results)
-    best = best_deployable(summary, reference) if reference else None
-    if best:
-        mlflow.set_tag("q1_best_deployable", best)
+    mlflow.set_tags(picked)
     table = auroc_table(results, summary)
     mlflow.log_text(table.to_csv(index_label="model"), "results/auroc_table.csv")  # named: MLflow's preview
     mlflow.log_text(markdown_report(about, results, summary), "results/auroc_table.md")
-    mlflow.log_text(gap_table(summary).to_csv(index_label="gap"), "results/gaps.csv")  # shows a blank otherwise
+    gaps = gap_table(summary, runs(results))
+    mlflow.log_text(gaps.to_csv(index_label="gap"), "results/gaps.csv")  # named: the preview shows a blank otherwise
     mlflow.log_text(by_split_table(results).to_csv(), "results/auroc_by_split.csv")
     figures = {"figures/auroc_by_method.png": auroc_chart(results, summary, title=base.dataset),
                "figures/accuracy_vs_auroc.png": figure}
     if points := near_far_points(results, summary):
         figures["figures/near_vs_far.png"] = near_far_panels(points, base.dataset)
+    mlflow.log_text(rank_table(ranks), "results/ranks.csv")
+    if ranks.posthoc is not None:
+        figures["figures/critical_difference.png"] = critical_difference(ranks, base.dataset)
     log_figures(figures)
-    log.info("gaps:\n%s\n%s", to_markdown(gap_table(summary), first="gap"), to_markdown(table))
+    log.info("gaps:\n%s\n%s", to_markdown(gaps, first="gap"), to_markdown(table))
     return summary

@@ -42,16 +42,30 @@ def auroc_table(results: Results, summary: dict[str, float]) -> pd.DataFrame:
          for method, cells in results.items()}, orient="index")
 
 
-def gap_table(summary: dict[str, float]) -> pd.DataFrame:
-    """Every gap and gain: value, paired bootstrap interval, p-value, and '*' where the interval excludes 0."""
+def runs(results: Results) -> int:
+    """Runs per row: the repeats (split x seed) a between-run spread is taken over."""
+    return max((len(cells) for cells in results.values()), default=0)
+
+
+def gap_table(summary: dict[str, float], runs: int) -> pd.DataFrame:
+    """Every gap and gain: its mean over runs; the paired bootstrap interval over test images with its p-value,
+    raw and Holm-adjusted within the family, and '*' where that interval excludes 0; and the Student-t
+    interval over runs (seeds and splits), which with one run is unknown."""
     rows = {}
     for name in gap_names(summary):
         interval = (f"[{summary[name + '_ci_low']:+.3f}, {summary[name + '_ci_high']:+.3f}]"
                     if name + "_ci_low" in summary else "")
-        p = f"{summary[name + '_p']:.3f}" if name + "_p" in summary else ""
-        rows[name] = {"AUROC difference": f"{summary[name]:+.3f}", "95 % interval": interval, "p": p,
-                      "interval excludes 0": "*" if significant(summary, name) else ""}
+        between = (f"[{summary[name] - summary[name + '_ci95']:+.3f}, {summary[name] + summary[name + '_ci95']:+.3f}]"
+                   if name + "_ci95" in summary else "unknown (one run)" if runs == 1 else "")
+        rows[name] = {"AUROC difference": f"{summary[name]:+.3f}", "95 % bootstrap interval (test images)": interval,
+                      "p": _p(summary, name + "_p"), "p (Holm)": _p(summary, name + "_p_holm"),
+                      "bootstrap interval excludes 0": "*" if significant(summary, name) else "",
+                      "95 % t-interval over runs": between}
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def _p(summary: dict[str, float], key: str) -> str:
+    return f"{summary[key]:.3f}" if key in summary else ""
 
 
 def by_split_table(results: Results) -> pd.DataFrame:
@@ -77,12 +91,14 @@ def to_markdown(table: pd.DataFrame, first: str = "model") -> str:
 
 def markdown_report(about: dict[str, str], results: Results, summary: dict[str, float]) -> str:
     """The parent's results/auroc_table.md: a header that says what was run, the AUROC table, the gaps."""
-    runs = max(len(cells) for cells in results.values())
+    repeats = runs(results)
     lines = [f"**{key}**: {value}  " for key, value in about.items()]
-    lines.append(f"Cells: test AUROC{' mean +- std over ' + str(runs) + ' runs' if runs > 1 else ''}, "
+    lines.append(f"Cells: test AUROC{' mean +- std over ' + str(repeats) + ' runs' if repeats > 1 else ''}, "
                  "[95 % stratified bootstrap interval over test images"
-                 f"{', of the mean over runs' if runs > 1 else ''}]. Gaps: paired bootstrap (the same resampled "
-                 "images on both sides); * = the interval excludes 0.")
+                 f"{', of the mean over runs' if repeats > 1 else ''}]. Gaps: paired bootstrap (the same resampled "
+                 "images on both sides), its p-value raw and Holm-adjusted within the family of gaps; * = the "
+                 "bootstrap interval excludes 0; the t-interval over runs adds the seed and split noise"
+                 f"{' (one run: unknown)' if repeats == 1 else ''}. Every best scorer is chosen on validation data.")
     parts = ["\n".join(lines) + "\n"]  # blank lines between blocks
     table = auroc_table(results, summary)
     for kind in TIERS:  # one table per tier: all scorers in one would be squeezed until names wrap
@@ -94,7 +110,7 @@ def markdown_report(about: dict[str, str], results: Results, summary: dict[str, 
         parts.append(f"**far set {name}**\n\nTest AUROC of its images against the nominal test images "
                      "(near_harder: it minus the held-out classes' AUROC; * = its joint bootstrap interval excludes "
                      "0).\n\n" + to_markdown(table, first="scorer"))
-    gaps = gap_table(summary)
+    gaps = gap_table(summary, repeats)
     if len(gaps):
         parts.append("**gaps**\n\n" + to_markdown(gaps, first="gap"))
     return "\n".join(parts)
