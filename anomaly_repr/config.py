@@ -112,7 +112,7 @@ class ExperimentConfig:
     jem_lr: float = 1e-4  # jem: Adam's peak learning rate (the paper's 1e-4), on the schedule's warm-up and decay
     csi_epochs: int = 10  # csi: epochs of the contrastive stage (then `epochs` of the linear heads)
     csi_temperature: float = 0.07  # csi: temperature of the supervised contrastive loss
-    csi_rotation_weight: float = 1.0  # csi: weight of the rotation head's loss in the contrastive stage
+    csi_rotation_weight: float = 0.0  # csi: rotation loss in the contrastive stage too (0 = SupCSI: none)
     csi_optimizer: CsiOptimizer = "sgd"  # csi: optimiser of the contrastive stage: sgd | lars (the paper's)
     csi_jitter: float = 0.4  # csi: SimCLR views' colour jitter spread, 0.8 x SimCLR's strength (RGB only); 0 = none
     csi_test_views: int = 0  # csi: SimCLR views per test image of csi_unlabeled; 0 = 10 on a GPU, 2 on a CPU

@@ -3,6 +3,7 @@ in the second), resume across stages, the time budget, its scorers, and CSI in `
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import mlflow
@@ -17,9 +18,18 @@ from anomaly_repr.data.pipeline import Normalizer
 from anomaly_repr.engine.evaluation import extract_parts
 from anomaly_repr.engine.workflow import Prepared, fit, new_model, prepare
 from anomaly_repr.errors import BudgetError, ConfigError
+from anomaly_repr.methods import csi as csi_module
 from anomaly_repr.methods import method_for
 from anomaly_repr.methods import views as views_module
-from anomaly_repr.methods.csi import Csi, joint_labels, rotation_ensemble, rotations, supcon_loss
+from anomaly_repr.methods.csi import (
+    Csi,
+    CsiNet,
+    joint_labels,
+    rotation_ensemble,
+    rotations,
+    supcon_loss,
+    unlabeled_score,
+)
 from anomaly_repr.methods.lars import Lars
 from anomaly_repr.methods.views import resized_crop_flip, rotated_views, simclr_view
 from anomaly_repr.study.cells import Study
@@ -135,9 +145,61 @@ def test_csi_unlabeled_reads_no_anomaly_of_the_training_or_validation_split(trac
     nominal_train = prep.images(prep.split.nominal(prep.split.train, prep.data.labels))
     method = method_for(prep.cfg)
     assert isinstance(method, Csi)
-    expected = method._features(model, nominal_train, normalizer, torch.device("cpu"), 0)[0][:, 0]
-    assert torch.allclose(calibration.values["reference"], expected)  # the reference: nominal training images
+    expected = method._features(model, nominal_train, normalizer, torch.device("cpu"), 1)[0]
+    # the bank: the nominal training images, read through as many views as a test image
+    assert torch.allclose(calibration.values["reference"], torch.nn.functional.normalize(expected, dim=-1))
     assert np.isfinite(outputs["test"].csi_unlabeled).all()
+
+
+def test_csi_unlabeled_is_the_papers_score_on_hand_made_features():
+    # two rotations' worth of the four: z_0 = (3, 4) against a bank holding (1, 0) and (0, 1): the best cosine
+    # similarity times |z| is the largest coordinate, 4
+    projections = torch.zeros(1, 4, 2)
+    projections[0, 0] = torch.tensor([3.0, 4.0])
+    projections[0, 1] = torch.tensor([-1.0, 0.0])
+    bank = torch.zeros(2, 4, 2)
+    bank[0, :, 0] = 1.0
+    bank[1, :, 1] = 1.0
+    logits = torch.tensor([[2.0, -1.0, 0.0, 0.0]])  # raw logits, negative ones too: no softmax
+    weights = (torch.tensor([1.0, 2.0, 1.0, 1.0]), torch.tensor([0.5, 1.0, 1.0, 1.0]))
+    score = unlabeled_score(projections, logits, bank, weights)
+    assert score.tolist() == pytest.approx([4 * 1.0 + 0 * 2.0 + 2 * 0.5 - 1 * 1.0])
+
+
+def test_csi_unlabeled_averages_each_rotations_features_over_views_before_it_scores(monkeypatch):
+    prep = prepare(FAST.replace(csi_test_views=2))
+    torch.manual_seed(0)
+    model, normalizer = new_model(prep), Normalizer.fit(prep.images(prep.split.train))
+    method = method_for(prep.cfg)
+    assert isinstance(method, Csi) and isinstance(model, CsiNet)
+    images = prep.images(prep.split.test[:8])
+    x = normalizer(images)
+    seen = [rotations(x), rotations(x.flip(-1) * 0.5)]  # two stand-in views of the four turns
+    monkeypatch.setattr(csi_module, "rotated_views", lambda *args: iter(seen))
+    projections, logits = method._features(model, images, normalizer, torch.device("cpu"), 2)
+    model.eval()
+    with torch.no_grad():
+        outs = [model(v) for v in seen]
+    proj = torch.stack([o.extras["projection"].view(4, 8, -1).transpose(0, 1) for o in outs]).mean(dim=0)
+    raw = torch.stack([torch.stack([o.extras["rotation"].view(4, 8, 4)[k, :, k] for k in range(4)], dim=1)
+                       for o in outs]).mean(dim=0)
+    assert torch.allclose(projections, proj, atol=1e-5)  # features averaged, not normalised, over the views
+    assert torch.allclose(logits, raw, atol=1e-5)  # the raw logit of the right rotation, not its probability
+
+
+@pytest.mark.parametrize("weight", [0.0, 1.0])
+def test_supcsi_trains_the_contrastive_loss_alone_unless_a_rotation_weight_asks(weight):
+    prep = prepare(FAST.replace(csi_rotation_weight=weight))
+    method = method_for(prep.cfg)
+    assert isinstance(method, Csi)
+    model, normalizer = new_model(prep), Normalizer.fit(prep.images(prep.split.train))
+    method.start(normalizer, torch.device("cpu"))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    index = prep.split.nominal(prep.split.train, prep.data.labels)[:16]
+    method.train_step(model, optimizer, normalizer(prep.images(index)), torch.tensor(prep.open_labels[index]),
+                      contextlib.nullcontext)
+    touched = model.rotation.weight.grad is not None
+    assert touched == (weight > 0)  # SupCSI's stage 1 leaves the rotation head to the linear stage
 
 
 def test_lars_scales_each_layers_step_by_its_trust_ratio():
@@ -159,6 +221,7 @@ def test_the_stages_log_their_curves_and_the_second_keeps_the_backbone(tracking)
 
     assert steps("train/contrastive_loss") == [1] and steps("train/loss") == [2, 3]
     assert steps("val/acc") == [2, 3] and steps("train/class_loss") == [2, 3] and steps("train/joint_loss") == [2, 3]
+    assert steps("train/rotation_loss") == [2, 3]
     assert steps("val/max_logit/auroc") == [2, 3]  # the analysis reads the class head once it trains
     assert run.data.metrics["train/best_epoch"] in (2, 3)
 
@@ -178,6 +241,7 @@ def test_the_heads_stage_changes_the_heads_alone(tracking, tmp_path, monkeypatch
     assert backbone and all(torch.equal(after_contrastive[k], final[k]) for k in backbone)  # frozen, BN included
     assert not torch.equal(after_contrastive["head.weight"], final["head.weight"])
     assert not torch.equal(after_contrastive["joint.weight"], final["joint.weight"])
+    assert not torch.equal(after_contrastive["rotation.weight"], final["rotation.weight"])  # fitted linearly here
 
 
 def test_a_resume_inside_the_second_stage_reaches_the_uninterrupted_result(tracking, tmp_path):

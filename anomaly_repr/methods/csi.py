@@ -8,27 +8,28 @@ image its own SimCLR crop and colours (`views.simclr_view`: resized crop, colour
 distortion; the flip comes first as in the reference code); the backbone's z goes through a projection
 head (two linear layers, 128 outputs, normalised), and the loss is the supervised contrastive loss (Khosla
 et al. 2020, eq. 2, "L_out") with temperature `csi_temperature`, whose labels are the joint (known class,
-rotation) pairs, plus `csi_rotation_weight` times the cross-entropy of a 4-way rotation head on z (the
-paper's shift classification, lambda = 1). Curve: `train/contrastive_loss`. Stage 2, `heads` (`epochs`
-epochs): the backbone is frozen (and its batch norm in eval mode) and two linear heads on z are trained
-with cross-entropy: the K-way class head (upright images, the usual crop and flip) and the 4K-way joint
-(class, rotation) head (all four rotations); model selection and early stopping read the class head's
-validation accuracy, as for the classifier. Curves: `train/loss` (their sum), `train/class_loss`,
-`train/joint_loss`, `val/acc`. `csi_optimizer` is `lars` (the paper's, You et al. 2017: SGD with momentum
-whose step per layer is scaled by |w| / |grad|, trust coefficient 0.001; not for biases and norms) or
-`sgd`; both stages use `lr` and `batch_size`. The paper trains 700 + 100 epochs at batch 512 (on GPUs);
-the defaults here, 10 + 30 epochs at batch 128, fit a CPU: each contrastive step runs 8 views of every
-image (4 rotations x 2), so an epoch of stage 1 costs about 8 epochs of the classifier (`max_hours` stops a
-run whose first epoch shows it cannot finish).
+rotation) pairs: SupCSI's loss alone, as in the reference code. `csi_rotation_weight` > 0 adds that weight
+times the cross-entropy of the 4-way rotation head on z (the shift classification of the paper's
+unlabelled CSI, lambda = 1 there), an option that is not SupCSI. Curve: `train/contrastive_loss`. Stage 2,
+`heads` (`epochs` epochs): the backbone is frozen (and its batch norm in eval mode) and three linear heads
+on z are trained with cross-entropy: the K-way class head (upright images, the usual crop and flip), the
+4K-way joint (class, rotation) head and the 4-way rotation head (all four rotations); model selection and
+early stopping read the class head's validation accuracy, as for the classifier. Curves: `train/loss`
+(their sum), `train/class_loss`, `train/joint_loss`, `train/rotation_loss`, `val/acc`. `csi_optimizer` is
+`lars` (the paper's, You et al. 2017: SGD with momentum whose step per layer is scaled by |w| / |grad|,
+trust coefficient 0.001; not for biases and norms) or `sgd`; both stages use `lr` and `batch_size`. The
+paper trains 700 + 100 epochs at batch 512 (on GPUs); the defaults here, 10 + 30 epochs at batch 128, fit a
+CPU: each contrastive step runs 8 views of every image (4 rotations x 2), so an epoch of stage 1 costs about
+8 epochs of the classifier (`max_hours` stops a run whose first epoch shows it cannot finish).
 
 Scores (higher = more anomalous): `csi`, 1 - max softmax of the class head; `csi_ens`, 1 - max over classes
-of the softmax of the joint head's block for rotation k on the image turned by k, averaged over the four
-rotations (the paper's "CSI-ens"); `csi_unlabeled`, the negated detection score of the paper (sec. 2.2): for
-each rotation k, the largest cosine similarity of the test image's normalised projection to those of the
-nominal training images turned by k, times the norm of its projection, plus the rotation head's
-probability of k, each term divided by its mean over the nominal validation images (the paper's
-weights, computed without an image meeting itself), summed over the rotations and averaged over
-`csi_test_views` SimCLR views of the test image (0: 10 on a GPU, 2 on a CPU).
+of the softmax of the joint head's class block for rotation k on the image turned by k, the blocks averaged
+over the four rotations (the paper's "CSI-ens"); `csi_unlabeled`, the negated detection score of the paper
+(sec. 2.2, eq. 7): per image and rotation k, the projection z_k and the rotation head's raw logit of k are
+averaged over `csi_test_views` views (flip, turn by k, SimCLR crop and colours; 0: 10 on a GPU, 2 on a
+CPU); the score sums over k the largest cosine similarity of z_k to the nominal training images' averaged
+projections turned by k, times |z_k|, plus that logit, each term weighted by one over its mean over the
+nominal training images (the reference code's weights: the mean norm, the mean logit).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from anomaly_repr.data.pipeline import Normalizer
 from anomaly_repr.errors import ConfigError, DataError
 from anomaly_repr.methods.base import Autocast, Calibration, Method, Stage, register_method
 from anomaly_repr.methods.lars import Lars
-from anomaly_repr.methods.views import ROTATIONS, rotated_views, rotations, views
+from anomaly_repr.methods.views import ROTATIONS, rotated_views, rotations
 from anomaly_repr.models.backbones import ModelOutput, OpenSetNet, build_backbone
 from anomaly_repr.scoring.outputs import batches
 from anomaly_repr.scoring.scorers import FunctionScorer, msp, register_scorer
@@ -57,7 +58,7 @@ if TYPE_CHECKING:
 
 
 PROJECTION = 128  # width of the projection head's output
-TEMPERATURE_RANGE, ROTATION_WEIGHT_RANGE = (0.03, 0.5), (0.1, 10.0)  # `tune --target csi`, log-uniform
+TEMPERATURE_RANGE = (0.03, 0.5)  # `tune --target csi`, log-uniform
 CHUNK = 1024  # test rows against all training features at once in the similarity search
 
 
@@ -73,6 +74,11 @@ class CsiNet(OpenSetNet):
     def forward_head(self, z: torch.Tensor) -> ModelOutput:
         return ModelOutput(logits=self.head(z), z=z, extras={
             "joint": self.joint(z), "projection": self.projection(z), "rotation": self.rotation(z)})
+
+
+def shift_labels(n: int, device: torch.device) -> torch.Tensor:
+    """(4N,): the rotation of each image of `rotations(x)` for a batch of N."""
+    return torch.arange(ROTATIONS, device=device).repeat_interleave(n)
 
 
 def joint_labels(y: torch.Tensor) -> torch.Tensor:
@@ -99,6 +105,19 @@ def supcon_loss(features: torch.Tensor, labels: torch.Tensor, temperature: float
     log_prob = sim - torch.logsumexp(sim, dim=1, keepdim=True)
     positive = (labels[:, None] == labels[None, :]) & ~own
     return -(log_prob.masked_fill(~positive, 0).sum(1) / positive.sum(1).clamp_min(1)).mean()
+
+
+def unlabeled_score(projections: torch.Tensor, logits: torch.Tensor, reference: torch.Tensor,
+                    weights: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """The paper's detection score (higher = more nominal), (N,): sum over rotations k of w_sim[k] times the
+    largest dot product of the projection z_k (N, 4, P) with the normalised bank of rotation k (M, 4, P),
+    i.e. cosine similarity times |z_k|, plus w_rot[k] times the rotation head's logit of k (N, 4)."""
+    w_sim, w_rot = weights
+    similarity = torch.empty(logits.shape)
+    for k in range(ROTATIONS):
+        for start in range(0, len(projections), CHUNK):
+            similarity[start:start + CHUNK, k] = (projections[start:start + CHUNK, k] @ reference[:, k].T).amax(dim=1)
+    return (similarity * w_sim + logits * w_rot).sum(dim=1)
 
 
 @register_method("csi")
@@ -147,7 +166,7 @@ class Csi(Method):
     def start(self, normalizer: Normalizer, device: torch.device) -> None:
         self.normalizer = normalizer
         self.generator = torch.Generator(device=device).manual_seed(self.cfg.seed)
-        self.sums = {"class_loss": 0.0, "joint_loss": 0.0, "steps": 0}
+        self.sums = dict.fromkeys(("class_loss", "joint_loss", "rotation_loss", "steps"), 0.0)
 
     def begin_stage(self, model: nn.Module, index: int) -> None:
         self.stage = index
@@ -157,7 +176,7 @@ class Csi(Method):
     def param_groups(self, model: nn.Module) -> list[dict]:
         if self.stage == 0:
             return super().param_groups(model)
-        heads = [p for name, p in model.named_parameters() if name.startswith(("head.", "joint."))]
+        heads = [p for name, p in model.named_parameters() if name.startswith(("head.", "joint.", "rotation."))]
         return [{"params": [p for p in heads if p.ndim > 1], "weight_decay": self.cfg.weight_decay},
                 {"params": [p for p in heads if p.ndim <= 1], "weight_decay": 0.0}]
 
@@ -180,17 +199,19 @@ class Csi(Method):
             with autocast():
                 out = model(batch.contiguous(memory_format=torch.channels_last))
             features = F.normalize(out.extras["projection"].float(), dim=1)
-            shift = torch.arange(ROTATIONS, device=x.device).repeat_interleave(n).repeat(2)
-            loss = (supcon_loss(features, joint.repeat(2), cfg.csi_temperature)
-                    + cfg.csi_rotation_weight * F.cross_entropy(out.extras["rotation"].float(), shift))
+            loss = supcon_loss(features, joint.repeat(2), cfg.csi_temperature)
+            if cfg.csi_rotation_weight:  # unlabelled CSI's shift classification: an option, not SupCSI
+                loss = loss + cfg.csi_rotation_weight * F.cross_entropy(out.extras["rotation"].float(),
+                                                                        shift_labels(n, x.device).repeat(2))
         else:
             with torch.no_grad(), autocast():
                 z = model.forward_features(turned.contiguous(memory_format=torch.channels_last)).float()
-            class_loss = F.cross_entropy(model.head(z[:n]), y, label_smoothing=cfg.label_smoothing)
-            joint_loss = F.cross_entropy(model.joint(z), joint)
-            loss = class_loss + joint_loss
-            self.sums["class_loss"] += float(class_loss.detach())
-            self.sums["joint_loss"] += float(joint_loss.detach())
+            losses = {"class_loss": F.cross_entropy(model.head(z[:n]), y, label_smoothing=cfg.label_smoothing),
+                      "joint_loss": F.cross_entropy(model.joint(z), joint),
+                      "rotation_loss": F.cross_entropy(model.rotation(z), shift_labels(n, x.device))}
+            loss = sum(losses.values(), torch.zeros((), device=x.device))
+            for name, value in losses.items():
+                self.sums[name] += float(value.detach())
             self.sums["steps"] += 1
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -206,52 +227,39 @@ class Csi(Method):
     def epoch_metrics(self) -> dict[str, float]:
         steps = self.sums.pop("steps")
         out = {f"train/{name}": value / steps for name, value in self.sums.items()} if steps else {}
-        self.sums = {"class_loss": 0.0, "joint_loss": 0.0, "steps": 0}
+        self.sums = dict.fromkeys(("class_loss", "joint_loss", "rotation_loss", "steps"), 0.0)
         return out
 
     # --- extraction and scores ---
     @torch.no_grad()
     def _features(self, model: CsiNet, images: torch.Tensor, normalizer: Normalizer, device: torch.device,
-                  count: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Per image, view and rotation k (on the image turned by k): the normalised projection (N, V, 4, P),
-        the projection's norm (N, V, 4) and the rotation head's probability of k (N, V, 4); V = count or 1."""
+                  count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per image and rotation k (on the image turned by k), averaged over `count` views (0: the image
+        itself): the projection (N, 4, P), not normalised, and the rotation head's raw logit of k (N, 4)."""
         model.eval()
         generator = torch.Generator(device=device).manual_seed(self.cfg.seed)
-        projections, norms, rotation_p = [], [], []
+        projections, logits = [], []
         for x in batches(images, normalizer, device, 256):
-            per_view = []
-            for view in views(x, normalizer, count, generator, self.cfg.csi_jitter):
-                out = model(rotations(view).contiguous(memory_format=torch.channels_last))
-                proj = out.extras["projection"].float().view(ROTATIONS, len(x), -1).transpose(0, 1)
-                p_rot = F.softmax(out.extras["rotation"].float(), dim=1).view(ROTATIONS, len(x), ROTATIONS)
-                p_right = torch.stack([p_rot[k, :, k] for k in range(ROTATIONS)], dim=1)
-                per_view.append((proj, p_right))
-            proj = torch.stack([v[0] for v in per_view], dim=1)
-            projections.append(F.normalize(proj, dim=-1).cpu())
-            norms.append(proj.norm(dim=-1).cpu())
-            rotation_p.append(torch.stack([v[1] for v in per_view], dim=1).cpu())
-        return torch.cat(projections), torch.cat(norms), torch.cat(rotation_p)
-
-    def _terms(self, projections: torch.Tensor, norms: torch.Tensor, rotation_p: torch.Tensor,
-               reference: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(similarity term, rotation term), each (N, V, 4): max cosine similarity to the reference (the
-        nominal training projections, (M, 4, P)) of the same rotation times the norm; the rotation head's p."""
-        best = torch.empty(norms.shape)
-        for k in range(ROTATIONS):
-            for start in range(0, len(projections), CHUNK):
-                rows = projections[start:start + CHUNK, :, k]  # (n, V, P)
-                best[start:start + CHUNK, :, k] = (rows @ reference[:, k].T).amax(dim=-1)
-        return best * norms, rotation_p
+            turned = [rotations(x)] if count == 0 else rotated_views(x, normalizer, count, generator,
+                                                                     self.cfg.csi_jitter)
+            proj_sum, logit_sum = torch.zeros(()), torch.zeros(())
+            for view in turned:
+                out = model(view.contiguous(memory_format=torch.channels_last))
+                proj_sum = proj_sum + out.extras["projection"].float().view(ROTATIONS, len(x), -1).transpose(0, 1)
+                shift = out.extras["rotation"].float().view(ROTATIONS, len(x), ROTATIONS)
+                logit_sum = logit_sum + torch.stack([shift[k, :, k] for k in range(ROTATIONS)], dim=1)
+            projections.append((proj_sum / max(count, 1)).cpu())
+            logits.append((logit_sum / max(count, 1)).cpu())
+        return torch.cat(projections), torch.cat(logits)
 
     def calibrate(self, model: OpenSetNet, nominal_val: torch.Tensor, normalizer: Normalizer, device: torch.device,
                   nominal_train: torch.Tensor) -> Calibration:
-        """The nominal training images' projections (the reference of `csi_unlabeled`) and the score terms'
-        means over the nominal validation images (their weights)."""
+        """The bank of `csi_unlabeled`: the nominal training images' projections, averaged over as many views
+        as a test image gets, and the weights of its two terms (one over their means over the bank)."""
         assert isinstance(model, CsiNet)
-        reference = self._features(model, nominal_train, normalizer, device, 0)[0][:, 0]
-        sim, rot = self._terms(*self._features(model, nominal_val, normalizer, device, 0), reference)
-        weights = (1 / sim.mean(dim=(0, 1)), 1 / rot.mean(dim=(0, 1)))
-        return Calibration(values={"reference": reference, "weights": weights},
+        projections, logits = self._features(model, nominal_train, normalizer, device, self.test_views(device))
+        weights = (1 / projections.norm(dim=-1).mean(dim=0), 1 / logits.mean(dim=0))
+        return Calibration(values={"reference": F.normalize(projections, dim=-1), "weights": weights},
                            metrics={f"csi/weight_{name}_{k}": float(w[k])
                                     for name, w in zip(("sim", "rot"), weights, strict=True) for k in range(ROTATIONS)})
 
@@ -265,19 +273,16 @@ class Csi(Method):
             ens = torch.cat([rotation_ensemble(model(rotations(x).contiguous(memory_format=torch.channels_last))
                                                .extras["joint"]).cpu()
                              for x in batches(images, normalizer, device, 256)])
-        sim, rot = self._terms(*self._features(model, images, normalizer, device, self.test_views(device)),
-                               calibration.values["reference"])
-        w_sim, w_rot = calibration.values["weights"]
-        score = (sim * w_sim + rot * w_rot).sum(dim=-1).mean(dim=1)  # over rotations, then over views
+        projections, logits = self._features(model, images, normalizer, device, self.test_views(device))
+        score = unlabeled_score(projections, logits, calibration.values["reference"], calibration.values["weights"])
         return {"csi_ens": ens.numpy(), "csi_unlabeled": (-score).numpy()}
 
     # --- tuning ---
     def suggest(self, trial: optuna.Trial, tcfg: SearchBounds) -> dict[str, Any]:
-        return {"csi_temperature": trial.suggest_float("csi_temperature", *TEMPERATURE_RANGE, log=True),
-                "csi_rotation_weight": trial.suggest_float("csi_rotation_weight", *ROTATION_WEIGHT_RANGE, log=True)}
+        return {"csi_temperature": trial.suggest_float("csi_temperature", *TEMPERATURE_RANGE, log=True)}
 
     def talk_values(self, tcfg: SearchBounds) -> list[dict[str, Any]]:
-        return [{"csi_temperature": 0.07, "csi_rotation_weight": 1.0}]  # the paper's
+        return [{"csi_temperature": 0.07}]  # the paper's
 
 
 register_scorer("csi", "method")(lambda cfg: FunctionScorer(lambda o: msp(o.logits), requires=("logits", "csi_ens")))
