@@ -3,6 +3,7 @@ workers (the server-backed runs are in test_e2e.py, the PostgreSQL workers in te
 
 import dataclasses
 import logging
+import os
 import re
 import time
 
@@ -47,6 +48,10 @@ def test_two_seeds_and_two_splits_give_means_intervals_choices_ranks_and_a_child
     kids = children(client, parent_id)
     assert sorted((c.data.tags["method"], c.data.tags["split"], c.data.tags["seed"]) for c in kids) == [
         (m, split, seed) for m in ("classifier", "oracle_rep") for split in "01" for seed in "01"]
+    # each cell names the machine it ran on: the CPU's model as the system reports it, and its cores
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "")
+    assert all(c.data.tags["machine"].startswith(cpu) and f"{os.cpu_count()} cores" in c.data.tags["machine"]
+               for c in kids)
     values = [c.data.metrics["test/max_logit/auroc"] for c in kids if c.data.tags["method"] == "classifier"]
     m = parent.data.metrics
     assert parent.info.status == "FINISHED"

@@ -28,11 +28,13 @@ from mlflow.models import infer_signature
 from anomaly_repr.config import ExperimentConfig
 from anomaly_repr.data.pipeline import Normalizer
 from anomaly_repr.data.split import OpenSetSplit
+from anomaly_repr.engine.device import pick_device
 from anomaly_repr.engine.evaluation import Evaluation
 from anomaly_repr.engine.workflow import Prepared
 from anomaly_repr.errors import AnomalyReprError
 from anomaly_repr.models.backbones import OpenSetNet
 from anomaly_repr.models.served import PixelsToLogits
+from anomaly_repr.tracking.hardware import machine
 from anomaly_repr.tracking.lineage import log_dataset_inputs, log_far_inputs
 from anomaly_repr.tracking.setup import TrackingError
 
@@ -132,7 +134,8 @@ def log_provenance(prep: Prepared, stage: str, parts: Sequence[str] = ("train", 
     mlflow.set_tags({
         "stage": stage, "dataset": cfg.dataset, "split": str(cfg.split), "arch": cfg.arch, "seed": str(cfg.seed),
         "method": cfg.method, "model": cfg.method,
-        "git_commit": git_commit(), "split_hash": split.hash, "known_classes": ",".join(split.known),
+        "git_commit": git_commit(), "machine": machine(str(pick_device(cfg.device))), "split_hash": split.hash,
+        "known_classes": ",".join(split.known),
         "unknown_classes": ",".join(split.unknown),
     })
     log_json(split.to_dict(), "split/manifest.json")
