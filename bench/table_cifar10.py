@@ -1,0 +1,120 @@
+"""The table at scale: resumable `reproduce` studies on the real CIFAR-10 images at `preset=fast`.
+
+A study here outlives one sitting. Its Optuna storage, its MLflow store and each finished cell's test scores
+are packed into bench/studies/<name>.tar.gz (committed); the next sitting unpacks them to the same place and
+resumes the study by its name (`--study_name table-<name>`), so only the cells without a result run. Every
+cell of a study runs the code of the study's commit (a git worktree of it, recorded in bench/studies/<name>.json),
+whatever the checkout holds by then; each cell's run tags the machine it ran on.
+
+Usage:
+  python bench/table_cifar10.py run NAME      # start the study, or resume it (after `unpack`)
+  python bench/table_cifar10.py pack NAME     # bench/studies/NAME.tar.gz: what a resume needs, nothing more
+  python bench/table_cifar10.py unpack NAME
+  python bench/table_cifar10.py cells NAME    # every cell: state, machine, wall time, and the parent's tables
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import mlflow
+from common import HERE, cifar10_folder
+
+ROOT = HERE.parent.parent / "table"  # outside the checkout: MLflow records artifact paths as absolute paths
+STUDIES = {
+    # 5a: the talk's four on three distinct class sets (splits 0 and 1 share theirs) x 2 seeds
+    "core": ["--methods", "classifier,hybrid,godin,oracle_rep", "--splits", "0,2,3", "--seeds", "0,1",
+             "--recon_weight", "0.9"],
+}
+KEPT = ("outputs/test_scores.npz",)  # the artifacts a parent reads back from its cells
+SMALL = 256 * 1024  # other artifacts (tables, figures, configs) are packed below this size; models are not
+
+
+def folder(name: str) -> Path:
+    return ROOT / name
+
+
+def record(name: str) -> dict[str, str]:
+    """bench/studies/<name>.json: the study's name, commit and folder; written by its first `run`."""
+    path = HERE / "studies" / f"{name}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, check=True, capture_output=True,
+                            text=True).stdout.strip()
+    data = {"study_name": f"table-{name}", "commit": commit, "folder": str(folder(name))}
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(data, indent=1) + "\n")
+    return data
+
+
+def code(name: str, commit: str) -> Path:
+    """A worktree of the study's commit: every cell runs the same code."""
+    tree = folder(name) / "code"
+    if not tree.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", "-f", str(tree), commit], cwd=HERE, check=True)
+    return tree
+
+
+def env(name: str) -> dict[str, str]:
+    return dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{folder(name)}/mlflow.db",
+                MLFLOW_EXPERIMENT_NAME=f"table-{name}")
+
+
+def run(name: str) -> None:
+    study = record(name)
+    root = folder(name)
+    root.mkdir(parents=True, exist_ok=True)
+    tree = code(name, study["commit"])
+    args = [sys.executable, "-m", "anomaly_repr", "reproduce", "--dataset", "imagefolder", "--data_root",
+            str(cifar10_folder()), "--preset", "fast", *STUDIES[name], "--storage", f"sqlite:///{root}/optuna.db",
+            "--study_name", study["study_name"]]
+    print("command: " + " ".join(args[1:]) + f"\ncode: {study['commit']}", flush=True)
+    subprocess.run(args, cwd=root, env=env(name) | {"PYTHONPATH": str(tree)}, check=True)
+
+
+def pack(name: str) -> None:
+    root, out = folder(name), HERE / "studies" / f"{name}.tar.gz"
+    with tarfile.open(out, "w:gz") as tar:
+        for path in ("optuna.db", "mlflow.db"):
+            tar.add(root / path, arcname=path)
+        for path in sorted((root / "mlruns").rglob("*")):
+            keep = str(path).endswith(KEPT) or (path.stat().st_size < SMALL and "/models/" not in str(path)
+                                               and "/outputs/" not in str(path))
+            if path.is_file() and keep:
+                tar.add(path, arcname=str(path.relative_to(root)))
+    print(f"{out}: {out.stat().st_size / 1e6:.1f} MB")
+
+
+def unpack(name: str) -> None:
+    root = folder(name)
+    if (root / "mlflow.db").exists():
+        raise SystemExit(f"{root} already holds a study; move it away first")
+    root.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(HERE / "studies" / f"{name}.tar.gz") as tar:
+        tar.extractall(root, filter="data")
+    print(f"unpacked into {root}; resume with: python bench/table_cifar10.py run {name}")
+
+
+def cells(name: str) -> None:
+    mlflow.set_tracking_uri(env(name)["MLFLOW_TRACKING_URI"])
+    runs = mlflow.search_runs(experiment_names=[f"table-{name}"], output_format="list")
+    for r in sorted(runs, key=lambda r: r.info.start_time):
+        if "mlflow.parentRunId" not in r.data.tags:
+            print(f"parent {r.info.run_id} {r.info.status}")
+            continue
+        wall = ((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000
+        m = r.data.metrics
+        print(f"  {r.info.run_name:<16} {r.info.status:<9} {wall:6.0f} s  {r.data.tags.get('machine', '?')}  "
+              + (f"test/acc {m['test/acc']:.4f} max_logit {m['test/max_logit/auroc']:.4f} "
+                 if "test/acc" in m else "") + (f"oracle_rf {m['test/oracle_rf/auroc']:.4f}"
+                                                if "test/oracle_rf/auroc" in m else ""))
+
+
+if __name__ == "__main__":
+    command, study_name = sys.argv[1], sys.argv[2]
+    {"run": run, "pack": pack, "unpack": unpack, "cells": cells}[command](study_name)
