@@ -9,7 +9,7 @@ import scikit_posthocs as sp
 from scipy import stats as scipy_stats
 from test_report import CLASSIFIER, IS_ANOMALY, ORACLE_REP, cell
 
-from anomaly_repr.scoring.intervals import Cell
+from anomaly_repr.scoring.intervals import Cell, evaluation_intervals
 from anomaly_repr.study.ranks import critical_difference, rank_scorers, rank_table
 from anomaly_repr.study.report import gap_table, markdown_report
 from anomaly_repr.study.summary import choices, holm_adjusted, summarise
@@ -134,3 +134,14 @@ def test_the_critical_difference_figure_joins_the_scorers_it_cannot_separate():
     labels = {t.get_text() for t in fig.axes[0].texts}
     assert any(label.startswith("oracle_rf") for label in labels) and len(labels) >= len(CLASSIFIER)
     assert fig.get_size_inches()[0] == pytest.approx(8.3)
+
+
+def test_one_evaluation_adjusts_its_scorers_against_max_logit_as_one_family():
+    c = cell(CLASSIFIER)
+    out = evaluation_intervals(c.scores, c.is_anomaly, c.metrics, 200, c.seed)
+    family = [s for s in CLASSIFIER if s not in ("max_logit", "oracle_rf")]
+    raw = [out[f"test/{s}/vs_max_logit_p"] for s in family]
+    adjusted = [out[f"test/{s}/vs_max_logit_p_holm"] for s in family]
+    order = np.argsort(raw)
+    by_hand = np.maximum.accumulate([min(1.0, (len(raw) - i) * raw[j]) for i, j in enumerate(order)])
+    assert [adjusted[j] for j in order] == pytest.approx(list(by_hand))

@@ -18,6 +18,7 @@ from anomaly_repr.scoring.stats import (
     Resamples,
     Spread,
     difference_metrics,
+    holm,
     interval_metrics,
     resampled_metrics,
     resampled_oscr,
@@ -152,8 +153,9 @@ def evaluation_intervals(scores: dict[str, np.ndarray], is_anomaly: np.ndarray, 
                          correct: np.ndarray | None = None) -> dict[str, float]:
     """One evaluation's intervals: `test/<scorer>/<metric>_ci_low/_ci_high` for every scorer and metric (OSCR
     too, given `correct`), `test/<scorer>/vs_max_logit` (AUROC difference) with its paired interval and
-    p-value for every deployable scorer, and each far set's intervals and near_harder gap (`far_metrics`);
-    the same draws that a study's parent makes for this seed's test images."""
+    p-value, raw and Holm-adjusted over the run's scorers (`_p_holm`), for every deployable scorer, and each
+    far set's intervals and near_harder gap (`far_metrics`); the same draws that a study's parent makes for
+    this seed's test images."""
     cell = Cell(0, seed, metrics, scores, is_anomaly, far_scores=far_scores or {}, correct=correct)
     boot = Bootstrap({"model": [cell]}, n_resamples)
     out: dict[str, float] = far_metrics({"model": [cell]}, boot, "model", "test/ood/{set}/{scorer}")
@@ -166,4 +168,5 @@ def evaluation_intervals(scores: dict[str, np.ndarray], is_anomaly: np.ndarray, 
         if scorer != BASELINE and BASELINE in scores and not is_oracle(scorer):
             out |= paired_gap({"model": [cell]}, boot, f"test/{scorer}/vs_{BASELINE}", ("model", scorer),
                               ("model", BASELINE))
-    return out
+    versus = [k.removesuffix("_p") for k in out if k.endswith(f"/vs_{BASELINE}_p")]  # one family: Holm
+    return out | {f"{name}_p_holm": p for name, p in zip(versus, holm([out[f"{n}_p"] for n in versus]), strict=True)}

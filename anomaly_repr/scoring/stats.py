@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as scipy_stats
+from statsmodels.stats.multitest import multipletests
 
 LEVEL = 0.95  # coverage of every interval: the 2.5 and 97.5 percentiles
 METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95")
@@ -122,6 +123,11 @@ def two_sided_p(differences: np.ndarray) -> float:
     bulk (at most 1). A difference that is 0 on every resample has p = 1."""
     below, above = float((differences <= 0).mean()), float((differences >= 0).mean())
     return min(1.0, 2 * min(below, above))
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (family-wise error control), in their order."""
+    return [float(p) for p in multipletests(p_values, method="holm")[1]] if p_values else []
 
 
 def interval_metrics(name: str, values: np.ndarray) -> dict[str, float]:

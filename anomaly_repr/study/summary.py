@@ -12,7 +12,6 @@ import re
 from collections.abc import Iterable
 
 import numpy as np
-from statsmodels.stats.multitest import multipletests
 
 from anomaly_repr.methods import METHODS, ORACLE_REPRESENTATION, REFERENCE, VARIANT
 from anomaly_repr.scoring.intervals import (
@@ -25,7 +24,7 @@ from anomaly_repr.scoring.intervals import (
     spread_metrics,
 )
 from anomaly_repr.scoring.scorers import is_oracle, scorers_of
-from anomaly_repr.scoring.stats import interval_metrics
+from anomaly_repr.scoring.stats import holm, interval_metrics
 
 GAP = re.compile(r"test/q\d_gap(_max_logit)?")  # q1_gap, q1_gap_max_logit, q2_gap, a method's alias (q3_gap)
 
@@ -169,12 +168,8 @@ def holm_adjusted(summary: dict[str, float]) -> dict[str, float]:
     its max logit (`.../vs_max_logit`)."""
     gaps = [name for name in gap_names(summary) if f"{name}_p" in summary]
     versus = [k.removesuffix("_p") for k in summary if k.endswith(f"/vs_{BASELINE}_p")]
-    out: dict[str, float] = {}
-    for family in (gaps, versus):
-        if family:
-            adjusted = multipletests([summary[f"{name}_p"] for name in family], method="holm")[1]
-            out |= {f"{name}_p_holm": float(p) for name, p in zip(family, adjusted, strict=True)}
-    return out
+    return {f"{name}_p_holm": p for family in (gaps, versus)
+            for name, p in zip(family, holm([summary[f"{name}_p"] for name in family]), strict=True)}
 
 
 def _policy_gains(results: Results, boot: Bootstrap, summary: dict[str, float]) -> dict[str, float]:
