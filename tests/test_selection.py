@@ -52,14 +52,16 @@ def test_holm_against_a_hand_computed_family():
     raw = {"test/q1_gap": 0.01, "test/q2_gap": 0.04, "test/gain/hybrid/oracle_rf": 0.03,
            "test/gain/hybrid/best_score": 0.20}
     summary = {name: 0.1 for name in raw} | {f"{name}_p": p for name, p in raw.items()}
-    # a second family: the scorers against max logit, adjusted on their own
+    # a family per model: its scorers against its own max logit, adjusted on their own
     summary |= {"test/classifier/knn/vs_max_logit": 0.0, "test/classifier/knn/vs_max_logit_p": 0.02,
-                "test/classifier/msp/vs_max_logit": 0.0, "test/classifier/msp/vs_max_logit_p": 0.5}
+                "test/classifier/msp/vs_max_logit": 0.0, "test/classifier/msp/vs_max_logit_p": 0.5,
+                "test/hybrid/knn/vs_max_logit": 0.0, "test/hybrid/knn/vs_max_logit_p": 0.02}
     # sorted 0.01, 0.03, 0.04, 0.20 times 4, 3, 2, 1: 0.04, 0.09, 0.08, 0.20, then kept non-decreasing
     assert holm_adjusted(summary) == pytest.approx({
         "test/q1_gap_p_holm": 0.04, "test/gain/hybrid/oracle_rf_p_holm": 0.09, "test/q2_gap_p_holm": 0.09,
         "test/gain/hybrid/best_score_p_holm": 0.20,
-        "test/classifier/knn/vs_max_logit_p_holm": 0.04, "test/classifier/msp/vs_max_logit_p_holm": 0.5})
+        "test/classifier/knn/vs_max_logit_p_holm": 0.04, "test/classifier/msp/vs_max_logit_p_holm": 0.5,
+        "test/hybrid/knn/vs_max_logit_p_holm": 0.02})
 
 
 def hand_made(gaps: list[float]) -> dict[str, list[Cell]]:
@@ -129,8 +131,9 @@ def test_one_run_has_ranks_but_no_friedman_test():
 
 def test_the_critical_difference_figure_joins_the_scorers_it_cannot_separate():
     ranks = rank_scorers(ranked_study())
+    before = plt.get_fignums()
     fig = critical_difference(ranks, "digits")
-    assert plt.get_fignums() == []  # drawn on its own Figure: nothing left open in pyplot
+    assert plt.get_fignums() == before  # drawn on its own Figure: nothing left open in pyplot
     labels = {t.get_text() for t in fig.axes[0].texts}
     assert any(label.startswith("oracle_rf") for label in labels) and len(labels) >= len(CLASSIFIER)
     assert fig.get_size_inches()[0] == pytest.approx(8.3)

@@ -164,11 +164,13 @@ def summarise(results: Results, n_resamples: int) -> dict[str, float]:
 
 def holm_adjusted(summary: dict[str, float]) -> dict[str, float]:
     """`<name>_p_holm`: Holm's step-down adjustment (family-wise error 5 %) of the paired-bootstrap p-values,
-    within each family a study reports: its gaps and gains (`gap_names`), and every model's scorers against
-    its max logit (`.../vs_max_logit`)."""
-    gaps = [name for name in gap_names(summary) if f"{name}_p" in summary]
-    versus = [k.removesuffix("_p") for k in summary if k.endswith(f"/vs_{BASELINE}_p")]
-    return {f"{name}_p_holm": p for family in (gaps, versus)
+    within each family a study reports: its gaps and gains (`gap_names`), and each model's scorers against
+    its own max logit (`test/<model>/<scorer>/vs_max_logit`, the family a run adjusts on its own)."""
+    families: dict[str, list[str]] = {"gaps": [name for name in gap_names(summary) if f"{name}_p" in summary]}
+    for key in summary:
+        if key.endswith(f"/vs_{BASELINE}_p") and key.count("/") == 3:
+            families.setdefault(key.split("/")[1], []).append(key.removesuffix("_p"))
+    return {f"{name}_p_holm": p for family in families.values()
             for name, p in zip(family, holm([summary[f"{name}_p"] for name in family]), strict=True)}
 
 
