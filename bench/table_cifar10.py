@@ -32,7 +32,8 @@ STUDIES = {
              "--recon_weight", "0.9"],
 }
 KEPT = ("outputs/test_scores.npz",)  # the artifacts a parent reads back from its cells
-SMALL = 256 * 1024  # other artifacts (tables, figures, configs) are packed below this size; models are not
+SMALL = 256 * 1024  # other artifacts (tables, configs, manifests) are packed below this size; models, outputs
+#                     and the cells' figures (each cell can draw them again from its scores) are not
 
 
 def folder(name: str) -> Path:
@@ -83,8 +84,8 @@ def pack(name: str) -> None:
         for path in ("optuna.db", "mlflow.db"):
             tar.add(root / path, arcname=path)
         for path in sorted((root / "mlruns").rglob("*")):
-            keep = str(path).endswith(KEPT) or (path.stat().st_size < SMALL and "/models/" not in str(path)
-                                               and "/outputs/" not in str(path))
+            keep = str(path).endswith(KEPT) or (path.stat().st_size < SMALL and path.suffix != ".png"
+                                               and "/models/" not in str(path) and "/outputs/" not in str(path))
             if path.is_file() and keep:
                 tar.add(path, arcname=str(path.relative_to(root)))
     print(f"{out}: {out.stat().st_size / 1e6:.1f} MB")
@@ -101,18 +102,29 @@ def unpack(name: str) -> None:
 
 
 def cells(name: str) -> None:
+    """A Markdown table of the study's cells in the order they ran: state, wall time, machine, test accuracy,
+    test AUROCs with intervals, and the deployable scorer that the cell's own validation AUROCs would choose."""
     mlflow.set_tracking_uri(env(name)["MLFLOW_TRACKING_URI"])
     runs = mlflow.search_runs(experiment_names=[f"table-{name}"], output_format="list")
+    print("| cell | state | wall (s) | machine | test acc | max_logit | oracle_rf | best on validation "
+          "(its test AUROC) |\n|---|---|---|---|---|---|---|---|")
     for r in sorted(runs, key=lambda r: r.info.start_time):
-        if "mlflow.parentRunId" not in r.data.tags:
-            print(f"parent {r.info.run_id} {r.info.status}")
+        if "mlflow.parentRunId" not in r.data.tags:  # the parent: after the table
             continue
-        wall = ((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000
-        m = r.data.metrics
-        print(f"  {r.info.run_name:<16} {r.info.status:<9} {wall:6.0f} s  {r.data.tags.get('machine', '?')}  "
-              + (f"test/acc {m['test/acc']:.4f} max_logit {m['test/max_logit/auroc']:.4f} "
-                 if "test/acc" in m else "") + (f"oracle_rf {m['test/oracle_rf/auroc']:.4f}"
-                                                if "test/oracle_rf/auroc" in m else ""))
+        m, wall = r.data.metrics, ((r.info.end_time or r.info.start_time) - r.info.start_time) / 1000
+        select = {k.split("/")[1]: v for k, v in m.items() if k.startswith("select/")}
+        best = f"{b} ({m[f'test/{b}/auroc']:.4f})" if (b := max(select, key=select.__getitem__, default="")) else ""
+        acc = f"{m['test/acc']:.4f}" if "test/acc" in m else ""
+        print(f"| {r.info.run_name} | {r.info.status} | {wall:.0f} | {r.data.tags.get('machine', '')} | {acc} | "
+              f"{_auroc(m, 'max_logit')} | {_auroc(m, 'oracle_rf')} | {best} |")
+    for r in runs:
+        if "mlflow.parentRunId" not in r.data.tags:
+            print(f"\nparent {r.info.run_id}: {r.info.status}")
+
+
+def _auroc(m: dict[str, float], scorer: str) -> str:
+    key = f"test/{scorer}/auroc"
+    return f"{m[key]:.4f} [{m[key + '_ci_low']:.4f}, {m[key + '_ci_high']:.4f}]" if key in m else ""
 
 
 if __name__ == "__main__":
