@@ -1,14 +1,14 @@
 """The table at scale: resumable `reproduce` studies on the real CIFAR-10 images at `preset=fast`.
 
 A study here outlives one sitting. Its Optuna storage, its MLflow store and each finished cell's test scores
-are packed into bench/studies/<name>.tar.gz (committed); the next sitting unpacks them to the same place and
+are packed into bench/studies/<name>/ (committed); the next sitting unpacks them to the same place and
 resumes the study by its name (`--study_name table-<name>`), so only the cells without a result run. Every
 cell of a study runs the code of the study's commit (a git worktree of it, recorded in bench/studies/<name>.json),
 whatever the checkout holds by then; each cell's run tags the machine it ran on.
 
 Usage:
   python bench/table_cifar10.py run NAME      # start the study, or resume it (after `unpack`)
-  python bench/table_cifar10.py pack NAME     # bench/studies/NAME.tar.gz: what a resume needs, nothing more
+  python bench/table_cifar10.py pack NAME     # bench/studies/NAME/: what a resume needs, nothing more
   python bench/table_cifar10.py unpack NAME
   python bench/table_cifar10.py cells NAME    # every cell: state, machine, wall time, and the parent's tables
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -79,25 +80,38 @@ def run(name: str) -> None:
 
 
 def pack(name: str) -> None:
-    root, out = folder(name), HERE / "studies" / f"{name}.tar.gz"
-    with tarfile.open(out, "w:gz") as tar:
+    """bench/studies/<name>/: `stores.tar.gz` (the two databases and the small artifacts, rewritten each time)
+    and `scores/<experiment>/<run>.npz`, each finished cell's test scores, written once: a cell's scores never
+    change, so the history grows by each cell once, not by the whole study at every sitting."""
+    root, out = folder(name), HERE / "studies" / name
+    (out / "scores").mkdir(parents=True, exist_ok=True)
+    with tarfile.open(out / "stores.tar.gz", "w:gz") as tar:
         for path in ("optuna.db", "mlflow.db"):
             tar.add(root / path, arcname=path)
         for path in sorted((root / "mlruns").rglob("*")):
-            keep = str(path).endswith(KEPT) or (path.stat().st_size < SMALL and path.suffix != ".png"
-                                               and "/models/" not in str(path) and "/outputs/" not in str(path))
-            if path.is_file() and keep:
+            if str(path).endswith(KEPT):
+                experiment, run_id = path.relative_to(root / "mlruns").parts[:2]
+                kept = out / "scores" / experiment / f"{run_id}.npz"
+                if not kept.exists():
+                    kept.parent.mkdir(exist_ok=True)
+                    shutil.copyfile(path, kept)
+            elif path.is_file() and path.stat().st_size < SMALL and path.suffix != ".png" \
+                    and "/models/" not in str(path) and "/outputs/" not in str(path):
                 tar.add(path, arcname=str(path.relative_to(root)))
-    print(f"{out}: {out.stat().st_size / 1e6:.1f} MB")
+    print(f"{out}: {sum(f.stat().st_size for f in out.rglob('*') if f.is_file()) / 1e6:.1f} MB")
 
 
 def unpack(name: str) -> None:
-    root = folder(name)
+    root, packed = folder(name), HERE / "studies" / name
     if (root / "mlflow.db").exists():
         raise SystemExit(f"{root} already holds a study; move it away first")
     root.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(HERE / "studies" / f"{name}.tar.gz") as tar:
+    with tarfile.open(packed / "stores.tar.gz") as tar:
         tar.extractall(root, filter="data")
+    for kept in (packed / "scores").glob("*/*.npz"):
+        target = root / "mlruns" / kept.parent.name / kept.stem / "artifacts" / KEPT[0]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(kept, target)
     print(f"unpacked into {root}; resume with: python bench/table_cifar10.py run {name}")
 
 
