@@ -127,8 +127,8 @@ def summarise(results: Results, n_resamples: int) -> dict[str, float]:
             if scorer != BASELINE and BASELINE in cells[0].scores and not is_oracle(scorer):
                 summary |= paired_gap(results, boot, f"test/{method}/{scorer}/vs_{BASELINE}", (method, scorer),
                                 (method, BASELINE))
-    summary |= _policy_gains(results, boot, summary)  # each policy row against its own method's row
     picked = choices(results)
+    summary |= _policy_gains(results, boot, picked)  # each policy row against its own method's row
     reference = reference_method(results)
     if reference is None:
         return summary | holm_adjusted(summary)
@@ -136,8 +136,8 @@ def summarise(results: Results, n_resamples: int) -> dict[str, float]:
     summary |= paired_gap(results, boot, "test/q1_gap_max_logit", rf, (reference, BASELINE))
     classics = [s for s in scorers_of("classic") if s in deployable(results, reference)]
     if (argmax := test_argmax(summary, reference, classics)) is not None:
-        summary["test/q1_gap_test_argmax"] = summary[f"test/{rf[0]}/{rf[1]}/auroc"] - summary[
-            f"test/{reference}/{argmax}/auroc"]
+        summary["test/q1_gap_test_argmax"] = (summary[f"test/{reference}/oracle_rf/auroc"]
+                                              - summary[f"test/{reference}/{argmax}/auroc"])
     if (argmax := test_argmax(summary, reference, deployable(results, reference))) is not None:
         summary["test/q1_best_deployable_test_argmax"] = summary[f"test/{reference}/{argmax}/auroc"]
     best = picked.get("q1_best_deployable")
@@ -174,7 +174,7 @@ def holm_adjusted(summary: dict[str, float]) -> dict[str, float]:
             for name, p in zip(family, holm([summary[f"{name}_p"] for name in family]), strict=True)}
 
 
-def _policy_gains(results: Results, boot: Bootstrap, summary: dict[str, float]) -> dict[str, float]:
+def _policy_gains(results: Results, boot: Bootstrap, picked: dict[str, str]) -> dict[str, float]:
     """Each `<method>.<policy>` row against its method's row: AUROC gains with paired intervals, accuracy."""
     out: dict[str, float] = {}
     for row, cells in results.items():
@@ -184,7 +184,7 @@ def _policy_gains(results: Results, boot: Bootstrap, summary: dict[str, float]) 
         for scorer in ("oracle_rf", BASELINE):
             if scorer in cells[0].scores and scorer in results[base][0].scores:
                 out |= paired_gap(results, boot, f"test/gain/{row}/{scorer}", (row, scorer), (base, scorer))
-        theirs, ours = best_deployable(results, row), best_deployable(results, base)
+        theirs, ours = picked.get(f"best_deployable/{row}"), picked.get(f"best_deployable/{base}")
         if theirs is not None and ours is not None:
             out |= paired_gap(results, boot, f"test/gain/{row}/best_score", (row, theirs), (base, ours))
         if all("test/acc" in c.metrics for c in [*cells, *results[base]]):
