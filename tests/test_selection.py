@@ -62,6 +62,9 @@ def test_holm_against_a_hand_computed_family():
         "test/gain/hybrid/best_score_p_holm": 0.20,
         "test/classifier/knn/vs_max_logit_p_holm": 0.04, "test/classifier/msp/vs_max_logit_p_holm": 0.5,
         "test/hybrid/knn/vs_max_logit_p_holm": 0.02})
+    # the hybrid's alias of its oracle gain is the same hypothesis: not a fifth member, and the same adjusted p
+    with_alias = summary | {"test/q3_gap": 0.1, "test/q3_gap_p": 0.03}
+    assert holm_adjusted(with_alias) == pytest.approx(holm_adjusted(summary) | {"test/q3_gap_p_holm": 0.09})
 
 
 def hand_made(gaps: list[float]) -> dict[str, list[Cell]]:

@@ -165,13 +165,20 @@ def summarise(results: Results, n_resamples: int) -> dict[str, float]:
 def holm_adjusted(summary: dict[str, float]) -> dict[str, float]:
     """`<name>_p_holm`: Holm's step-down adjustment (family-wise error 5 %) of the paired-bootstrap p-values,
     within each family a study reports: its gaps and gains (`gap_names`), and each model's scorers against
-    its own max logit (`test/<model>/<scorer>/vs_max_logit`, the family a run adjusts on its own)."""
-    families: dict[str, list[str]] = {"gaps": [name for name in gap_names(summary) if f"{name}_p" in summary]}
+    its own max logit (`test/<model>/<scorer>/vs_max_logit`, the family a run adjusts on its own). A method's
+    alias (`test/q3_gap`, the hybrid's oracle gain) is the same hypothesis as what it names: it is not counted
+    twice, and takes that one's adjusted p-value."""
+    aliases = {cls.oracle_gain_alias: f"test/gain/{name}/oracle_rf" for name, cls in METHODS.items()
+               if cls.oracle_gain_alias}
+    families: dict[str, list[str]] = {"gaps": [name for name in gap_names(summary)
+                                               if f"{name}_p" in summary and name not in aliases]}
     for key in summary:
         if key.endswith(f"/vs_{BASELINE}_p") and key.count("/") == 3:
             families.setdefault(key.split("/")[1], []).append(key.removesuffix("_p"))
-    return {f"{name}_p_holm": p for family in families.values()
-            for name, p in zip(family, holm([summary[f"{name}_p"] for name in family]), strict=True)}
+    adjusted = {f"{name}_p_holm": p for family in families.values()
+                for name, p in zip(family, holm([summary[f"{name}_p"] for name in family]), strict=True)}
+    return adjusted | {f"{alias}_p_holm": adjusted[f"{name}_p_holm"] for alias, name in aliases.items()
+                       if f"{alias}_p" in summary and f"{name}_p_holm" in adjusted}
 
 
 def _policy_gains(results: Results, boot: Bootstrap, picked: dict[str, str]) -> dict[str, float]:
