@@ -1,16 +1,23 @@
-"""The table at scale: resumable `reproduce` studies on the real CIFAR-10 images at `preset=fast`.
+"""The table at scale: resumable studies on the real CIFAR-10 images at `preset=fast`.
 
 A study here outlives one sitting. Its Optuna storage, its MLflow store and each finished cell's test scores
-are packed into bench/studies/<name>/ (committed); the next sitting unpacks them to the same place and
-resumes the study by its name (`--study_name table-<name>`), so only the cells without a result run. Every
-cell of a study runs the code of the study's commit (a git worktree of it, recorded in bench/studies/<name>.json),
-whatever the checkout holds by then; each cell's run tags the machine it ran on.
+are packed into bench/studies/<home>/ (committed); the next sitting unpacks them to the same place and
+resumes the study by its name (`--study_name table-<name>`), so only the cells (or trials) without a result
+run. Every cell of a study runs the code of the study's commit (a git worktree of it, recorded in
+bench/studies/<name>.json), whatever the checkout holds by then; each cell's run tags the machine it ran on.
+
+The studies of one home share its two stores (an experiment and an Optuna study each), so that `join` can
+assemble a parent over cells of several studies: the hybrid at the validation-tuned λ, or a method of the
+methods study, against the core study's classifier of the same split and seed (paired on the same test
+images).
 
 Usage:
   python bench/table_cifar10.py run NAME      # start the study, or resume it (after `unpack`)
-  python bench/table_cifar10.py pack NAME     # bench/studies/NAME/: what a resume needs, nothing more
-  python bench/table_cifar10.py unpack NAME
+  python bench/table_cifar10.py pack HOME     # bench/studies/HOME/: what a resume needs, nothing more
+  python bench/table_cifar10.py unpack HOME
   python bench/table_cifar10.py cells NAME    # every cell: state, machine, wall time, and the parent's tables
+  python bench/table_cifar10.py join NAME     # a parent run over the cells JOINS[NAME] names, in experiment
+                                              # table-<NAME>-joined: gaps, intervals, Holm, ranks, figures
 """
 
 from __future__ import annotations
@@ -21,16 +28,55 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import optuna
 from common import HERE, cifar10_folder
 
-ROOT = HERE.parent.parent / "table"  # outside the checkout: MLflow records artifact paths as absolute paths
+from anomaly_repr.config import ExperimentConfig
+from anomaly_repr.scoring.intervals import Results
+from anomaly_repr.study.cells import Study
+from anomaly_repr.study.parent import load_cell, log_parent
+
+# Outside the checkout: MLflow records artifact paths as absolute paths. TABLE_ROOT moves it (a copy to try on).
+ROOT = Path(os.environ.get("TABLE_ROOT", HERE.parent.parent / "table"))
+
+
+@dataclass(frozen=True)
+class Best:
+    """A setting read from another study's best trial when a study starts (the λ its tuning chose)."""
+    study: str
+    param: str
+
+    def value(self, home: Path) -> str:
+        found = optuna.load_study(study_name=f"table-{self.study}", storage=f"sqlite:///{home}/optuna.db")
+        return str(found.best_params[self.param])  # raises if the study has no finished trial yet
+
+
+@dataclass(frozen=True)
+class Spec:
+    command: str  # reproduce | tune
+    args: tuple[str | Best, ...]
+    home: str = "core"  # the folder whose two stores it shares with the other studies of that home
+
+
 STUDIES = {
     # 5a: the talk's four on three distinct class sets (splits 0 and 1 share theirs) x 2 seeds
-    "core": ["--methods", "classifier,hybrid,godin,oracle_rep", "--splits", "0,2,3", "--seeds", "0,1",
-             "--recon_weight", "0.9"],
+    "core": Spec("reproduce", ("--methods", "classifier,hybrid,godin,oracle_rep", "--splits", "0,2,3",
+                               "--seeds", "0,1", "--recon_weight", "0.9")),
+    # λ on the validation images of split 0, seed 0 (no test image is read until the best trial's one test);
+    # no pruning: on a one-cycle schedule a trial's early AUROC, before the rate decays, misleads (BENCHMARKS)
+    "lambda": Spec("tune", ("--target", "hybrid", "--split", "0", "--seed", "0", "--n_trials", "8",
+                            "--startup_trials", "3", "--pruner", "none")),
+    # 5a's second study: the hybrid at that λ on the core study's cells (joined to its classifier)
+    "hybrid-tuned": Spec("reproduce", ("--methods", "hybrid", "--splits", "0,2,3", "--seeds", "0,1",
+                                       "--recon_weight", Best("lambda", "recon_weight"))),
+}
+# A joined parent's rows: row -> (study, method) of the cells it reads, over the given splits and seeds.
+JOINS = {
+    "hybrid-tuned": ({"classifier": ("core", "classifier"), "hybrid": ("hybrid-tuned", "hybrid")}, (0, 2, 3), (0, 1)),
 }
 KEPT = ("outputs/test_scores.npz",)  # the artifacts a parent reads back from its cells
 SMALL = 256 * 1024  # other artifacts (tables, configs, manifests) are packed below this size; models, outputs
@@ -38,7 +84,8 @@ SMALL = 256 * 1024  # other artifacts (tables, configs, manifests) are packed be
 
 
 def folder(name: str) -> Path:
-    return ROOT / name
+    """The home folder of a study (or of a home's name)."""
+    return ROOT / (STUDIES[name].home if name in STUDIES else name)
 
 
 def record(name: str) -> dict[str, str]:
@@ -56,7 +103,7 @@ def record(name: str) -> dict[str, str]:
 
 def code(name: str, commit: str) -> Path:
     """A worktree of the study's commit: every cell runs the same code."""
-    tree = folder(name) / "code"
+    tree = folder(name) / ("code" if name == "core" else f"code-{name}")
     if not tree.exists():
         subprocess.run(["git", "worktree", "add", "--detach", "-f", str(tree), commit], cwd=HERE, check=True)
     return tree
@@ -68,12 +115,13 @@ def env(name: str) -> dict[str, str]:
 
 
 def run(name: str) -> None:
-    study = record(name)
+    spec, study = STUDIES[name], record(name)
     root = folder(name)
     root.mkdir(parents=True, exist_ok=True)
     tree = code(name, study["commit"])
-    args = [sys.executable, "-m", "anomaly_repr", "reproduce", "--dataset", "imagefolder", "--data_root",
-            str(cifar10_folder()), "--preset", "fast", *STUDIES[name], "--storage", f"sqlite:///{root}/optuna.db",
+    given = [a.value(root) if isinstance(a, Best) else a for a in spec.args]
+    args = [sys.executable, "-m", "anomaly_repr", spec.command, "--dataset", "imagefolder", "--data_root",
+            str(cifar10_folder()), "--preset", "fast", *given, "--storage", f"sqlite:///{root}/optuna.db",
             "--study_name", study["study_name"]]
     print("command: " + " ".join(args[1:]) + f"\ncode: {study['commit']}", flush=True)
     subprocess.run(args, cwd=root, env=env(name) | {"PYTHONPATH": str(tree)}, check=True)
@@ -115,6 +163,40 @@ def unpack(name: str) -> None:
     print(f"unpacked into {root}; resume with: python bench/table_cifar10.py run {name}")
 
 
+def join(name: str) -> None:
+    """A parent run over JOINS[name]'s rows, each read from its study's first finished cell of every split and
+    seed (the cell its own parent reads): the rows share their test images, so gaps and gains are paired. It
+    runs this checkout's summary on cells that ran their studies' commits, listed in the tags."""
+    rows, splits, seeds = JOINS[name]
+    keys = [(split, seed) for split in splits for seed in seeds]
+    homes = {folder(study) for study, _ in rows.values()}
+    if len(homes) != 1:
+        raise SystemExit(f"join {name}: its studies live in {len(homes)} homes; a join reads one tracking store")
+    mlflow.set_tracking_uri(f"sqlite:///{homes.pop()}/mlflow.db")
+    results: Results = {}
+    sources: dict[str, str] = {}
+    for row, (study, method) in rows.items():
+        found: dict[tuple[int, int], mlflow.entities.Run] = {}
+        for r in mlflow.search_runs(experiment_names=[f"table-{study}"], output_format="list",
+                                    filter_string=f"attributes.status = 'FINISHED' and tags.method = '{method}'",
+                                    order_by=["attributes.start_time ASC"]):
+            if "mlflow.parentRunId" in r.data.tags:
+                found.setdefault((int(r.data.tags["split"]), int(r.data.tags["seed"])), r)
+        if missing := [f"{split}/{seed}" for split, seed in keys if (split, seed) not in found]:
+            raise SystemExit(f"{row}: study table-{study} has no finished {method} cell for split/seed "
+                             f"{', '.join(missing)}")
+        results[row] = [load_cell(found[key].info.run_id, *key) for key in keys]
+        commits = sorted({found[key].data.tags.get("git_commit", "?")[:7] for key in keys})
+        sources[f"source/{row}"] = f"table-{study}, code {', '.join(commits)}"
+    base = ExperimentConfig.create(dataset="imagefolder", data_root=str(cifar10_folder()), preset="fast")
+    study = Study(base, seeds=seeds, splits=splits, methods=tuple(method for _, method in rows.values()))
+    mlflow.set_experiment(f"table-{name}-joined")
+    with mlflow.start_run(run_name=f"join {name}") as active:
+        mlflow.set_tags({"stage": "join"} | sources)
+        log_parent(study, results)
+    print(f"parent {active.info.run_id} in experiment table-{name}-joined")
+
+
 def cells(name: str) -> None:
     """A Markdown table of the study's cells in the order they ran: state, wall time, machine, test accuracy,
     test AUROCs with intervals, and the deployable scorer that the cell's own validation AUROCs would choose."""
@@ -143,4 +225,4 @@ def _auroc(m: dict[str, float], scorer: str) -> str:
 
 if __name__ == "__main__":
     command, study_name = sys.argv[1], sys.argv[2]
-    {"run": run, "pack": pack, "unpack": unpack, "cells": cells}[command](study_name)
+    {"run": run, "pack": pack, "unpack": unpack, "cells": cells, "join": join}[command](study_name)
