@@ -164,8 +164,8 @@ def unpack(name: str) -> None:
 
 
 def join(name: str) -> None:
-    """A parent run over JOINS[name]'s rows, each read from its study's first finished cell of every split and
-    seed (the cell its own parent reads): the rows share their test images, so gaps and gains are paired. It
+    """A parent run over JOINS[name]'s rows, each read from its study's first finished cell (child run) of every
+    split and seed: the rows share their test images, so gaps and gains are paired. It
     runs this checkout's summary on cells that ran their studies' commits, listed in the tags."""
     rows, splits, seeds = JOINS[name]
     keys = [(split, seed) for split in splits for seed in seeds]
