@@ -18,6 +18,7 @@ Usage:
   python bench/table_cifar10.py cells NAME    # every cell: state, machine, wall time, and the parent's tables
   python bench/table_cifar10.py join NAME     # a parent run over the cells JOINS[NAME] names, in experiment
                                               # table-<NAME>-joined: gaps, intervals, Holm, ranks, figures
+  python bench/table_cifar10.py headline EXPERIMENT  # the README's results table from a finished parent
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -193,6 +195,8 @@ def join(name: str) -> None:
     mlflow.set_experiment(f"table-{name}-joined")
     with mlflow.start_run(run_name=f"join {name}") as active:
         mlflow.set_tags({"stage": "join"} | sources)
+        mlflow.log_params({"bootstrap": base.bootstrap, "split": ",".join(map(str, splits)),
+                           "seed": ",".join(map(str, seeds)), "rows": ",".join(rows)})
         log_parent(study, results)
     print(f"parent {active.info.run_id} in experiment table-{name}-joined")
 
@@ -220,11 +224,53 @@ def cells(name: str) -> None:
             print(f"\nparent {r.info.run_id}: {r.info.status}")
 
 
+# The talk's ResNet34 numbers on CIFAR-10 (6 known classes, 4 unknown; DESIGN.md): the headline's rows.
+TALK = {"max_logit": 0.776, "oracle": 0.905, "oracle_representation": 0.987}
+HEADLINE = (("max logit of the classifier (deployed)", "test/classifier/max_logit/auroc", TALK["max_logit"]),
+            ("oracle on the classifier's z", "test/classifier/oracle_rf/auroc", TALK["oracle"]),
+            ("oracle on z of a network trained on all classes", "test/oracle_rep/oracle_rf/auroc",
+             TALK["oracle_representation"]),
+            ("Q1 gap: oracle minus max logit", "test/q1_gap_max_logit", TALK["oracle"] - TALK["max_logit"]),
+            ("Q2 gap: all-class oracle minus the classifier's oracle", "test/q2_gap",
+             TALK["oracle_representation"] - TALK["oracle"]))
+
+
+def headline(experiment: str) -> None:
+    """The README's results table from a finished parent (of `table-<study>` or `table-<join>-joined`): the
+    talk's numbers beside the mean over runs with its 95 % t-interval, the pooled bootstrap interval and, for
+    the gaps, Holm's p; and the parent's AUROC chart copied to docs/<experiment>.png."""
+    mlflow.set_tracking_uri(f"sqlite:///{folder('core')}/mlflow.db")
+    parents = [r for r in mlflow.search_runs(experiment_names=[experiment], output_format="list",
+                                             filter_string="attributes.status = 'FINISHED'")
+               if "mlflow.parentRunId" not in r.data.tags]
+    if not parents:
+        raise SystemExit(f"{experiment}: no finished parent run yet")
+    m = parents[0].data.metrics
+    print("| test AUROC, unknown classes against known | the talk (ResNet34, one run) | here: mean over runs "
+          "[95 % t-interval] | 95 % bootstrap interval (test images) | Holm's p |\n|---|---|---|---|---|")
+    for label, key, talk in HEADLINE:
+        if key not in m:
+            continue
+        f = "+.3f" if "_gap" in key else ".3f"
+        runs = f" [{m[key] - m[key + '_ci95']:{f}}, {m[key] + m[key + '_ci95']:{f}}]" if key + "_ci95" in m \
+            else " (one run)"
+        boot = f"[{m[key + '_ci_low']:{f}}, {m[key + '_ci_high']:{f}}]" if key + "_ci_low" in m else ""
+        holm = f"{m[key + '_p_holm']:.3g}" if key + "_p_holm" in m else ""
+        if holm == "0":  # none of the bootstrap's resamples crossed zero
+            holm = f"< {1 / int(parents[0].data.params['bootstrap']):g}"
+        print(f"| {label} | {talk:{f}} | {m[key]:{f}}{runs} | {boot} | {holm} |")
+    with tempfile.TemporaryDirectory() as tmp:
+        chart = mlflow.artifacts.download_artifacts(run_id=parents[0].info.run_id, dst_path=tmp,
+                                                    artifact_path="figures/auroc_by_method.png")
+        shutil.copyfile(chart, HERE.parent / "docs" / f"{experiment}.png")
+    print(f"\nparent {parents[0].info.run_id}; chart: docs/{experiment}.png")
+
+
 def _auroc(m: dict[str, float], scorer: str) -> str:
     key = f"test/{scorer}/auroc"
     return f"{m[key]:.4f} [{m[key + '_ci_low']:.4f}, {m[key + '_ci_high']:.4f}]" if key in m else ""
 
 
 if __name__ == "__main__":
-    command, study_name = sys.argv[1], sys.argv[2]
-    {"run": run, "pack": pack, "unpack": unpack, "cells": cells, "join": join}[command](study_name)
+    COMMANDS = {"run": run, "pack": pack, "unpack": unpack, "cells": cells, "join": join, "headline": headline}
+    COMMANDS[sys.argv[1]](sys.argv[2])
