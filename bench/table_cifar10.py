@@ -167,8 +167,8 @@ def unpack(name: str) -> None:
 
 def join(name: str) -> None:
     """A parent run over JOINS[name]'s rows, each read from its study's first finished cell (child run) of every
-    split and seed: the rows share their test images, so gaps and gains are paired. It
-    runs this checkout's summary on cells that ran their studies' commits, listed in the tags."""
+    split and seed: the rows share their test images, so gaps and gains are paired. It runs this checkout's
+    summary on cells that ran their studies' commits, listed in the tags."""
     rows, splits, seeds = JOINS[name]
     keys = [(split, seed) for split in splits for seed in seeds]
     homes = {folder(study) for study, _ in rows.values()}
@@ -236,7 +236,8 @@ HEADLINE = (("max logit of the classifier (deployed)", "test/classifier/max_logi
 
 
 def headline(experiment: str) -> None:
-    """The README's results table from a finished parent (of `table-<study>` or `table-<join>-joined`): the
+    """The README's results table from the newest finished parent of an experiment (`table-<study>`, or
+    `table-<join>-joined`): the
     talk's numbers beside the mean over runs with its 95 % t-interval, the pooled bootstrap interval and, for
     the gaps, Holm's p; and the parent's AUROC chart copied to docs/<experiment>.png."""
     mlflow.set_tracking_uri(f"sqlite:///{folder('core')}/mlflow.db")
@@ -246,7 +247,7 @@ def headline(experiment: str) -> None:
     if not parents:
         raise SystemExit(f"{experiment}: no finished parent run yet")
     m = parents[0].data.metrics
-    print("| test AUROC, unknown classes against known | the talk (ResNet34, one run) | here: mean over runs "
+    print("| test AUROC, unknown classes against known | the talk (ResNet34) | here: mean over runs "
           "[95 % t-interval] | 95 % bootstrap interval (test images) | Holm's p |\n|---|---|---|---|---|")
     for label, key, talk in HEADLINE:
         if key not in m:
