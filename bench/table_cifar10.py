@@ -237,9 +237,8 @@ HEADLINE = (("max logit of the classifier (deployed)", "test/classifier/max_logi
 
 def headline(experiment: str) -> None:
     """The README's results table from the newest finished parent of an experiment (`table-<study>`, or
-    `table-<join>-joined`): the
-    talk's numbers beside the mean over runs with its 95 % t-interval, the pooled bootstrap interval and, for
-    the gaps, Holm's p; and the parent's AUROC chart copied to docs/<experiment>.png."""
+    `table-<join>-joined`): the talk's numbers beside the mean over runs with its 95 % t-interval, the pooled
+    bootstrap interval and, for the gaps, Holm's p; and the parent's AUROC chart copied to docs/<experiment>.png."""
     mlflow.set_tracking_uri(f"sqlite:///{folder('core')}/mlflow.db")
     parents = [r for r in mlflow.search_runs(experiment_names=[experiment], output_format="list",
                                              filter_string="attributes.status = 'FINISHED'")
