@@ -111,9 +111,13 @@ def code(name: str, commit: str) -> Path:
     return tree
 
 
+def store(name: str) -> str:
+    """The tracking URI of a study's home."""
+    return f"sqlite:///{folder(name)}/mlflow.db"
+
+
 def env(name: str) -> dict[str, str]:
-    return dict(os.environ, MLFLOW_TRACKING_URI=f"sqlite:///{folder(name)}/mlflow.db",
-                MLFLOW_EXPERIMENT_NAME=f"table-{name}")
+    return dict(os.environ, MLFLOW_TRACKING_URI=store(name), MLFLOW_EXPERIMENT_NAME=f"table-{name}")
 
 
 def run(name: str) -> None:
@@ -171,10 +175,10 @@ def join(name: str) -> None:
     summary on cells that ran their studies' commits, listed in the tags."""
     rows, splits, seeds = JOINS[name]
     keys = [(split, seed) for split in splits for seed in seeds]
-    homes = {folder(study) for study, _ in rows.values()}
+    homes = {store(study) for study, _ in rows.values()}
     if len(homes) != 1:
         raise SystemExit(f"join {name}: its studies live in {len(homes)} homes; a join reads one tracking store")
-    mlflow.set_tracking_uri(f"sqlite:///{homes.pop()}/mlflow.db")
+    mlflow.set_tracking_uri(homes.pop())
     results: Results = {}
     sources: dict[str, str] = {}
     for row, (study, method) in rows.items():
@@ -205,7 +209,7 @@ def cells(name: str) -> None:
     """A Markdown table of the study's cells in the order they ran: state, wall time, machine, training precision
     (bfloat16 where the CPU has it natively, else float32), test accuracy,
     test AUROCs with intervals, and the deployable scorer that the cell's own validation AUROCs would choose."""
-    mlflow.set_tracking_uri(env(name)["MLFLOW_TRACKING_URI"])
+    mlflow.set_tracking_uri(store(name))
     runs = mlflow.search_runs(experiment_names=[f"table-{name}"], output_format="list")
     print("| cell | state | wall (s) | machine | precision | test acc | max_logit | oracle_rf | best on validation "
           "(its test AUROC) |\n|---|---|---|---|---|---|---|---|---|")
@@ -239,7 +243,7 @@ def headline(experiment: str) -> None:
     """The README's results table from the newest finished parent of an experiment (`table-<study>`, or
     `table-<join>-joined`): the talk's numbers beside the mean over runs with its 95 % t-interval, the pooled
     bootstrap interval and, for the gaps, Holm's p; and the parent's AUROC chart copied to docs/<experiment>.png."""
-    mlflow.set_tracking_uri(f"sqlite:///{folder('core')}/mlflow.db")
+    mlflow.set_tracking_uri(store("core"))
     parents = [r for r in mlflow.search_runs(experiment_names=[experiment], output_format="list",
                                              filter_string="attributes.status = 'FINISHED'")
                if "mlflow.parentRunId" not in r.data.tags]
