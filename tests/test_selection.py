@@ -67,6 +67,17 @@ def test_holm_against_a_hand_computed_family():
     assert holm_adjusted(with_alias) == pytest.approx(holm_adjusted(summary) | {"test/q3_gap_p_holm": 0.09})
 
 
+def test_the_gap_table_shows_the_hybrids_oracle_gain_once_under_both_names():
+    summary = {"test/gain/hybrid/oracle_rf": 0.02, "test/gain/hybrid/oracle_rf_p": 0.03, "test/q3_gap": 0.02,
+               "test/q3_gap_p": 0.03, "test/q1_gap": 0.1, "test/q1_gap_p": 0.01}
+    summary |= holm_adjusted(summary)
+    table = gap_table(summary, 1)
+    assert list(table.index) == ["test/q3_gap (= test/gain/hybrid/oracle_rf)", "test/q1_gap"]
+    assert table.loc["test/q3_gap (= test/gain/hybrid/oracle_rf)", "p (Holm)"] == "0.030"
+    # a study without the alias keeps the gain under its own name
+    assert "test/gain/hybrid/oracle_rf" in gap_table({"test/gain/hybrid/oracle_rf": 0.02}, 1).index
+
+
 def hand_made(gaps: list[float]) -> dict[str, list[Cell]]:
     """Runs whose q1 gap (oracle_rf - max_logit, the validation choice) is each of `gaps`."""
     def run(i: int, gap: float) -> Cell:

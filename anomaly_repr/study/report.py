@@ -10,7 +10,7 @@ from matplotlib.figure import Figure
 from anomaly_repr.scoring.intervals import Results
 from anomaly_repr.scoring.scorers import TIERS, tier
 from anomaly_repr.study.figures import NearFar, auroc_panels
-from anomaly_repr.study.summary import gap_names, significant
+from anomaly_repr.study.summary import gain_aliases, gap_names, significant
 
 # --- study tables and charts: one row per model, one column per scorer ---
 
@@ -50,14 +50,19 @@ def runs(results: Results) -> int:
 def gap_table(summary: dict[str, float], runs: int) -> pd.DataFrame:
     """Every gap and gain: its mean over runs; the paired bootstrap interval over test images with its p-value,
     raw and Holm-adjusted within the family, and '*' where that interval excludes 0; and the Student-t
-    interval over runs (seeds and splits), which with one run is unknown."""
+    interval over runs (seeds and splits), which with one run is unknown. A gain with an older name (the
+    hybrid's oracle gain, `test/q3_gap`) is one row, labelled with both names."""
     rows = {}
+    aliases = {name: alias for alias, name in gain_aliases().items() if alias in summary}
     for name in gap_names(summary):
+        if name in aliases.values():
+            continue  # its row is that of the gain it names
         interval = (f"[{summary[name + '_ci_low']:+.3f}, {summary[name + '_ci_high']:+.3f}]"
                     if name + "_ci_low" in summary else "")
         between = (f"[{summary[name] - summary[name + '_ci95']:+.3f}, {summary[name] + summary[name + '_ci95']:+.3f}]"
                    if name + "_ci95" in summary else "unknown (one run)" if runs == 1 else "")
-        rows[name] = {"AUROC difference": f"{summary[name]:+.3f}", "95 % bootstrap interval (test images)": interval,
+        label = f"{aliases[name]} (= {name})" if name in aliases else name
+        rows[label] = {"AUROC difference": f"{summary[name]:+.3f}", "95 % bootstrap interval (test images)": interval,
                       "p": _p(summary, name + "_p"), "p (Holm)": _p(summary, name + "_p_holm"),
                       "bootstrap interval excludes 0": "*" if significant(summary, name) else "",
                       "95 % t-interval over runs": between}

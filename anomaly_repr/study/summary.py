@@ -168,8 +168,7 @@ def holm_adjusted(summary: dict[str, float]) -> dict[str, float]:
     its own max logit (`test/<model>/<scorer>/vs_max_logit`, the family a run adjusts on its own). A method's
     alias (`test/q3_gap`, the hybrid's oracle gain) is the same hypothesis as what it names: it is not counted
     twice, and takes that one's adjusted p-value."""
-    aliases = {cls.oracle_gain_alias: f"test/gain/{name}/oracle_rf" for name, cls in METHODS.items()
-               if cls.oracle_gain_alias}
+    aliases = gain_aliases()
     families: dict[str, list[str]] = {"gaps": [name for name in gap_names(summary)
                                                if f"{name}_p" in summary and name not in aliases]}
     for key in summary:
@@ -179,6 +178,12 @@ def holm_adjusted(summary: dict[str, float]) -> dict[str, float]:
                 for name, p in zip(family, holm([summary[f"{name}_p"] for name in family]), strict=True)}
     return adjusted | {f"{alias}_p_holm": adjusted[f"{name}_p_holm"] for alias, name in aliases.items()
                        if f"{alias}_p" in summary and f"{name}_p_holm" in adjusted}
+
+
+def gain_aliases() -> dict[str, str]:
+    """Each method's older name for its oracle gain (the hybrid's `test/q3_gap`) -> the gain it names."""
+    return {cls.oracle_gain_alias: f"test/gain/{name}/oracle_rf" for name, cls in METHODS.items()
+            if cls.oracle_gain_alias}
 
 
 def _policy_gains(results: Results, boot: Bootstrap, picked: dict[str, str]) -> dict[str, float]:
