@@ -182,10 +182,10 @@ def test_sigterm_to_a_tune_driver_ends_every_trial_and_run_of_it_and_its_local_w
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM
     study = optuna.load_study(study_name="stopped", storage=storage)
     started = [t for t in study.trials if "mlflow_run_id" in t.user_attrs]
-    seen = [(t.number, t.state.name, mlflow.get_run(t.user_attrs["mlflow_run_id"]).data.tags.get("failure"))
-            for t in started]  # why a trial that ended before the signal ended, should one have
-    assert len(started) == 2 and all(t.state == TrialState.FAIL for t in started), seen
-    assert all(mlflow.get_run(t.user_attrs["mlflow_run_id"]).info.status == "KILLED" for t in started)
+    runs = [mlflow.get_run(t.user_attrs["mlflow_run_id"]) for t in started]
+    seen = [(t.number, t.state.name, r.data.tags.get("failure")) for t, r in zip(started, runs, strict=True)]
+    assert len(started) == 2 and all(t.state == TrialState.FAIL for t in started), seen  # seen: why any ended
+    assert all(r.info.status == "KILLED" for r in runs)
     assert mlflow.get_run(study.user_attrs[lifecycle.PARENT]).info.status == "KILLED"
     assert not study_processes("stopped")  # its local worker ended too
 
