@@ -132,3 +132,18 @@ def test_the_near_far_chart_is_preview_wide_with_its_labels_apart(n_models):
     assert legend[:4] == ["digits", "gaussian", "rocks", "uniform"] and "oracle" not in legend  # no oracle scorer
     for (a, box_a), (b, box_b) in itertools.combinations(drawn_texts(fig), 2):
         assert not overlaps(box_a, box_b), (a.get_text(), b.get_text())
+
+
+def test_score_histograms_of_a_diverged_model_say_so_in_their_panel_and_draw_the_others():
+    # a diverged model's scores: near 1e17 with a spread too narrow to split into 40 float bins, or not finite
+    rng = np.random.default_rng(0)
+    is_anomaly = np.r_[np.zeros(200, bool), np.ones(100, bool)]
+    diverged = np.float32(1e17) + rng.integers(0, 2, size=300).astype(np.float32) * 64
+    scores = {"max_logit": rng.normal(size=300) + is_anomaly, "energy": diverged,
+              "msp": np.where(is_anomaly, np.inf, rng.normal(size=300)), "gen": np.full(300, np.nan)}
+    fig = histogram_figure(scores, is_anomaly)
+    assert_readable(fig)
+    said = {ax.get_title() for ax in fig.axes if any("no finite spread" in t.get_text() for t in ax.texts)}
+    assert said == {"energy", "gen"}
+    drawn = {ax.get_title(): len(ax.patches) for ax in fig.axes if ax.patches}
+    assert drawn == {"max_logit": 80, "msp": 80}  # two histograms of 40 bins each, over the finite scores only

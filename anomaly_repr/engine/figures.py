@@ -67,14 +67,31 @@ def histogram_figure(scores: dict[str, np.ndarray], is_anomaly: np.ndarray) -> F
     """One panel per scorer, four to a row: the nominal and anomalous test images' score densities."""
     fig, axes = grid(len(scores), 4, 2.2)
     for ax, (name, s) in zip(axes, scores.items(), strict=True):
-        bins = list(np.histogram_bin_edges(s, bins=40))
-        ax.hist(s[~is_anomaly], bins=bins, alpha=0.6, density=True, label="nominal")
-        ax.hist(s[is_anomaly], bins=bins, alpha=0.6, density=True, label="anomaly")
         ax.set_title(name, fontsize=9)
+        finite = np.isfinite(s)
+        if (bins := _bin_edges(s[finite])) is None:  # a diverged model's scores: the cell still logs the rest
+            ax.text(0.5, 0.5, "no finite spread\nto draw", ha="center", va="center", fontsize=8,
+                    transform=ax.transAxes)
+            continue
+        ax.hist(s[finite & ~is_anomaly], bins=bins, alpha=0.6, density=True, label="nominal")
+        ax.hist(s[finite & is_anomaly], bins=bins, alpha=0.6, density=True, label="anomaly")
         ax.tick_params(labelsize=7)
         ax.xaxis.get_offset_text().set_fontsize(7)
         ax.set_yticks([])  # densities: their scale says nothing across scorers
-    axes[0].legend(fontsize=7)
+    if drawn := [ax for ax in axes if ax.patches]:
+        drawn[0].legend(fontsize=7)
     fig.supxlabel("score (higher = more anomalous)", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def _bin_edges(finite: np.ndarray) -> list[float] | None:
+    """40 equal bins over the scores; None where there are none, or where their spread is too narrow for
+    the float type to split into 40 (scores near 1e17 that differ in their last digits)."""
+    if not finite.size:
+        return None
+    try:
+        return list(np.histogram_bin_edges(finite, bins=40))
+    except ValueError:
+        return None
+
