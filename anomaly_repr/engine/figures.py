@@ -94,4 +94,3 @@ def _bin_edges(finite: np.ndarray) -> list[float] | None:
         return list(np.histogram_bin_edges(finite, bins=40))
     except ValueError:
         return None
-
